@@ -1,0 +1,3 @@
+from janelm.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,225 @@
+"""The `janelm` command line: one argparse tree that dispatches to janelm/commands/<name>.py.
+
+Nothing heavy is imported here (no torch, no tiktoken), so `janelm --help` is instant; a
+command's module is imported only when that command runs. Errors become one stderr line and an
+exit code: 2 for bad usage or input, 1 for failures at run time; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+from dataclasses import fields
+
+from janelm import __version__
+from janelm.config import (DEFAULT_PRESET, DTYPES, MLPS, NORMS, OPTIMIZERS, POSITIONS, PRESETS,
+                           PrepareDefaults, preset_configs)
+from janelm.errors import JaneLMError
+
+MODEL_HELP = {
+    "context": "tokens of history the model sees",
+    "n_block": "number of transformer blocks",
+    "n_embed": "width of the residual stream",
+    "n_head": "attention heads per block",
+    "head_size": "features per head (0: n_embed / n_head)",
+    "mlp_ratio": "MLP hidden width as a multiple of n_embed",
+    "dropout": "dropout probability while training",
+    "norm": f"normalisation layer ({', '.join(NORMS)})",
+    "mlp": f"MLP kind ({', '.join(MLPS)})",
+    "position": f"position information ({', '.join(POSITIONS)})",
+    "tie_embeddings": "share the input embedding and output head weights",
+    "bias": "use biases in linear and norm layers",
+}
+TRAIN_HELP = {
+    "batch_size": "sequences per micro-batch (per process)",
+    "grad_accum": "micro-batches accumulated per optimizer step",
+    "lr": "peak learning rate",
+    "min_lr_ratio": "final learning rate as a fraction of --lr",
+    "warmup_iters": "steps of linear learning-rate warm-up",
+    "max_iters": "optimizer steps to train (0: until --max-time; the schedule then follows time)",
+    "max_time": "stop after this many seconds (0: no time limit)",
+    "weight_decay": "AdamW weight decay on weight matrices",
+    "beta1": "AdamW beta1",
+    "beta2": "AdamW beta2",
+    "grad_clip": "clip the gradient norm to this (0: off)",
+    "optimizer": f"optimizer ({', '.join(OPTIMIZERS)}); muon updates hidden matrices, AdamW the rest",
+    "eval_interval": "steps between evaluations",
+    "eval_batches": "fixed batches per evaluation",
+    "patience": "stop after this many evaluations without a better val loss (0: never)",
+    "save_interval": "steps between saves of the `last` checkpoint",
+    "seed": "random seed: the same seed and flags give the same run",
+    "device": "auto, cpu or cuda",
+    "dtype": f"autocast precision ({', '.join(DTYPES)}); auto: bf16 on GPUs and CPUs with native bf16",
+    "compile": "compile the model with torch.compile",
+}
+CHOICES = {"norm": NORMS, "mlp": MLPS, "position": POSITIONS, "optimizer": OPTIMIZERS, "dtype": DTYPES,
+           "device": ("auto", "cpu", "cuda")}
+SAMPLING_DEFAULTS = {"temperature": 0.8, "top_k": 0, "top_p": 0.95, "repetition_penalty": 1.0}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the problem and where to look, nothing else."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_config_flags(p: argparse.ArgumentParser, preset: str = DEFAULT_PRESET) -> None:
+    """One flag per ModelConfig/TrainConfig field, defaulting to None so a preset or checkpoint
+    fills what the user did not give; help shows the preset's value."""
+    model_defaults, train_defaults = preset_configs(preset)
+    for title, defaults, helps in (("model", model_defaults, MODEL_HELP), ("training", train_defaults, TRAIN_HELP)):
+        group = p.add_argument_group(f"{title} (defaults: the {preset!r} preset)")
+        for f in fields(defaults):
+            if f.name not in helps:
+                continue
+            value = getattr(defaults, f.name)
+            text = f"{helps[f.name]} (default: {value})"
+            if isinstance(value, bool):
+                group.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, default=None, help=text)
+            else:
+                group.add_argument(flag(f.name), type=type(value), default=None, choices=CHOICES.get(f.name),
+                                   metavar=f.name.upper() if f.name not in CHOICES else None, help=text)
+
+
+def add_checkpoint_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--checkpoint", default="checkpoints",
+                   help="checkpoint file, or run folder (its best.pt) (default: checkpoints)")
+
+
+def add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    d = SAMPLING_DEFAULTS
+    p.add_argument("--temperature", type=float, default=d["temperature"], help=f"sampling temperature; 0 is greedy (default: {d['temperature']})")
+    p.add_argument("--top-k", type=int, default=d["top_k"], help=f"sample among the k most likely tokens; 0 is no limit (default: {d['top_k']})")
+    p.add_argument("--top-p", type=float, default=d["top_p"], help=f"nucleus sampling: the smallest set of tokens with this much probability (default: {d['top_p']})")
+    p.add_argument("--repetition-penalty", type=float, default=d["repetition_penalty"], help=f"discourage tokens already in the window; 1 is none (default: {d['repetition_penalty']})")
+    p.add_argument("--seed", type=int, default=None, help="random seed: the same seed and options give the same text (default: random)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
+
+    parser = Parser(prog="janelm", description="Train a small language model on Jane Austen, sample it, and measure it.",
+                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"janelm {__version__}")
+    parser.add_argument("--debug", action="store_true", default=False, help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    def command(name: str, help: str, module: str | None = None) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, parents=[common])
+        p.set_defaults(module=module or name)
+        return p
+
+    pd = PrepareDefaults()
+    p = command("prepare", "clean text, train a tokenizer and write token files")
+    p.add_argument("paths", nargs="*", metavar="PATH", help=".txt files, folders of them, or - for standard input")
+    p.add_argument("--gutenberg", metavar="BOOKS", help="download from Project Gutenberg: 'austen' or eBook numbers like 105,1342")
+    p.add_argument("--mirror", default=pd.mirror, help=f"Project Gutenberg mirror (default: {pd.mirror})")
+    p.add_argument("--out", default=pd.out, help=f"output folder (default: {pd.out})")
+    p.add_argument("--tokenizer", choices=("bpe", "char", "gpt2"), default=pd.tokenizer, help=f"tokenizer kind (default: {pd.tokenizer})")
+    p.add_argument("--vocab-size", type=int, default=pd.vocab_size, help=f"BPE vocabulary size (default: {pd.vocab_size})")
+    p.add_argument("--tokenizer-from", metavar="CKPT", help="encode with a checkpoint's tokenizer, for fine-tuning it (default: none)")
+    p.add_argument("--val-fraction", type=float, default=pd.val_fraction, help=f"share of each work held out for validation (default: {pd.val_fraction})")
+    p.add_argument("--no-clean", dest="clean", action="store_false", help="do not strip Gutenberg boilerplate or join wrapped lines (default: clean)")
+    p.add_argument("--ascii", action="store_true", help="map curly quotes to straight ones and em-dashes to -- (default: off)")
+    p.add_argument("--tokenizer-sample", type=int, default=pd.tokenizer_sample, metavar="CHARS", help=f"train the BPE on at most this many characters (default: {pd.tokenizer_sample})")
+    p.add_argument("--force", action="store_true", help="replace a corpus already in --out (default: refuse)")
+
+    p = command("train", "train a model on a prepared corpus")
+    p.add_argument("--data", default=pd.out, help=f"prepared corpus folder (default: {pd.out})")
+    p.add_argument("--out", default="checkpoints", help="run folder for checkpoints and metrics (default: checkpoints)")
+    p.add_argument("--preset", choices=list(PRESETS), default=DEFAULT_PRESET,
+                   help="named configuration; flags override it (default: %(default)s). "
+                   + "; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()))
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt (default: off)")
+    p.add_argument("--init-from", metavar="CKPT", help="start from a checkpoint's weights to fine-tune (default: none)")
+    p.add_argument("--force", action="store_true", help="replace a run already in --out (default: refuse)")
+    p.add_argument("--nproc", type=int, default=1, help="processes to launch with torchrun (default: 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (default: off)")
+    add_config_flags(p)
+
+    p = command("sample", "generate text; only the text goes to stdout")
+    add_checkpoint_flag(p)
+    p.add_argument("-n", "--num-tokens", type=int, default=500, help="new tokens to generate (default: 500)")
+    p.add_argument("--prompt", help="text to continue (default: stdin when piped, else a newline)")
+    p.add_argument("--prompt-file", metavar="FILE", help="read the prompt from FILE (- for stdin) (default: none)")
+    add_sampling_flags(p)
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop when TEXT appears; repeatable (default: none)")
+    p.add_argument("--num-samples", type=int, default=1, help="samples to generate as one batch (default: 1)")
+    p.add_argument("--separator", default="\n---\n", help="line between samples (default: a line of ---)")
+    p.add_argument("--max-time", type=float, default=0.0, help="stop after this many seconds; 0 is no limit (default: 0)")
+    p.add_argument("--no-echo", dest="echo", action="store_false", help="do not print the prompt (default: print it)")
+
+    p = command("eval", "held-out loss, perplexity and bits per character", module="evaluate")
+    add_checkpoint_flag(p)
+    p.add_argument("files", nargs="*", metavar="FILE", help="text files to score (default: the prepared validation split)")
+    p.add_argument("--data", default=None, help="prepared corpus whose val split to score (default: the one the model was trained on)")
+    p.add_argument("--batch-size", type=int, default=16, help="windows scored per forward pass (default: 16)")
+    p.add_argument("--clean", action="store_true", help="strip Gutenberg boilerplate and join wrapped lines first (default: off)")
+    p.add_argument("--json", action="store_true", help="print one JSON object to stdout (default: a table on stderr)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+
+    p = command("chat", "talk with a character, in Austen's dialogue form")
+    add_checkpoint_flag(p)
+    p.add_argument("--as", dest="user", default="Elizabeth", help="the character you speak as (default: Elizabeth)")
+    p.add_argument("--with", dest="bot", default="Mr. Darcy", help="the character who answers (default: Mr. Darcy)")
+    p.add_argument("--max-reply", type=int, default=120, help="most tokens in one reply (default: 120)")
+    add_sampling_flags(p)
+
+    p = command("bench", "measure speed: sampling or training throughput")
+    p.add_argument("what", choices=("sample", "train"), help="what to measure")
+    p.add_argument("-c", "--checkpoint", default=None, help="measure this checkpoint's model (default: a random model of the given shape)")
+    p.add_argument("--json", action="store_true", help="print one JSON object to stdout (default: a table on stderr)")
+    p.add_argument("--steps", type=int, default=0, help="steps or tokens to time (default: 255 new tokens for sample, 20 steps for train)")
+    p.add_argument("--vocab-size", type=int, default=100, help="vocabulary of the random model (default: 100)")
+    p.add_argument("--preset", choices=list(PRESETS), default="bench", help="configuration; flags override it (default: bench)")
+    add_config_flags(p, "bench")
+
+    p = command("plot", "draw the loss curves of one or more runs into a PNG")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (with metrics.csv)")
+    p.add_argument("-o", "--output", default="loss.png", help="PNG file to write (default: loss.png)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        module = importlib.import_module(f"janelm.commands.{args.module}")
+        return module.run(args) or 0
+    except JaneLMError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"janelm {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except BrokenPipeError:
+        # The reader went away (`janelm sample | head`): stop quietly, and keep Python's exit-time
+        # flush of stdout from raising again.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print(f"janelm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print(f"janelm {args.command}: error: out of memory: use a smaller model, batch or input", file=sys.stderr)
+        return 1
+    except Exception as e:  # a bug, or a failure we did not foresee: still one line unless --debug
+        if args.debug:
+            raise
+        first = str(e).splitlines()[0] if str(e) else ""
+        print(f"janelm {args.command}: error: {type(e).__name__}: {first[:300]} (run with --debug for the traceback)", file=sys.stderr)
+        return 1

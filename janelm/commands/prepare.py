@@ -1,0 +1,75 @@
+"""`janelm prepare`: text files, folders, stdin or Gutenberg downloads → a prepared corpus folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from janelm.config import DEFAULT_PRESET, preset_configs
+from janelm.console import stderr
+from janelm.errors import InputError
+
+
+def run(args: argparse.Namespace) -> int:
+    from janelm.corpus import iter_sources
+    from janelm.preparation import Work, check_out_dir, load_work, write_corpus
+
+    if not args.paths and not args.gutenberg:
+        raise InputError(
+            "nothing to prepare: give text files or folders (`janelm prepare austen/`, `-` for stdin), "
+            "or download with `--gutenberg austen` (or eBook numbers like 105,1342)"
+        )
+    if not 0.0 < args.val_fraction < 0.5:
+        raise InputError(f"--val-fraction must be between 0 and 0.5, got {args.val_fraction}")
+    out = Path(args.out)
+    sources = iter_sources(args.paths) if args.paths else []
+    check_out_dir(out, args.force)
+
+    works: list[Work] = []
+    options = {"clean": args.clean, "ascii": args.ascii, "val_fraction": args.val_fraction}
+    if args.gutenberg:
+        from janelm.gutenberg import AUSTEN, fetch_book, parse_books, sha256_file
+
+        for number in parse_books(args.gutenberg):
+            path, _ = fetch_book(number, out / "raw", args.mirror)
+            extra = {"gutenberg": number, "title": AUSTEN.get(number), "raw_sha256": sha256_file(path)}
+            works.append(load_work(path, **options, extra=extra))
+    works += [load_work(source, **options) for source in sources]
+
+    tokenizer = make_tokenizer(args, works)
+    model_defaults, _ = preset_configs(DEFAULT_PRESET)
+    settings = {**options, "tokenizer": args.tokenizer, "vocab_size": args.vocab_size,
+                "tokenizer_from": args.tokenizer_from, "tokenizer_sample_chars": args.tokenizer_sample}
+    meta = write_corpus(out, works, tokenizer, settings, min_tokens=min(model_defaults.context, 64) + 2)
+    show_summary(out, meta)
+    return 0
+
+
+def make_tokenizer(args: argparse.Namespace, works):
+    from janelm.tokenizer import train_tokenizer
+
+    if args.tokenizer_from:
+        from janelm.checkpoint import load_checkpoint, resolve_checkpoint
+        from janelm.tokenizer import tokenizer_from_dict
+
+        return tokenizer_from_dict(load_checkpoint(resolve_checkpoint(args.tokenizer_from))["tokenizer"])
+    if args.tokenizer_sample < 1:
+        raise InputError(f"--tokenizer-sample must be positive, got {args.tokenizer_sample}")
+    texts = [w.train for w in works]
+    return train_tokenizer(args.tokenizer, texts, args.vocab_size, max_chars=args.tokenizer_sample)
+
+
+def show_summary(out: Path, meta: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"prepared corpus in {out}/", title_justify="left")
+    for col in ("source", "train chars", "val chars", "train tokens", "val tokens"):
+        table.add_column(col, justify="left" if col == "source" else "right")
+    for s in meta["sources"]:
+        table.add_row(Path(s["source"]).name, f"{s['train_chars']:,}", f"{s['val_chars']:,}",
+                      f"{s['train_tokens']:,}", f"{s['val_tokens']:,}")
+    tok = meta["tokenizer"]
+    cpt = meta["chars_per_token"]["train"]
+    table.caption = (f"tokenizer {tok['kind']}, vocabulary {tok['vocab_size']:,}, "
+                     f"{cpt:.2f} characters per token" if cpt else f"tokenizer {tok['kind']}")
+    stderr().print(table)

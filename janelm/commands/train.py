@@ -1,0 +1,115 @@
+"""`janelm train`: wire the flags, a preset and the corpus to the Trainer, then report."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from dataclasses import fields, replace
+from pathlib import Path
+
+from janelm.config import ModelConfig, TrainConfig, preset_configs
+from janelm.errors import InputError
+
+FINE_TUNE_LR_FACTOR = 0.1  # fine-tuning starts from trained weights: a gentler default step
+
+
+def configs_from_args(args: argparse.Namespace, resume: dict | None = None) -> tuple[ModelConfig, TrainConfig]:
+    """Dataclass defaults ← the preset (or the resumed run's configs) ← flags the user gave."""
+    model_cfg, train_cfg = preset_configs(args.preset)
+    if resume is not None:
+        model_cfg = ModelConfig.from_dict(resume["model_config"])
+        train_cfg = TrainConfig.from_dict(resume["train_config"])
+    given = lambda cfg: {f.name: getattr(args, f.name) for f in fields(cfg)  # noqa: E731
+                         if getattr(args, f.name, None) is not None}
+    model_cfg, train_cfg = replace(model_cfg, **given(model_cfg)), replace(train_cfg, **given(train_cfg))
+    if resume is not None and given(model_cfg):
+        raise InputError(f"--resume continues the run's model as it is: drop {', '.join('--' + k.replace('_', '-') for k in given(model_cfg))}")
+    if getattr(args, "init_from", None) and args.lr is None:
+        train_cfg = replace(train_cfg, lr=train_cfg.lr * FINE_TUNE_LR_FACTOR)
+    if getattr(args, "max_time", None) and args.max_iters is None:
+        train_cfg = replace(train_cfg, max_iters=0)  # a time budget alone: the schedule follows the clock
+    model_cfg.validate()
+    train_cfg.validate()
+    return model_cfg, train_cfg
+
+
+def launch_torchrun(args: argparse.Namespace) -> int:
+    """`--nproc N` re-runs this command under torchrun with N processes on this machine."""
+    import subprocess
+
+    if args.nproc < 1:
+        raise InputError(f"--nproc must be at least 1, got {args.nproc}")
+    argv, skip = [], False
+    for a in sys.argv[2:] if sys.argv[1:2] == ["train"] else sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            argv.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+           "-m", "janelm", "train", *argv]
+    return subprocess.call(cmd)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.nproc != 1 and "RANK" not in os.environ:
+        return launch_torchrun(args)
+    if args.resume and args.init_from:
+        raise InputError("--resume and --init-from cannot be combined: resume continues a run, init-from starts a new one")
+    from janelm.checkpoint import LAST, load_checkpoint, resolve_checkpoint
+    from janelm.console import note
+    from janelm.data import load_corpus
+    from janelm.distributed import Distributed
+    from janelm.trainer import Trainer
+
+    resume = init = None
+    if args.resume:
+        last = Path(args.out) / LAST
+        if not last.is_file():
+            raise InputError(f"--resume: no {LAST} in {args.out}/ to resume from: train without --resume first, or pass the run's --out")
+        resume = load_checkpoint(last)
+    model_cfg, train_cfg = configs_from_args(args, resume)
+    if args.init_from:
+        init = load_checkpoint(resolve_checkpoint(args.init_from))
+
+    dist = Distributed.from_environment(train_cfg.device)
+    try:
+        corpus = load_corpus(args.data)
+        trainer = Trainer(model_cfg, train_cfg, corpus, Path(args.out), resume=resume, init=init,
+                          force=args.force, progress=not args.quiet, dist=dist)
+        if dist.is_main:
+            m = trainer.model
+            note(f"model: {m.num_params() / 1e6:.2f}M parameters ({m.num_params(embeddings=False) / 1e6:.2f}M "
+                 f"without embeddings), {trainer.model_cfg.n_block} blocks × {trainer.model_cfg.n_embed} wide, "
+                 f"context {trainer.model_cfg.context}; {trainer.device.type}, {str(trainer.dtype).removeprefix('torch.')}"
+                 + (f", {dist.world_size} processes" if dist.active else "")
+                 + (f"; resuming at step {trainer.state.step}" if args.resume else ""))
+        summary = trainer.run()
+    finally:
+        dist.close()
+    if dist.is_main:
+        show_summary(summary, corpus.meta, Path(args.out))
+    return 0
+
+
+def show_summary(summary: dict, meta: dict, out: Path) -> None:
+    from rich.table import Table
+
+    from janelm.console import stderr
+
+    cpt = (meta.get("chars_per_token") or {}).get("val")
+    best = summary["best_val_loss"]
+    table = Table(title=f"training finished ({summary['stop']}) → {out}/", title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("best val loss", f"{best:.4f} nats/token")
+    if cpt and math.isfinite(best):
+        table.add_row("bits per character (val)", f"{best / math.log(2) / cpt:.3f}")
+    table.add_row("steps", f"{summary['step']:,}")
+    table.add_row("tokens seen", f"{summary['tokens_seen']:,}")
+    table.add_row("time", f"{summary['elapsed_s']:.0f} s")
+    table.add_row("tokens/s", f"{summary['tokens_per_s']:,.0f}")
+    stderr().print(table)

@@ -1,0 +1,181 @@
+"""Model and training configuration: dataclasses and named presets.
+
+Pure Python on purpose: the CLI reads these to show defaults in `--help` without importing torch.
+Every `ModelConfig` field is a `janelm train` flag of the same name (`n_block` → `--n-block`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from janelm.errors import InputError
+
+NORMS = ("rms", "layer")
+MLPS = ("swiglu", "gelu", "relu2")
+POSITIONS = ("rope", "learned")
+OPTIMIZERS = ("adamw", "muon")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The shape of the transformer. Stored in every checkpoint."""
+
+    vocab_size: int = 0  # set from the tokenizer by `train`
+    context: int = 256  # tokens of history the model attends to
+    n_block: int = 6
+    n_embed: int = 256
+    n_head: int = 4
+    head_size: int = 0  # 0 means n_embed // n_head
+    mlp_ratio: float = 4.0  # hidden width of the MLP as a multiple of n_embed
+    dropout: float = 0.0
+    norm: str = "rms"
+    mlp: str = "swiglu"
+    position: str = "rope"
+    tie_embeddings: bool = True
+    bias: bool = False
+
+    @property
+    def head_dim(self) -> int:
+        return self.head_size or self.n_embed // self.n_head
+
+    def validate(self) -> None:
+        """Raise InputError for a shape the model cannot be built with."""
+        for name in ("context", "n_block", "n_embed", "n_head"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.head_size < 0:
+            raise InputError(f"--head-size must be positive (or 0 for n_embed / n_head), got {self.head_size}")
+        if not self.head_size and self.n_embed % self.n_head:
+            raise InputError(
+                f"--n-embed {self.n_embed} is not divisible by --n-head {self.n_head}: "
+                f"pick an n_embed that is a multiple of n_head, or give --head-size"
+            )
+        if self.position == "rope" and self.head_dim % 2:
+            raise InputError(f"rotary positions need an even head size, got {self.head_dim}: change --n-embed/--n-head")
+        if not 0.0 <= self.dropout < 1.0:
+            raise InputError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.mlp_ratio <= 0:
+            raise InputError(f"--mlp-ratio must be positive, got {self.mlp_ratio}")
+        for name, allowed in (("norm", NORMS), ("mlp", MLPS), ("position", POSITIONS)):
+            if getattr(self, name) not in allowed:
+                raise InputError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        """Build from a checkpoint's dict; fields missing in old checkpoints take their defaults."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. Stored in every checkpoint so a resumed run continues the same schedule."""
+
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
+    warmup_iters: int = 100
+    max_iters: int = 3000  # 0 means: no step limit, the schedule follows --max-time
+    max_time: float = 0.0  # seconds; 0 means no time limit
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    optimizer: str = "adamw"
+    eval_interval: int = 250
+    eval_batches: int = 20
+    patience: int = 0  # evaluations without improvement before stopping; 0 never stops early
+    save_interval: int = 500
+    seed: int = 1337
+    device: str = "auto"
+    dtype: str = "auto"
+    compile: bool = False
+
+    def validate(self) -> None:
+        """Raise InputError for settings training cannot run with."""
+        positive = ("batch_size", "grad_accum", "lr", "eval_interval", "eval_batches", "save_interval")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ("max_iters", "max_time", "warmup_iters", "weight_decay", "grad_clip", "patience"):
+            if getattr(self, name) < 0:
+                raise InputError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+        if not self.max_iters and not self.max_time:
+            raise InputError("give a budget: --max-iters N, --max-time SECONDS, or both")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise InputError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.dtype not in DTYPES:
+            raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.device not in DEVICES:
+            raise InputError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class Preset:
+    description: str
+    model: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+# The default preset is what `janelm train` runs with no flags: tuned for ~10 minutes on a 2-core CPU.
+PRESETS: dict[str, Preset] = {
+    "cpu": Preset("the default: about 10 minutes on a 2-core CPU"),
+    "cpu-long": Preset(
+        "about an hour on a 2-core CPU",
+        model={"n_block": 8, "n_embed": 384, "n_head": 6},
+        train={"max_iters": 12000, "lr": 2e-3},
+    ),
+    "seed": Preset(
+        "the original research script's ~70M-parameter model; meant for a GPU",
+        model={"n_block": 6, "n_embed": 512, "n_head": 4, "head_size": 128, "context": 96,
+               "norm": "layer", "mlp": "gelu", "position": "learned", "tie_embeddings": False,
+               "dropout": 0.2},
+        train={"batch_size": 32, "lr": 3e-4, "max_iters": 20000, "warmup_iters": 500, "patience": 5},
+    ),
+    "bench": Preset(
+        "the reference shape for speed comparisons (janelm bench)",
+        model={"n_block": 6, "n_embed": 384, "n_head": 6, "context": 256},
+        train={"batch_size": 8},
+    ),
+    "tiny": Preset(
+        "a toy model for smoke tests: seconds on any machine",
+        model={"n_block": 2, "n_embed": 64, "n_head": 4, "context": 64},
+        train={"batch_size": 8, "max_iters": 50, "eval_interval": 25, "eval_batches": 2, "warmup_iters": 5},
+    ),
+}
+DEFAULT_PRESET = "cpu"
+
+
+@dataclass(frozen=True)
+class PrepareDefaults:
+    """`janelm prepare`'s defaults (the tokenizer is chosen by the quality study in docs/quality.md)."""
+
+    out: str = "corpus"
+    tokenizer: str = "bpe"
+    vocab_size: int = 2048
+    val_fraction: float = 0.1
+    tokenizer_sample: int = 20_000_000  # characters; bounds the BPE trainer's memory on huge corpora
+    mirror: str = "https://www.gutenberg.org"
+
+
+def preset_configs(name: str) -> tuple[ModelConfig, TrainConfig]:
+    """The model and train configs a preset stands for."""
+    if name not in PRESETS:
+        raise InputError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    p = PRESETS[name]
+    return replace(ModelConfig(), **p.model), replace(TrainConfig(), **p.train)
+
+
+def to_dict(config: ModelConfig | TrainConfig) -> dict[str, Any]:
+    return asdict(config)

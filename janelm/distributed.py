@@ -1,0 +1,70 @@
+"""Multi-process training through torch.distributed: gloo on the CPU, NCCL on CUDA.
+
+`torchrun` sets RANK, LOCAL_RANK and WORLD_SIZE; without them everything here is a no-op for
+a single process, so the trainer has one code path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+
+class Distributed:
+    """This process's place in the job: rank, world size, and the device it owns."""
+
+    def __init__(self, rank: int = 0, world_size: int = 1, device: torch.device | None = None):
+        self.rank, self.world_size, self.device = rank, world_size, device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    @classmethod
+    def from_environment(cls, device_name: str = "auto") -> "Distributed":
+        """Join the process group when launched by torchrun, else a single process."""
+        if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return cls()
+        use_cuda = device_name != "cpu" and torch.cuda.is_available()
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+        device = None
+        if use_cuda:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        else:
+            device = torch.device("cpu")
+        return cls(dist.get_rank(), dist.get_world_size(), device)
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        if not self.active:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device is not None and self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+
+    def no_sync(self, model: nn.Module, last: bool) -> contextlib.AbstractContextManager:
+        """Skip the gradient all-reduce on every micro-step but the last of an accumulation."""
+        if self.active and not last and hasattr(model, "no_sync"):
+            return model.no_sync()
+        return contextlib.nullcontext()
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of a scalar over all processes (for logging the same loss everywhere)."""
+        if self.active:
+            value = value.clone()
+            dist.all_reduce(value, op=dist.ReduceOp.SUM)
+            value /= self.world_size
+        return value
+
+    def close(self) -> None:
+        if self.active and dist.is_initialized():
+            dist.destroy_process_group()

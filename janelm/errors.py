@@ -1,0 +1,26 @@
+"""Errors the CLI turns into one line on stderr and an exit code.
+
+Raise `InputError` for anything the user can fix by changing the command or its input
+(exit 2), and `JaneLMError` for failures at run time (exit 1). Messages name the problem
+and the fix in one line.
+"""
+
+
+class JaneLMError(Exception):
+    """A failure at run time: the command was fine but the work could not be done."""
+
+    exit_code = 1
+
+
+class InputError(JaneLMError):
+    """Bad usage or bad input: a wrong flag value, a missing or malformed file."""
+
+    exit_code = 2
+
+
+class Interrupted(JaneLMError):
+    """Training stopped by a signal after saving its state; exits 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum

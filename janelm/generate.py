@@ -1,0 +1,159 @@
+"""Text generation: the sampling loop, logit filters, stop strings and UTF-8-safe streaming.
+
+The loop keeps a key/value cache, so the prompt is processed once (prefill) and each new token
+costs one position. The model sees a window of at most `context` tokens: when the window is full
+it slides, keeping the last half and re-processing it in one pass, so generation of any length
+runs at a steady speed. With `use_cache=False` the same window is recomputed in full at every step
+(what a cache-less loop costs); both give the same tokens.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+from janelm.errors import InputError
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    temperature: float = 0.8  # 0 means greedy: always the most likely token
+    top_k: int = 0  # 0 means no top-k filter
+    top_p: float = 1.0  # 1 means no nucleus filter
+    repetition_penalty: float = 1.0  # 1 means none
+
+    def validate(self) -> None:
+        """Checked before any model is loaded, so a typo costs nothing."""
+        if self.temperature < 0:
+            raise InputError(f"--temperature must be 0 (greedy) or positive, got {self.temperature}")
+        if self.top_k < 0:
+            raise InputError(f"--top-k must be at least 1 (or 0 for no limit), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise InputError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.repetition_penalty <= 0:
+            raise InputError(f"--repetition-penalty must be positive (1 means none), got {self.repetition_penalty}")
+
+
+def filter_logits(logits: torch.Tensor, opts: SamplingOptions, history: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply repetition penalty, temperature, top-k and top-p to logits (B, V); returns new logits
+    with excluded tokens at -inf."""
+    logits = logits.float()
+    if opts.repetition_penalty != 1.0 and history is not None and history.numel():
+        # CTRL's penalty: make every token already in the window less likely, whatever its sign.
+        seen = logits.gather(1, history)
+        seen = torch.where(seen > 0, seen / opts.repetition_penalty, seen * opts.repetition_penalty)
+        logits = logits.scatter(1, history, seen)
+    if opts.temperature > 0:
+        logits = logits / opts.temperature
+    if opts.top_k and opts.top_k < logits.size(-1):
+        # Keep every token tied with the k-th best: which of equals survives never depends on order.
+        kth = torch.topk(logits, opts.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if opts.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, stable=True)
+        probs = sorted_logits.softmax(-1)
+        # Drop a token when the tokens before it already reach top_p; the first always stays.
+        drop = probs.cumsum(-1) - probs >= opts.top_p
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return logits
+
+
+def pick_next(logits: torch.Tensor, opts: SamplingOptions, rng: torch.Generator | None,
+              history: torch.Tensor | None = None) -> torch.Tensor:
+    """The next token for each row of logits (B, V) → (B,)."""
+    logits = filter_logits(logits, opts, history)
+    if opts.temperature == 0:
+        return logits.argmax(-1)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs.cpu(), 1, generator=rng).squeeze(1).to(logits.device)
+
+
+@torch.no_grad()
+def generate_tokens(model, prompt: Sequence[int], max_new: int, opts: SamplingOptions, *,
+                    rng: torch.Generator | None = None, batch_size: int = 1, use_cache: bool = True,
+                    ctx: contextlib.AbstractContextManager | None = None) -> Iterator[torch.Tensor]:
+    """Yield the next token of every sample, (batch_size,) per step, `max_new` times.
+
+    `prompt` must hold at least one token; only its last `context` tokens are seen.
+    """
+    if not prompt:
+        raise ValueError("generation needs at least one prompt token")
+    ctx = ctx or contextlib.nullcontext()
+    context = model.config.context
+    device = model.tok_embed.weight.device
+    window = torch.tensor(list(prompt)[-context:], device=device).repeat(batch_size, 1)
+    cache = model.new_cache(batch_size) if use_cache else None
+
+    def full_pass() -> torch.Tensor:
+        if cache is not None:
+            cache.reset()
+        with ctx:
+            return model(window, cache=cache, last_only=True)[0][:, -1]
+
+    logits = full_pass()
+    for i in range(max_new):
+        token = pick_next(logits, opts, rng, window)
+        yield token
+        if i == max_new - 1:
+            break
+        window = torch.cat([window, token[:, None]], dim=1)
+        if window.size(1) > context:
+            window = window[:, -(context // 2) :]  # slide: keep the last half, re-process it once
+            logits = full_pass()
+        elif cache is not None:
+            with ctx:
+                logits = model(token[:, None], cache=cache)[0][:, -1]
+        else:
+            logits = full_pass()
+
+
+class StreamDecoder:
+    """Token ids → text, holding back the bytes of a character split across tokens."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, ids: Sequence[int]) -> str:
+        return self.decoder.decode(self.tokenizer.token_bytes(ids))
+
+    def flush(self) -> str:
+        return self.decoder.decode(b"", final=True)
+
+
+class StopFilter:
+    """Passes text through until a stop string appears; holds back any tail that could be the start
+    of one, so a stop string is never printed, even in part."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        self.pending += text
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            out, self.pending = self.pending[: min(hits)], ""
+            return out
+        keep = max((k for s in self.stops for k in range(1, len(s)) if self.pending.endswith(s[:k])), default=0)
+        out = self.pending[: len(self.pending) - keep]
+        self.pending = self.pending[len(out) :]
+        return out
+
+    def flush(self) -> str:
+        out, self.pending = ("" if self.stopped else self.pending), ""
+        return out
+
+
+def crop_prompt(ids: list[int], context: int) -> tuple[list[int], int]:
+    """The last `context` tokens of a prompt and how many were cut from its start."""
+    cut = max(0, len(ids) - context)
+    return ids[cut:], cut

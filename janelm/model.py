@@ -1,0 +1,240 @@
+"""The JaneLM transformer: a decoder-only GPT, written out in plain PyTorch.
+
+    tokens → embedding → N × [norm → causal self-attention → +] [norm → MLP → +] → norm → logits
+
+Each block is pre-norm (normalise, transform, add back), which keeps training stable without
+careful initialisation. Positions come either from rotary embeddings applied to queries and keys
+(the default: relative, so a generation window can slide) or from a learned table added to the
+token embeddings (as in GPT-2 and the original research script).
+
+Generation uses a `KVCache`: keys and values of past positions are kept, so each new token costs
+one position instead of the whole context.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from janelm.config import ModelConfig
+
+
+class KVCache:
+    """Keys and values of every block for the positions seen so far, preallocated to the context.
+
+    `length` is the number of cached positions; positions written next start there.
+    """
+
+    def __init__(self, config: ModelConfig, batch_size: int, device: torch.device, dtype: torch.dtype):
+        shape = (batch_size, config.n_head, config.context, config.head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_block)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_block)]
+        self.capacity = config.context
+        self.length = 0
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding: rotates pairs of query/key features by a position-dependent angle,
+    so attention scores depend on how far apart two tokens are, not where they sit."""
+
+    def __init__(self, head_dim: int, max_positions: int, base: float = 10000.0):
+        super().__init__()
+        inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        angles = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
+        # Buffers, not parameters: derived from the config, so not saved in checkpoints.
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """Rotate x of shape (B, H, T, D) as positions start .. start+T-1."""
+        T = x.size(-2)
+        cos = self.cos[start : start + T].to(x.dtype)
+        sin = self.sin[start : start + T].to(x.dtype)
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    if config.norm == "rms":
+        return nn.RMSNorm(config.n_embed)
+    return nn.LayerNorm(config.n_embed, bias=config.bias)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head attention in which each position sees only itself and earlier positions."""
+
+    def __init__(self, config: ModelConfig, rotary: Rotary | None):
+        super().__init__()
+        self.n_head, self.head_dim = config.n_head, config.head_dim
+        inner = config.n_head * config.head_dim
+        self.qkv = nn.Linear(config.n_embed, 3 * inner, bias=config.bias)
+        self.proj = nn.Linear(inner, config.n_embed, bias=config.bias)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.rotary = rotary
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).split(self.n_head * self.head_dim, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        start = cache.length if cache is not None else 0
+        if self.rotary is not None:
+            q, k = self.rotary(q, start), self.rotary(k, start)
+
+        if cache is None:
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            )
+        else:
+            end = start + T
+            cache.keys[layer][:, :, start:end] = k
+            cache.values[layer][:, :, start:end] = v
+            k, v = cache.keys[layer][:, :, :end], cache.values[layer][:, :, :end]
+            if start == 0:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            elif T == 1:
+                y = F.scaled_dot_product_attention(q, k, v)  # one new position sees everything cached
+            else:
+                # New positions after a cached prefix: row i sees the prefix and new positions <= i.
+                mask = torch.ones(T, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)
+        return self.resid_dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+    """The per-position feed-forward network: GELU, ReLU² or SwiGLU (gated)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.kind = config.mlp
+        hidden = int(config.mlp_ratio * config.n_embed)
+        if self.kind == "swiglu":
+            # Two thirds of the width keeps the parameter count equal to a plain MLP of the same ratio.
+            hidden = int(2 * hidden / 3)
+            self.gate = nn.Linear(config.n_embed, hidden, bias=config.bias)
+        self.up = nn.Linear(config.n_embed, hidden, bias=config.bias)
+        self.down = nn.Linear(hidden, config.n_embed, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "swiglu":
+            h = F.silu(self.gate(x)) * self.up(x)
+        elif self.kind == "relu2":
+            h = F.relu(self.up(x)).square()
+        else:
+            h = F.gelu(self.up(x))
+        return self.dropout(self.down(h))
+
+
+class Block(nn.Module):
+    """One transformer block: attention then MLP, each pre-normed with a residual connection."""
+
+    def __init__(self, config: ModelConfig, rotary: Rotary | None):
+        super().__init__()
+        self.norm1 = make_norm(config)
+        self.attn = CausalSelfAttention(config, rotary)
+        self.norm2 = make_norm(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), cache, layer)
+        return x + self.mlp(self.norm2(x))
+
+
+class GPT(nn.Module):
+    """Decoder-only transformer language model."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        config.validate()
+        if config.vocab_size < 1:
+            raise ValueError("ModelConfig.vocab_size must be set from the tokenizer")
+        self.config = config
+        self.tok_embed = nn.Embedding(config.vocab_size, config.n_embed)
+        # One rotary table shared by all blocks (a submodule of each, but the same object).
+        rotary = Rotary(config.head_dim, config.context) if config.position == "rope" else None
+        self.pos_embed = nn.Embedding(config.context, config.n_embed) if config.position == "learned" else None
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, rotary) for _ in range(config.n_block))
+        self.norm = make_norm(config)
+        self.head = nn.Linear(config.n_embed, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.head.weight = self.tok_embed.weight  # input and output share one table
+        self.apply(self._init_weights)
+        # Scale the residual projections down with depth so the residual stream's variance stays
+        # near 1 at initialisation (GPT-2's scheme).
+        for name, p in self.named_parameters():
+            if name.endswith(("proj.weight", "down.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_block))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self, embeddings: bool = True) -> int:
+        """Parameter count; shared (tied) tensors count once."""
+        n = sum(p.numel() for p in self.parameters())
+        if not embeddings:
+            n -= self.tok_embed.weight.numel()
+            if self.pos_embed is not None:
+                n -= self.pos_embed.weight.numel()
+        return n
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token: 6 per weight used in a matmul (forward + backward), plus
+        attention's score and value products over the context (the PaLM paper's accounting).
+        Embedding lookups are not matmuls; a tied table is counted once, as the LM head."""
+        c = self.config
+        matmul_params = self.num_params(embeddings=False)
+        if c.tie_embeddings:
+            matmul_params += self.head.weight.numel()
+        attn = 12 * c.n_block * c.n_head * c.head_dim * c.context
+        return 6 * matmul_params + attn
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits for each position of idx (B, T); with targets, also the mean cross-entropy loss.
+
+        With a cache, idx continues the cached positions and the cache is extended. `last_only`
+        computes logits for the final position only (all generation needs).
+        """
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.context:
+            raise ValueError(f"sequence of {start + T} positions exceeds the context of {self.config.context}")
+        x = self.tok_embed(idx)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(torch.arange(start, start + T, device=idx.device))
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache, i)
+        if cache is not None:
+            cache.length += T
+        x = self.norm(x)
+        if last_only:
+            x = x[:, -1:, :]
+        logits = self.head(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+        return logits, loss
+
+    def new_cache(self, batch_size: int) -> KVCache:
+        p = self.tok_embed.weight
+        dtype = torch.get_autocast_dtype(p.device.type) if torch.is_autocast_enabled(p.device.type) else p.dtype
+        return KVCache(self.config, batch_size, p.device, dtype)

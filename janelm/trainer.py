@@ -1,0 +1,349 @@
+"""The training loop: optimizer and schedule, evaluation, early stopping, checkpoints, metrics.
+
+Used by `janelm train` and `janelm bench train`. Everything a resumed run needs is in the `last`
+checkpoint; batches are a function of (seed, step), so resuming replays the same data.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn as nn
+
+from janelm.checkpoint import BEST, LAST, build_model, save_checkpoint
+from janelm.config import ModelConfig, TrainConfig
+from janelm.console import note
+from janelm.data import BatchSampler, Corpus, tokenizer_fingerprint
+from janelm.device import autocast, peak_matmul_flops, pick_device, pick_dtype
+from janelm.distributed import Distributed
+from janelm.errors import InputError, Interrupted, JaneLMError
+from janelm.model import GPT
+from janelm.tokenizer import tokenizer_from_dict
+
+METRICS_FILE = "metrics.csv"
+METRICS_FIELDS = ("step", "tokens", "train_loss", "val_loss", "lr", "elapsed_s")
+
+
+@dataclass
+class RunState:
+    """Counters that move as training goes; saved in every checkpoint."""
+
+    step: int = 0
+    tokens_seen: int = 0
+    best_val_loss: float = math.inf
+    bad_evals: int = 0  # evaluations since the last improvement (early stopping)
+    elapsed: float = 0.0  # seconds of training, summed across resumes
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW, decaying matrices only: norms' gains and biases are not pulled towards zero."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # The fused kernel is fastest on CUDA; foreach batches the update on the CPU.
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    if cfg.optimizer == "muon":
+        from janelm.muon import Muon
+
+        return Muon(model, cfg, fast)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **fast)
+
+
+def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
+    """Linear warm-up over `warmup_iters` steps, then cosine decay to lr * min_lr_ratio as
+    `progress` (the fraction of the step or time budget used) goes to 1."""
+    if step < cfg.warmup_iters:
+        return cfg.lr * (step + 1) / cfg.warmup_iters
+    if cfg.max_iters:
+        span = max(1, cfg.max_iters - cfg.warmup_iters)
+        progress = (step - cfg.warmup_iters) / span
+    progress = min(max(progress, 0.0), 1.0)
+    min_lr = cfg.lr * cfg.min_lr_ratio
+    return min_lr + 0.5 * (cfg.lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def mean_loss(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], ctx) -> float:
+    """Mean loss over fixed batches, in eval mode (no dropout, so no RNG is drawn)."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=batches[0][0].device)
+    for x, y in batches:
+        with ctx:
+            _, loss = model(x, y)
+        total += loss.double()
+    model.train(was_training)
+    return (total / len(batches)).item()
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": _plain(random.getstate()), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_tuples(state["python"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _plain(x):  # tuples → lists, so the state is plain data that safe loading accepts
+    return [_plain(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _tuples(x):
+    return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
+
+
+class MetricsLog:
+    """metrics.csv, one row per evaluation. On resume, rows past the checkpoint's step are dropped
+    so the file matches an uninterrupted run."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        rows = []
+        if resume_step is not None and path.exists():
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, METRICS_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def append(self, **row: Any) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, METRICS_FIELDS).writerow(row)
+
+
+@contextmanager
+def catch_stop_signals() -> Iterator[list[int]]:
+    """Turn SIGINT/SIGTERM into a flag the loop checks between steps, so it can save first."""
+    received: list[int] = []
+    handler = lambda signum, frame: received.append(signum)  # noqa: E731
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+class Trainer:
+    """One training run into `out_dir`: fresh, resumed from `out_dir/last.pt`, or fine-tuned from a checkpoint."""
+
+    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, corpus: Corpus, out_dir: Path, *,
+                 resume: dict[str, Any] | None = None, init: dict[str, Any] | None = None, force: bool = False,
+                 progress: bool = True, dist: Distributed | None = None):
+        """`resume` is the run's last checkpoint to continue; `init` a checkpoint whose weights to
+        fine-tune (fresh optimizer and schedule). Either fixes the model config."""
+        cfg.validate()
+        self.cfg, self.corpus, self.out_dir = cfg, corpus, Path(out_dir)
+        self.dist = dist or Distributed()
+        self.progress = progress and self.dist.is_main
+        self.device = self.dist.device or pick_device(cfg.device)
+        self.dtype = pick_dtype(cfg.dtype, self.device)
+        self.ctx = autocast(self.device, self.dtype)
+        self.state = RunState()
+        self.fingerprint = tokenizer_fingerprint(corpus.tokenizer)
+
+        base = resume or init
+        if base is not None:
+            if tokenizer_fingerprint(tokenizer_from_dict(base["tokenizer"])) != self.fingerprint:
+                flag = "--resume" if resume else "--init-from"
+                raise InputError(
+                    f"{flag}: the checkpoint uses another tokenizer than the data in {corpus.path}/: "
+                    f"prepare the data with `janelm prepare TEXT --tokenizer-from CHECKPOINT`, or pass the run's --data"
+                )
+            model_cfg = ModelConfig.from_dict(base["model_config"])
+        else:
+            model_cfg = replace(model_cfg, vocab_size=corpus.tokenizer.vocab_size)
+            self._refuse_to_overwrite(force)
+        self.model_cfg = model_cfg
+        if len(corpus.val) < model_cfg.context + 2:
+            raise InputError(
+                f"the validation split has {len(corpus.val)} tokens, fewer than one context of {model_cfg.context}: "
+                f"prepare with a larger --val-fraction or more text, or train with a smaller --context"
+            )
+
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        self.model = build_model(base) if base is not None else GPT(model_cfg)
+        self.model.to(self.device).train()
+        self.optimizer = make_optimizer(self.model, cfg, self.device)
+        if resume is not None:
+            self.optimizer.load_state_dict(resume["optimizer"])
+            self.state = RunState(**resume["state"])
+            set_rng_state(resume["rng"])
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.step_model = self.dist.wrap(self.model)
+        if cfg.compile:
+            self.step_model = torch.compile(self.step_model)
+
+        sampler = lambda tokens: BatchSampler(  # noqa: E731
+            tokens, model_cfg.context, cfg.batch_size, cfg.grad_accum, cfg.seed,
+            self.dist.rank, self.dist.world_size, self.device)
+        self.train_batches = sampler(corpus.train)
+        # Every rank evaluates the same fixed batches, so all agree on early stopping.
+        self.eval_sets = {"train": sampler(corpus.train).fixed_batches(cfg.eval_batches, salt=1),
+                          "val": sampler(corpus.val).fixed_batches(cfg.eval_batches, salt=2)}
+        self.metrics = None
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.metrics = MetricsLog(self.out_dir / METRICS_FILE, self.state.step if resume else None)
+
+    def _refuse_to_overwrite(self, force: bool) -> None:
+        """A new run never silently replaces another run's checkpoints."""
+        if not self.dist.is_main or force:
+            return
+        existing = [n for n in (LAST, BEST) if (self.out_dir / n).exists()]
+        if existing:
+            raise InputError(
+                f"{self.out_dir}/ already holds a run ({', '.join(existing)}): --resume to continue it, "
+                f"--force to replace it, or --out NEW_FOLDER"
+            )
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"cannot create {self.out_dir}/ ({e.strerror or e}): choose another --out") from None
+        if not os.access(self.out_dir, os.W_OK):
+            raise InputError(f"cannot write to {self.out_dir}/: choose another --out")
+
+    def _payload(self) -> dict[str, Any]:
+        return {
+            "model_config": asdict(self.model_cfg),
+            "train_config": asdict(self.cfg),
+            "tokenizer": self.corpus.tokenizer.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "state": asdict(self.state),
+            "rng": rng_state(),
+            "data": {"path": str(self.corpus.path), "tokenizer": self.fingerprint,
+                     "chars_per_token": self.corpus.meta.get("chars_per_token", {})},
+        }
+
+    def save(self, name: str) -> None:
+        if self.dist.is_main:
+            save_checkpoint(self.out_dir / name, self._payload())
+
+    def evaluate(self) -> dict[str, float]:
+        return {split: mean_loss(self.model, batches, self.ctx) for split, batches in self.eval_sets.items()}
+
+    def _budget_progress(self) -> float:
+        return self.state.elapsed / self.cfg.max_time if self.cfg.max_time else 0.0
+
+    def _done(self) -> bool:
+        cfg, s = self.cfg, self.state
+        out_of_steps = bool(cfg.max_iters) and s.step >= cfg.max_iters
+        out_of_time = bool(cfg.max_time) and s.elapsed >= cfg.max_time
+        return out_of_steps or out_of_time
+
+    def train_step(self) -> float:
+        """One optimizer step over grad_accum micro-batches; returns the mean loss."""
+        cfg = self.cfg
+        lr = learning_rate(cfg, self.state.step, self._budget_progress())
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        micro = self.train_batches.step_batches(self.state.step)
+        total = torch.zeros((), device=self.device)
+        for i, (x, y) in enumerate(micro):
+            # Only the last micro-step all-reduces gradients across processes.
+            with self.dist.no_sync(self.step_model, last=i == len(micro) - 1), self.ctx:
+                _, loss = self.step_model(x, y)
+            self.scaler.scale(loss / len(micro)).backward()
+            total += loss.detach()
+        if cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return self.dist.mean((total / len(micro)).float()).item()
+
+    def run(self) -> dict[str, Any]:
+        """Train until a budget or early stopping ends the run; returns a summary."""
+        cfg, s = self.cfg, self.state
+        tokens_per_step = cfg.batch_size * cfg.grad_accum * self.model_cfg.context * self.dist.world_size
+        flops_per_step = self.model.flops_per_token() * tokens_per_step
+        peak = peak_matmul_flops(self.device, self.dtype, seconds=0.3) if self.progress else 0.0
+        bar = self._bar()
+        stop_reason = "budget"
+        last_loss = math.nan
+        start, elapsed_before = time.perf_counter(), s.elapsed
+        with catch_stop_signals() as signals:
+            while not self._done():
+                t0 = time.perf_counter()
+                last_loss = self.train_step()
+                if not math.isfinite(last_loss):
+                    raise JaneLMError(
+                        f"the loss became {last_loss} at step {s.step + 1}; the last good checkpoint in {self.out_dir}/ "
+                        f"is kept: lower --lr, or try --dtype float32"
+                    )
+                s.step += 1
+                s.tokens_seen += tokens_per_step
+                dt = time.perf_counter() - t0
+                # Wall time, evaluations included: --max-time is what the user waits.
+                s.elapsed = elapsed_before + time.perf_counter() - start
+                if bar is not None:
+                    mfu = flops_per_step / dt / peak if peak else 0.0
+                    bar.set_postfix_str(f"loss {last_loss:.3f} | {tokens_per_step / dt:,.0f} tok/s | MFU {mfu:.0%}", refresh=False)
+                    bar.update(1 if cfg.max_iters else 0)
+                if s.step % cfg.eval_interval == 0 or self._done():
+                    if self._eval_and_log(last_loss):
+                        stop_reason = "early stop"
+                        break
+                if s.step % cfg.save_interval == 0:
+                    self.save(LAST)
+                if signals:
+                    self.save(LAST)
+                    name = signal.Signals(signals[0]).name
+                    raise Interrupted(
+                        f"{name} received: saved {self.out_dir / LAST} at step {s.step}; "
+                        f"continue with `janelm train --resume --out {self.out_dir} --data {self.corpus.path}`",
+                        signals[0],
+                    )
+        if bar is not None:
+            bar.close()
+        self.save(LAST)
+        return {"stop": stop_reason, "step": s.step, "tokens_seen": s.tokens_seen, "elapsed_s": s.elapsed,
+                "best_val_loss": s.best_val_loss, "last_train_loss": last_loss,
+                "tokens_per_s": s.tokens_seen / s.elapsed if s.elapsed else 0.0}
+
+    def _eval_and_log(self, train_loss: float) -> bool:
+        """Evaluate, log a metrics row, keep `best`; True when early stopping says stop."""
+        s = self.state
+        losses = self.evaluate()
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.metrics is not None:
+            self.metrics.append(step=s.step, tokens=s.tokens_seen, train_loss=f"{losses['train']:.5f}",
+                                val_loss=f"{losses['val']:.5f}", lr=f"{lr:.6g}", elapsed_s=f"{s.elapsed:.1f}")
+        if self.progress:
+            note(f"step {s.step}: train {losses['train']:.4f}, val {losses['val']:.4f}, lr {lr:.2e}")
+        if losses["val"] < s.best_val_loss:
+            s.best_val_loss, s.bad_evals = losses["val"], 0
+            self.save(BEST)
+            return False
+        s.bad_evals += 1
+        return bool(self.cfg.patience) and s.bad_evals >= self.cfg.patience
+
+    def _bar(self):
+        if not self.progress:
+            return None
+        from tqdm import tqdm
+
+        total = self.cfg.max_iters or None
+        return tqdm(total=total, initial=self.state.step if total else 0, desc="train", unit="step",
+                    dynamic_ncols=True, leave=False)

@@ -1,0 +1,97 @@
+"""The transformer: attention equals its textbook definition, the cache changes nothing, shapes hold."""
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from janelm.config import ModelConfig
+from janelm.errors import InputError
+from janelm.model import GPT, CausalSelfAttention
+
+SMALL = ModelConfig(vocab_size=50, context=16, n_block=2, n_embed=32, n_head=4)
+
+
+def explicit_attention(attn: CausalSelfAttention, x: torch.Tensor) -> torch.Tensor:
+    """Masked softmax attention written out by hand, with the module's own weights."""
+    B, T, _ = x.shape
+    q, k, v = attn.qkv(x).split(attn.n_head * attn.head_dim, dim=2)
+    q, k, v = (t.view(B, T, attn.n_head, attn.head_dim).transpose(1, 2) for t in (q, k, v))
+    if attn.rotary is not None:
+        q, k = attn.rotary(q, 0), attn.rotary(k, 0)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(attn.head_dim)
+    mask = torch.ones(T, T, dtype=torch.bool).tril()
+    weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+    y = (weights @ v).transpose(1, 2).reshape(B, T, -1)
+    return attn.proj(y)
+
+
+@pytest.mark.parametrize("position", ["rope", "learned"])
+@pytest.mark.parametrize("head_size", [0, 12])
+def test_sdpa_attention_equals_explicit_masked_softmax(position, head_size):
+    torch.manual_seed(0)
+    model = GPT(replace(SMALL, position=position, head_size=head_size)).eval()
+    attn = model.blocks[0].attn
+    x = torch.randn(3, 10, SMALL.n_embed)
+    torch.testing.assert_close(attn(x), explicit_attention(attn, x), rtol=1e-5, atol=1e-6)
+
+
+def test_attention_is_causal():
+    torch.manual_seed(0)
+    model = GPT(SMALL).eval()
+    idx = torch.randint(0, 50, (1, 12))
+    changed = idx.clone()
+    changed[0, 8:] = (changed[0, 8:] + 1) % 50
+    a, _ = model(idx)
+    b, _ = model(changed)
+    torch.testing.assert_close(a[:, :8], b[:, :8])
+    assert not torch.allclose(a[:, 8:], b[:, 8:])
+
+
+@pytest.mark.parametrize("cfg", [SMALL, replace(SMALL, position="learned", norm="layer", mlp="gelu", tie_embeddings=False, bias=True),
+                                 replace(SMALL, mlp="relu2")])
+def test_cached_forward_equals_full_forward(cfg):
+    torch.manual_seed(0)
+    model = GPT(cfg).eval().double()
+    idx = torch.randint(0, 50, (2, 16))
+    full, _ = model(idx)
+    cache = model.new_cache(2)
+    parts = [model(idx[:, :5], cache=cache)[0], model(idx[:, 5:6], cache=cache)[0], model(idx[:, 6:16], cache=cache)[0]]
+    torch.testing.assert_close(torch.cat(parts, dim=1), full)
+    assert cache.length == 16
+
+
+def test_loss_and_shapes():
+    model = GPT(SMALL)
+    idx = torch.randint(0, 50, (2, 16))
+    logits, loss = model(idx, idx)
+    assert logits.shape == (2, 16, 50)
+    assert loss.ndim == 0 and 0 < loss.item() < 2 * math.log(50)
+    logits, _ = model(idx, last_only=True)
+    assert logits.shape == (2, 1, 50)
+    with pytest.raises(ValueError, match="exceeds the context"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_parameter_count_and_tying():
+    tied = GPT(SMALL)
+    untied = GPT(replace(SMALL, tie_embeddings=False))
+    assert untied.num_params() - tied.num_params() == 50 * 32
+    assert tied.head.weight is tied.tok_embed.weight
+    # The seed preset's shape (n_embed 512 = 4 heads × 128) is expressible and about 70M with GPT-2's vocabulary.
+    seed = GPT(ModelConfig(vocab_size=50257, context=96, n_block=6, n_embed=512, n_head=4, head_size=128,
+                           position="learned", norm="layer", mlp="gelu", tie_embeddings=False))
+    assert 60e6 < seed.num_params() < 80e6
+    assert seed.blocks[0].attn.qkv.out_features == 3 * 4 * 128
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"n_embed": 30, "n_head": 4}, "not divisible"),
+    ({"n_block": 0}, "at least 1"),
+    ({"dropout": 1.5}, "dropout"),
+    ({"norm": "batch"}, "norm"),
+])
+def test_bad_shapes_are_input_errors(change, message):
+    with pytest.raises(InputError, match=message):
+        replace(SMALL, **change).validate()
