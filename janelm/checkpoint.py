@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,14 @@ BEST, LAST = "best.pt", "last.pt"
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write `payload` to `path` so that a crash at any moment leaves the old file or the new one,
-    never a mix: temporary file, fsync, rename, fsync the folder."""
+    never a mix: temporary file, fsync, rename, fsync the folder.
+
+    The temporary file is `.<name>.<pid>.tmp` beside `path`: hidden, and never named like a
+    checkpoint, so a run folder's `best.pt`/`last.pt` are the only files taken for checkpoints.
+    One left behind by a process that was killed mid-write is removed by the next save."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -52,6 +59,20 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         os.close(dir_fd)
 
 
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete `.<name>.<pid>.tmp` files beside `path` whose writing process no longer exists."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 : -len(".tmp")]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except (PermissionError, OverflowError, OSError):
+            pass  # alive under another user, or not a pid at all: leave it
+
+
 def resolve_checkpoint(path: str | Path | None, default_dir: str = "checkpoints") -> Path:
     """A checkpoint file from a file or run folder (its best.pt, else last.pt)."""
     p = Path(path) if path else Path(default_dir)
@@ -66,23 +87,80 @@ def resolve_checkpoint(path: str | Path | None, default_dir: str = "checkpoints"
     return p
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive; JaneLM never wrote anything else
+
+
+def _first_line(e: BaseException, limit: int = 120) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:limit] if text else type(e).__name__
+
+
+def _refused_global(message: str) -> str | None:
+    """The callable a pickle asked for that `weights_only` refused, from torch's message."""
+    match = re.search(r"GLOBAL ([\w.]+)", message)
+    return match.group(1) if match else None
+
+
+def _not_an_archive(path: Path, head: bytes) -> InputError:
+    """The error for a file that is not a zip archive, saying what it looks like instead."""
+    fix = "pass a .pt file written by `janelm train`, or its run folder"
+    if not head:
+        return InputError(f"{path} is empty, not a JaneLM checkpoint: {fix}")
+    if head[:1] == b"\x80":
+        return InputError(f"{path} is a bare Python pickle, not a JaneLM checkpoint (refused unread: pickles can run code): {fix}")
+    try:
+        head.decode("utf-8")
+        looks_like_text = b"\x00" not in head
+    except UnicodeDecodeError as e:
+        looks_like_text = e.start > len(head) - 4  # a character cut at the end of the sample
+    if looks_like_text:
+        return InputError(f"{path} is a text file, not a JaneLM checkpoint: {fix}")
+    return InputError(f"{path} is not a JaneLM checkpoint (not a PyTorch checkpoint archive): {fix}")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load and check a checkpoint file; anything else gets one clear InputError."""
+    """Load and check a checkpoint file; anything else gets one clear InputError.
+
+    Nothing in the file is trusted: it is opened as a zip archive first, then unpickled with
+    `weights_only=True` (plain data and tensors only), and every failure to read it, whatever
+    its type, means the same thing to the user: this file is not a checkpoint JaneLM can use."""
     path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as e:
+        raise InputError(f"cannot read checkpoint {path} ({e.strerror or e}): check the path and its permissions") from None
+    if not head.startswith(ZIP_MAGIC):
+        raise _not_an_archive(path, head)
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{path} is a damaged or truncated checkpoint (its archive is incomplete): "
+                         f"use another checkpoint (a run keeps best.pt and last.pt) or train again")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        # weights_only refuses classes and callables: a file that needs them is not ours, and may be hostile.
-        raise InputError(f"{path} is not a JaneLM checkpoint: it asks to build objects that safe loading refuses ({str(e).splitlines()[0][:120]})") from None
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, UnicodeDecodeError, KeyError) as e:
-        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-        raise InputError(f"{path} is not a readable JaneLM checkpoint (truncated or another kind of file: {reason})") from None
+        refused = _refused_global(str(e))
+        if refused:
+            # weights_only refuses classes and callables: a file that needs them is not ours, and may be hostile.
+            raise InputError(f"{path} is not a JaneLM checkpoint: it asks to run {refused}, which safe loading "
+                             f"refuses (a crafted or foreign file; it was not loaded)") from None
+        raise InputError(f"{path} is a damaged JaneLM checkpoint (its data cannot be read): "
+                         f"use another checkpoint (a run keeps best.pt and last.pt) or train again") from None
+    except MemoryError:
+        raise InputError(f"{path} is a damaged checkpoint (it asks for more memory than there is)") from None
+    except Exception as e:  # noqa: BLE001 - a foreign or damaged file can fail in any way
+        if isinstance(e, RuntimeError) and "archive" in str(e) and "subdirectory" in str(e):
+            raise InputError(f"{path} is a zip archive but not a PyTorch checkpoint: pass a .pt file written by "
+                             f"`janelm train`, or its run folder") from None
+        raise InputError(f"{path} is a damaged or foreign checkpoint that cannot be read ({_first_line(e)}): "
+                         f"use another checkpoint (a run keeps best.pt and last.pt) or train again") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise InputError(f"{path} is not a JaneLM checkpoint (no JaneLM format marker)")
-    if ckpt.get("version") != VERSION:
+        raise InputError(f"{path} is not a JaneLM checkpoint (a PyTorch file without JaneLM's format marker)")
+    version = ckpt.get("version")
+    if version != VERSION:
         raise InputError(
-            f"{path} is a JaneLM checkpoint of format version {ckpt.get('version')}, but this janelm "
-            f"({__version__}) reads version {VERSION}: use the janelm release that wrote it"
+            f"{path} is a JaneLM checkpoint of format version {version!r}, but this janelm "
+            f"({__version__}) reads version {VERSION}: use the janelm release that wrote it "
+            f"(janelm {str(ckpt.get('janelm_version', 'unknown'))[:40]})"
         )
     for key in ("model_config", "tokenizer", "model"):
         if key not in ckpt:
@@ -92,28 +170,65 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def load_model(path: str | Path | None, device: torch.device | str = "cpu"):
     """The one way commands get a trained model: (model in eval mode, tokenizer, checkpoint dict)."""
-    from janelm.model import GPT
-
     file = resolve_checkpoint(path)
     ckpt = load_checkpoint(file)
-    tokenizer = tokenizer_from_dict(ckpt["tokenizer"])
+    tokenizer = checkpoint_tokenizer(ckpt, file)
     model = build_model(ckpt, file)
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise InputError(f"{file} is inconsistent: its tokenizer has {tokenizer.vocab_size} tokens but its model "
+                         f"{model.config.vocab_size}: use another checkpoint or train again")
     model.to(device).eval()
     return model, tokenizer, ckpt
 
 
+def checkpoint_tokenizer(ckpt: dict[str, Any], file: Path | str = "checkpoint") -> Tokenizer:
+    """The checkpoint's tokenizer; a damaged one is an InputError naming the file."""
+    try:
+        return tokenizer_from_dict(ckpt["tokenizer"])
+    except InputError as e:
+        raise InputError(f"{file}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - damaged data can fail in any way
+        raise InputError(f"{file} holds a damaged tokenizer ({_first_line(e)}): use another checkpoint or train again") from None
+
+
 def build_model(ckpt: dict[str, Any], file: Path | str = "checkpoint"):
-    """A GPT from a checkpoint dict's config and weights, with clear errors for mismatches."""
+    """A GPT from a checkpoint dict's config and weights, with clear errors for mismatches.
+
+    The weights' shapes are checked against a model built on the `meta` device (no memory)
+    first, so a damaged config cannot make us allocate a huge model before failing."""
     from janelm.model import GPT
+
+    def unfit(detail: str) -> InputError:
+        return InputError(f"{file} holds weights that do not fit its model config ({detail[:160]})")
 
     try:
         config = ModelConfig.from_dict(ckpt["model_config"])
+        state = ckpt["model"]
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise unfit("the weights are not a dict of tensors")
+        if not isinstance(config.n_block, int) or config.n_block > len(state):
+            raise unfit(f"{config.n_block!r} blocks but {len(state)} tensors")
+        with torch.device("meta"):
+            shell = GPT(config)
+        expected = {k: tuple(v.shape) for k, v in shell.state_dict().items()}
+        found = {k: tuple(v.shape) for k, v in state.items()}
+        if expected != found:
+            missing = sorted(expected.keys() - found.keys())
+            extra = sorted(found.keys() - expected.keys())
+            wrong = sorted(k for k in expected.keys() & found.keys() if expected[k] != found[k])
+            detail = (f"missing {missing[0]}" if missing else f"unexpected {extra[0]}" if extra else
+                      f"{wrong[0]} is {list(found[wrong[0]])}, expected {list(expected[wrong[0]])}")
+            raise unfit(detail)
         model = GPT(config)
-        model.load_state_dict(ckpt["model"])
-    except (TypeError, ValueError, RuntimeError, KeyError, AttributeError, InputError) as e:
-        raise InputError(f"{file} holds weights that do not fit its model config ({str(e).splitlines()[0][:160]})") from None
+        model.load_state_dict(state)
+    except InputError as e:
+        if str(e).startswith(str(file)):
+            raise
+        raise unfit(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - damaged data can fail in any way
+        raise unfit(_first_line(e, 160)) from None
     return model
 
 
 def tokenizer_of(ckpt: dict[str, Any]) -> Tokenizer:
-    return tokenizer_from_dict(ckpt["tokenizer"])
+    return checkpoint_tokenizer(ckpt)

@@ -105,12 +105,12 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors (default: off)")
 
     parser = Parser(prog="janelm", description="Train a small language model on Jane Austen, sample it, and measure it.",
                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--version", action="version", version=f"janelm {__version__}")
-    parser.add_argument("--debug", action="store_true", default=False, help="show tracebacks on errors")
+    parser.add_argument("--debug", action="store_true", default=False, help="show tracebacks on errors (default: off)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     def command(name: str, help: str, module: str | None = None) -> argparse.ArgumentParser:
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     pd = PrepareDefaults()
     p = command("prepare", "clean text, train a tokenizer and write token files")
     p.add_argument("paths", nargs="*", metavar="PATH", help=".txt files, folders of them, or - for standard input")
-    p.add_argument("--gutenberg", metavar="BOOKS", help="download from Project Gutenberg: 'austen' or eBook numbers like 105,1342")
+    p.add_argument("--gutenberg", metavar="BOOKS", help="download from Project Gutenberg: 'austen' or eBook numbers like 105,1342 (default: none)")
     p.add_argument("--mirror", default=pd.mirror, help=f"Project Gutenberg mirror (default: {pd.mirror})")
     p.add_argument("--out", default=pd.out, help=f"output folder (default: {pd.out})")
     p.add_argument("--tokenizer", choices=("bpe", "char", "gpt2"), default=pd.tokenizer, help=f"tokenizer kind (default: {pd.tokenizer})")
@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_flags(p)
 
     p = command("bench", "measure speed: sampling or training throughput")
-    p.add_argument("what", choices=("sample", "train"), help="what to measure")
+    p.add_argument("what", choices=("sample", "train"), help="what to measure: generation or training speed")
     p.add_argument("-c", "--checkpoint", default=None, help="measure this checkpoint's model (default: a random model of the given shape)")
     p.add_argument("--json", action="store_true", help="print one JSON object to stdout (default: a table on stderr)")
     p.add_argument("--steps", type=int, default=0, help="steps or tokens to time (default: 255 new tokens for sample, 20 steps for train)")

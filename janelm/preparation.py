@@ -3,6 +3,9 @@
 The folder is written through a temporary sub-folder and its files renamed into place only when
 all are complete, so a failed or interrupted prepare never leaves a corpus that looks whole, and
 never damages one already there.
+
+Reading and checking the input imports no torch (janelm.data is imported where token files are
+written), so a mistyped path or a bad file fails in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from typing import Any, Callable
 
 from janelm import __version__
 from janelm.corpus import clean_gutenberg, normalise, read_text, split_work
-from janelm.data import META_FILE, SPLITS, TOKENIZER_FILE, TokenWriter, token_dtype, tokenizer_fingerprint, write_json
 from janelm.errors import InputError
 from janelm.tokenizer import Tokenizer
 
@@ -45,24 +47,53 @@ def load_work(source: Path | str, *, clean: bool, ascii: bool, val_fraction: flo
     return Work(name, train, val, info)
 
 
-def check_out_dir(out: Path, force: bool) -> None:
-    """Refuse to replace a corpus unless asked, and fail early on a folder we cannot write."""
+def check_out_dir(out: Path, force: bool) -> Path | None:
+    """Refuse to replace a corpus unless asked, and fail early on a folder we cannot write.
+
+    Creates `out` (and missing parents) when needed; returns the top-most folder it created,
+    or None, so a failed prepare can remove what it made (see `remove_created`)."""
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file, not a folder: choose another --out")
-    if (out / META_FILE).exists() and not force:
-        raise InputError(f"{out}/ already holds a prepared corpus: use --force to replace it, or --out NEW_FOLDER")
+    if out.is_dir():
+        from janelm.data import META_FILE
+
+        if (out / META_FILE).exists() and not force:
+            raise InputError(f"{out}/ already holds a prepared corpus: use --force to replace it, or --out NEW_FOLDER")
+    top = None
+    for folder in (out, *out.parents):
+        if folder.exists():
+            break
+        top = folder
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{time.time_ns()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
+        remove_created(out, top)
         raise InputError(f"cannot write to {out}/ ({e.strerror or e}): choose another --out") from None
+    return top
+
+
+def remove_created(out: Path, top: Path | None) -> None:
+    """Remove the folders from `out` up to `top` that a failed command created, as long as they
+    are empty: a download cache (out/raw) is worth keeping, and keeps them."""
+    if top is None:
+        return
+    for folder in (out, *out.parents):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        if folder == top:
+            return
 
 
 def write_corpus(out: Path, works: list[Work], tokenizer: Tokenizer, settings: dict[str, Any],
                  min_tokens: int, progress: Callable[[str, int], Any] | None = None) -> dict[str, Any]:
     """Encode the works and write token files, tokenizer and meta.json into `out`; returns meta."""
+    from janelm.data import META_FILE, SPLITS, TOKENIZER_FILE, TokenWriter, token_dtype, tokenizer_fingerprint, write_json
+
     staging = out / ".prepare-tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

@@ -11,6 +11,7 @@ import math
 import os
 import random
 import signal
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -158,6 +159,7 @@ class Trainer:
         self.dtype = pick_dtype(cfg.dtype, self.device)
         self.ctx = autocast(self.device, self.dtype)
         self.state = RunState()
+        self.bar = None
         self.fingerprint = tokenizer_fingerprint(corpus.tokenizer)
 
         base = resume or init
@@ -279,7 +281,7 @@ class Trainer:
         tokens_per_step = cfg.batch_size * cfg.grad_accum * self.model_cfg.context * self.dist.world_size
         flops_per_step = self.model.flops_per_token() * tokens_per_step
         peak = peak_matmul_flops(self.device, self.dtype, seconds=0.3) if self.progress else 0.0
-        bar = self._bar()
+        bar = self.bar = self._bar()
         stop_reason = "budget"
         last_loss = math.nan
         start, elapsed_before = time.perf_counter(), s.elapsed
@@ -318,6 +320,7 @@ class Trainer:
         if bar is not None:
             bar.close()
         self.save(LAST)
+        self._plot()
         return {"stop": stop_reason, "step": s.step, "tokens_seen": s.tokens_seen, "elapsed_s": s.elapsed,
                 "best_val_loss": s.best_val_loss, "last_train_loss": last_loss,
                 "tokens_per_s": s.tokens_seen / s.elapsed if s.elapsed else 0.0}
@@ -331,13 +334,21 @@ class Trainer:
             self.metrics.append(step=s.step, tokens=s.tokens_seen, train_loss=f"{losses['train']:.5f}",
                                 val_loss=f"{losses['val']:.5f}", lr=f"{lr:.6g}", elapsed_s=f"{s.elapsed:.1f}")
         if self.progress:
-            note(f"step {s.step}: train {losses['train']:.4f}, val {losses['val']:.4f}, lr {lr:.2e}")
+            message = f"step {s.step}: train {losses['train']:.4f}, val {losses['val']:.4f}, lr {lr:.2e}"
+            self.bar.write(message, file=sys.stderr) if self.bar is not None else note(message)
         if losses["val"] < s.best_val_loss:
             s.best_val_loss, s.bad_evals = losses["val"], 0
             self.save(BEST)
             return False
         s.bad_evals += 1
         return bool(self.cfg.patience) and s.bad_evals >= self.cfg.patience
+
+    def _plot(self) -> None:
+        """loss.png beside metrics.csv, when matplotlib is installed (janelm[plot])."""
+        from janelm.plotting import have_matplotlib, plot_runs
+
+        if self.dist.is_main and have_matplotlib():
+            plot_runs([self.out_dir], self.out_dir / "loss.png")
 
     def _bar(self):
         if not self.progress:

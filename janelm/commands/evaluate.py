@@ -31,7 +31,10 @@ def run(args: argparse.Namespace) -> int:
 
     nats = tokens = chars = nbytes = 0
     for name, text in sources:
-        ids, first = encode_lines(tokenizer, text.splitlines(keepends=True))
+        try:
+            ids, first = encode_lines(tokenizer, text.splitlines(keepends=True))
+        except InputError as e:  # e.g. characters a char tokenizer never saw: say which file has them
+            raise InputError(f"{name}: {e}") from None
         if len(ids) < 2:
             raise InputError(f"{name}: too short to score (needs at least two tokens)")
         n, t = score_ids(model, ids, batch_size=args.batch_size, ctx=ctx)

@@ -3,16 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 from janelm.config import DEFAULT_PRESET, preset_configs
 from janelm.console import stderr
 from janelm.errors import InputError
 
+BACKOFF_ENV = "JANELM_DOWNLOAD_BACKOFF"
+DEFAULT_BACKOFF = 2.0  # seconds before the first retry of a download; doubles after each
 
-def run(args: argparse.Namespace) -> int:
-    from janelm.corpus import iter_sources
-    from janelm.preparation import Work, check_out_dir, load_work, write_corpus
+
+def download_backoff() -> float:
+    """Seconds before the first retry of a failed download (doubling after each):
+    $JANELM_DOWNLOAD_BACKOFF, default 2. Tests and impatient users set it lower."""
+    raw = os.environ.get(BACKOFF_ENV, "").strip()
+    if not raw:
+        return DEFAULT_BACKOFF
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 3600.0:
+        raise InputError(f"${BACKOFF_ENV} must be a number of seconds from 0 to 3600, got {raw!r}")
+    return value
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Flag values that are wrong whatever the input: checked before any text is read."""
+    from janelm.tokenizer import MAX_BPE_VOCAB_SIZE, MIN_BPE_VOCAB_SIZE
 
     if not args.paths and not args.gutenberg:
         raise InputError(
@@ -21,9 +41,35 @@ def run(args: argparse.Namespace) -> int:
         )
     if not 0.0 < args.val_fraction < 0.5:
         raise InputError(f"--val-fraction must be between 0 and 0.5, got {args.val_fraction}")
+    if args.tokenizer == "bpe" and not args.tokenizer_from:
+        if args.vocab_size < MIN_BPE_VOCAB_SIZE:
+            raise InputError(f"--vocab-size must be at least {MIN_BPE_VOCAB_SIZE} for bpe (256 byte tokens + merges), "
+                             f"got {args.vocab_size}")
+        if args.vocab_size > MAX_BPE_VOCAB_SIZE:
+            raise InputError(f"--vocab-size {args.vocab_size} is too large for bpe: use at most {MAX_BPE_VOCAB_SIZE} "
+                             f"(up to 65536 keeps token ids in uint16)")
+    if args.tokenizer_sample < 1:
+        raise InputError(f"--tokenizer-sample must be positive, got {args.tokenizer_sample}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from janelm.corpus import iter_sources
+    from janelm.preparation import check_out_dir, remove_created
+
+    check_flags(args)
+    backoff = download_backoff() if args.gutenberg else DEFAULT_BACKOFF
     out = Path(args.out)
     sources = iter_sources(args.paths) if args.paths else []
-    check_out_dir(out, args.force)
+    created = check_out_dir(out, args.force)
+    try:
+        return prepare(args, out, sources, backoff)
+    except BaseException:
+        remove_created(out, created)  # leave nothing behind but a download cache (out/raw) worth keeping
+        raise
+
+
+def prepare(args: argparse.Namespace, out: Path, sources: list, backoff: float) -> int:
+    from janelm.preparation import Work, load_work, write_corpus
 
     works: list[Work] = []
     options = {"clean": args.clean, "ascii": args.ascii, "val_fraction": args.val_fraction}
@@ -31,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         from janelm.gutenberg import AUSTEN, fetch_book, parse_books, sha256_file
 
         for number in parse_books(args.gutenberg):
-            path, _ = fetch_book(number, out / "raw", args.mirror)
+            path, _ = fetch_book(number, out / "raw", args.mirror, backoff=backoff, progress=sys.stderr.isatty())
             extra = {"gutenberg": number, "title": AUSTEN.get(number), "raw_sha256": sha256_file(path)}
             works.append(load_work(path, **options, extra=extra))
     works += [load_work(source, **options) for source in sources]
@@ -53,10 +99,10 @@ def make_tokenizer(args: argparse.Namespace, works):
         from janelm.tokenizer import tokenizer_from_dict
 
         return tokenizer_from_dict(load_checkpoint(resolve_checkpoint(args.tokenizer_from))["tokenizer"])
-    if args.tokenizer_sample < 1:
-        raise InputError(f"--tokenizer-sample must be positive, got {args.tokenizer_sample}")
     texts = [w.train for w in works]
-    return train_tokenizer(args.tokenizer, texts, args.vocab_size, max_chars=args.tokenizer_sample)
+    # A progress bar only for a person watching: in a log or a pipe it is noise around the one error line.
+    return train_tokenizer(args.tokenizer, texts, args.vocab_size, progress=sys.stderr.isatty(),
+                           max_chars=args.tokenizer_sample)
 
 
 def show_summary(out: Path, meta: dict) -> None:

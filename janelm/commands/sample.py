@@ -35,7 +35,7 @@ def read_prompt(args: argparse.Namespace) -> str:
         text = sys.stdin.read()
         if text:
             return text.rstrip("\n") if text.count("\n") == 1 else text
-    return "\n"
+    return "\n"  # no prompt: start a fresh paragraph
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_time < 0:
         raise InputError(f"--max-time must not be negative, got {args.max_time}")
     prompt = read_prompt(args)
+    echo = args.echo and prompt != "\n"  # the default prompt (a paragraph break) is not shown
 
     import torch
 
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     stops = [StopFilter(args.stop) for _ in range(args.num_samples)]
     texts = [""] * args.num_samples
     stream = args.num_samples == 1  # a batch is printed sample by sample once finished
-    if args.echo and stream:
+    if echo and stream:
         out.write(prompt)
         out.flush()
     deadline = time.monotonic() + args.max_time if args.max_time else None
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     if stream:
         out.write(texts[0] + "\n")  # a final newline, so the shell prompt starts on its own line
     else:
-        head = prompt if args.echo else ""
+        head = prompt if echo else ""
         out.write(args.separator.join(head + t for t in texts) + "\n")
     out.flush()
     return 0

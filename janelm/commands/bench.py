@@ -1,0 +1,75 @@
+"""`janelm bench sample|train`: throughput of generation or training, measured in one run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+
+
+def run(args: argparse.Namespace) -> int:
+    from janelm.commands.train import configs_from_args
+
+    model_cfg, train_cfg = configs_from_args(args)
+    if args.what == "sample":
+        result = bench_sample(args, model_cfg, train_cfg)
+    else:
+        from janelm.speed import measure_training
+
+        result = measure_training(model_cfg, train_cfg, steps=args.steps or 20, vocab_size=args.vocab_size)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        show(result, args.what)
+    return 0
+
+
+def bench_sample(args: argparse.Namespace, model_cfg, train_cfg) -> dict:
+    import torch
+
+    from janelm.checkpoint import load_model
+    from janelm.device import autocast, pick_device, pick_dtype
+    from janelm.model import GPT
+    from janelm.speed import measure_sampling
+
+    device = pick_device(train_cfg.device)
+    if args.checkpoint:
+        model, _, _ = load_model(args.checkpoint, device)
+    else:
+        torch.manual_seed(0)
+        model = GPT(replace(model_cfg, vocab_size=args.vocab_size)).to(device).eval()
+    ctx = autocast(device, pick_dtype(train_cfg.dtype, device)) if train_cfg.dtype != "auto" else None
+    result = measure_sampling(model, new_tokens=args.steps or 255, ctx=ctx)
+    c = model.config
+    return {"device": device.type, "n_block": c.n_block, "n_embed": c.n_embed, "n_head": c.n_head,
+            "context": c.context, "vocab_size": c.vocab_size, "params": model.num_params(), **result}
+
+
+def show(result: dict, what: str) -> None:
+    from rich.table import Table
+
+    from janelm.console import stderr
+
+    table = Table(title=f"janelm bench {what}", title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    if what == "sample":
+        table.add_row("model", f"{result['n_block']} blocks × {result['n_embed']}, {result['n_head']} heads, "
+                      f"context {result['context']}, vocab {result['vocab_size']} ({result['params'] / 1e6:.1f}M)")
+        table.add_row("prefill", f"{result['prefill_tokens_per_s']:,.0f} tokens/s")
+        table.add_row(f"decode, KV cache ({result['new_tokens']} tokens)", f"{result['decode_tokens_per_s']:,.1f} tokens/s")
+        table.add_row("decode, recompute each step", f"{result['recompute_tokens_per_s']:,.1f} tokens/s")
+        table.add_row("speedup (cache ÷ recompute)", f"{result['speedup']:.2f}×")
+        table.add_row(f"decode {result['long_tokens']} tokens (3× context)", f"{result['long_decode_tokens_per_s']:,.1f} tokens/s")
+        table.add_row("past-context ÷ in-context speed", f"{result['long_vs_in_context']:.2f}")
+    else:
+        peaks = ", ".join(f"{k} {v / 1e9:,.1f}" for k, v in result["peak_flops_by_dtype"].items())
+        table.add_row("device, dtype", f"{result['device']}, {result['dtype']}")
+        table.add_row("measured matmul peak (GFLOP/s)", peaks)
+        table.add_row("parameters", f"{result['params'] / 1e6:.2f}M")
+        table.add_row("step", f"{result['step_ms']:.0f} ms ({result['tokens_per_step']:,} tokens)")
+        table.add_row("tokens/s", f"{result['tokens_per_s']:,.0f}")
+        table.add_row("achieved", f"{result['achieved_flops'] / 1e9:,.1f} GFLOP/s")
+        table.add_row("MFU", f"{result['mfu']:.1%} of the {result['dtype']} peak")
+        table.add_row(result["memory_kind"], f"{result['peak_memory_bytes'] / 2**20:,.0f} MiB")
+    stderr().print(table)

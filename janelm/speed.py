@@ -1,0 +1,114 @@
+"""Speed measurements behind `janelm bench`: each figure is timed in this process after a warm-up,
+so ratios between them are fair. Nothing here asserts speed; tests only check the shapes of results."""
+
+from __future__ import annotations
+
+import resource
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from janelm.config import ModelConfig, TrainConfig
+from janelm.device import autocast, peak_matmul_flops, pick_device, pick_dtype, synchronize
+from janelm.generate import SamplingOptions, generate_tokens
+
+GREEDY = SamplingOptions(temperature=0)
+
+
+def _timed_generation(model, prompt: list[int], n: int, use_cache: bool, ctx) -> float:
+    """Tokens per second of generating `n` tokens (greedy, so every run does the same work)."""
+    start = time.perf_counter()
+    for _ in generate_tokens(model, prompt, n, GREEDY, use_cache=use_cache, ctx=ctx):
+        pass
+    synchronize(model.tok_embed.weight.device)
+    return n / (time.perf_counter() - start)
+
+
+@torch.no_grad()
+def measure_sampling(model, new_tokens: int = 255, repeats: int = 3, ctx=None) -> dict[str, Any]:
+    """Prefill, cached decode, cache-less decode, and decode far past the context, in tokens/s."""
+    device = model.tok_embed.weight.device
+    context = model.config.context
+    prompt = [0]
+    _timed_generation(model, prompt, min(32, new_tokens), True, ctx)  # warm-up
+    _timed_generation(model, prompt, min(32, new_tokens), False, ctx)
+
+    full = torch.zeros(1, context, dtype=torch.long, device=device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        cache = model.new_cache(1)
+        with ctx or torch.no_grad():
+            model(full, cache=cache, last_only=True)
+    synchronize(device)
+    prefill = repeats * context / (time.perf_counter() - start)
+
+    decode = max(_timed_generation(model, prompt, new_tokens, True, ctx) for _ in range(repeats))
+    recompute = max(_timed_generation(model, prompt, new_tokens, False, ctx) for _ in range(max(1, repeats - 1)))
+    long = _timed_generation(model, prompt, 3 * context, True, ctx)
+    return {
+        "new_tokens": new_tokens,
+        "prefill_tokens_per_s": prefill,
+        "decode_tokens_per_s": decode,
+        "recompute_tokens_per_s": recompute,
+        "speedup": decode / recompute,
+        "long_tokens": 3 * context,
+        "long_decode_tokens_per_s": long,
+        "long_vs_in_context": long / decode,
+    }
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def measure_training(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int = 20, warmup: int = 3,
+                     vocab_size: int = 100, peak_seconds: float = 1.0) -> dict[str, Any]:
+    """Peak matmul FLOP/s for float32 and bf16, then `steps` real training steps (batch fetch,
+    forward, backward, clipping, optimizer step) on random tokens; tokens/s, FLOP/s and MFU."""
+    from janelm.data import Corpus
+    from janelm.tokenizer import CharTokenizer
+    from janelm.trainer import Trainer
+
+    device = pick_device(train_cfg.device)
+    dtype = pick_dtype(train_cfg.dtype, device)
+    peaks = {"float32": peak_matmul_flops(device, torch.float32, seconds=peak_seconds)}
+    if device.type == "cuda" or dtype == torch.bfloat16:
+        peaks["bfloat16"] = peak_matmul_flops(device, torch.bfloat16, seconds=peak_seconds)
+    if dtype == torch.float16:
+        peaks["float16"] = peak_matmul_flops(device, torch.float16, seconds=peak_seconds)
+
+    tokenizer = CharTokenizer("".join(chr(33 + i) for i in range(vocab_size)))
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, vocab_size, (max(200_000, 4 * model_cfg.context),), generator=g, dtype=torch.int32)
+    corpus = Corpus(Path("<random tokens>"), {}, tokenizer, tokens, tokens[: 4 * model_cfg.context + 2])
+    train_cfg = replace(train_cfg, max_iters=steps + warmup + 1, eval_batches=1)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with tempfile.TemporaryDirectory() as out:
+        trainer = Trainer(model_cfg, train_cfg, corpus, Path(out), progress=False)
+        for _ in range(warmup):
+            trainer.train_step()
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_step()
+            trainer.state.step += 1
+        synchronize(device)
+        elapsed = time.perf_counter() - start
+    tokens_per_step = train_cfg.batch_size * train_cfg.grad_accum * trainer.model_cfg.context
+    flops_per_token = trainer.model.flops_per_token()
+    tokens_per_s = steps * tokens_per_step / elapsed
+    name = str(dtype).removeprefix("torch.")
+    achieved = tokens_per_s * flops_per_token
+    memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss_bytes()
+    return {
+        "device": device.type, "dtype": name, "params": trainer.model.num_params(),
+        "flops_per_token": flops_per_token, "tokens_per_step": tokens_per_step, "steps": steps,
+        "step_ms": 1000 * elapsed / steps, "tokens_per_s": tokens_per_s, "achieved_flops": achieved,
+        "peak_flops": peaks[name], "peak_flops_by_dtype": peaks, "mfu": achieved / peaks[name],
+        "peak_memory_bytes": memory, "memory_kind": "max allocated (CUDA)" if device.type == "cuda" else "peak RSS",
+    }

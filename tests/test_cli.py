@@ -1,0 +1,97 @@
+"""The CLI as a user meets it: help without torch, the quickstart end to end, pipelines."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, janelm
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys, runpy; sys.argv = ['janelm', '--help']\n"
+            "try:\n    runpy.run_module('janelm', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('torch', 'tiktoken', 'numpy') if m in sys.modules]\n"
+            "assert not heavy, heavy")
+    for argv in (["--help"], ["train", "--help"], ["sample", "--help"]):
+        script = code.replace("['janelm', '--help']", repr(["janelm", *argv]))
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr
+        assert "usage:" in proc.stdout
+
+
+def test_every_option_shows_a_default():
+    from janelm.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help and "default" in action.help, f"janelm {name} {action.option_strings[0]}"
+
+
+def test_version():
+    assert janelm("--version").stdout.startswith("janelm ")
+
+
+def test_quickstart_end_to_end(tmp_path, trained, prepared):
+    # train (fixture) → sample: only text on stdout, reproducible with a seed.
+    a = janelm("sample", "-c", str(trained), "-n", "40", "--seed", "7")
+    b = janelm("sample", "-c", str(trained), "-n", "40", "--seed", "7")
+    assert a.stdout == b.stdout and len(a.stdout) > 20
+    assert a.stderr == ""
+    c = janelm("sample", "-c", str(trained), "-n", "40", "--seed", "8")
+    assert c.stdout != a.stdout
+
+    # eval: whole validation split and a file, --json on stdout.
+    result = json.loads(janelm("eval", "-c", str(trained), "--json").stdout)
+    assert set(result) >= {"loss", "perplexity", "bits_per_char", "bits_per_byte", "tokens", "chars"}
+    assert 0 < result["bits_per_char"] < 10 and result["tokens"] > 100
+    table = janelm("eval", "-c", str(trained))
+    assert table.stdout == "" and "bits per character" in table.stderr
+
+
+def test_prompt_from_stdin_and_stop(trained):
+    out = janelm("sample", "-c", str(trained), "-n", "30", "--seed", "3", input="It is a truth\n").stdout
+    assert out.startswith("It is a truth")
+    no_echo = janelm("sample", "-c", str(trained), "-n", "30", "--seed", "3", "--no-echo", "--prompt", "The").stdout
+    assert not no_echo.startswith("The") or len(no_echo) > 0
+    stopped = janelm("sample", "-c", str(trained), "-n", "200", "--seed", "3", "--stop", "e", "--no-echo").stdout
+    assert "e" not in stopped
+
+
+def test_num_samples_are_separated(trained):
+    out = janelm("sample", "-c", str(trained), "-n", "20", "--seed", "1", "--num-samples", "3",
+                 "--separator", "\n=====\n").stdout
+    assert out.count("=====") == 2
+
+
+def test_broken_pipe_is_quiet(trained):
+    proc = subprocess.run(f"{sys.executable} -m janelm sample -c {trained} -n 100000 | head -c 100",
+                          shell=True, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert len(proc.stdout.encode()) == 100
+    assert "Traceback" not in proc.stderr and "Error" not in proc.stderr
+
+
+def test_chat_answers_one_line_per_turn(trained):
+    proc = janelm("chat", "-c", str(trained), "--seed", "1", "--as", "Elizabeth", "--with", "Darcy",
+                  input="Good morning.\nHow do you do?\n")
+    assert proc.returncode == 0
+    assert len(proc.stdout.splitlines()) == 2
+    assert "”" not in proc.stdout and '"' not in proc.stdout
+
+
+def test_bench_sample_json(trained):
+    result = json.loads(janelm("bench", "sample", "-c", str(trained), "--steps", "20", "--json").stdout)
+    for key in ("prefill_tokens_per_s", "decode_tokens_per_s", "recompute_tokens_per_s", "speedup"):
+        assert result[key] > 0
+
+
+def test_bench_train_json():
+    result = json.loads(janelm("bench", "train", "--n-block", "1", "--n-embed", "32", "--n-head", "2", "--context", "32",
+                               "--batch-size", "2", "--steps", "2", "--json").stdout)
+    for key in ("dtype", "tokens_per_s", "achieved_flops", "peak_flops", "mfu", "peak_memory_bytes"):
+        assert key in result
+    assert 0 < result["mfu"] < 2

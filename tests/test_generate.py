@@ -1,0 +1,105 @@
+"""Generation: the cache changes no token, the window slides, filters behave, streams stay whole."""
+
+import time
+
+import pytest
+import torch
+
+from janelm.config import ModelConfig
+from janelm.generate import SamplingOptions, StopFilter, StreamDecoder, filter_logits, generate_tokens, pick_next
+from janelm.errors import InputError
+from janelm.model import GPT
+from janelm.tokenizer import train_tokenizer
+
+GREEDY = SamplingOptions(temperature=0)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    # Double precision: a cached decode and a full recompute then agree to ~1e-15, so argmax ties
+    # cannot hide a real difference.
+    return GPT(ModelConfig(vocab_size=40, context=16, n_block=2, n_embed=32, n_head=4)).eval().double()
+
+
+@pytest.mark.parametrize("prompt_len", [1, 5, 16, 40])
+@pytest.mark.parametrize("new", [1, 10, 50])
+def test_greedy_with_cache_equals_recompute(model, prompt_len, new):
+    prompt = torch.randint(0, 40, (prompt_len,), generator=torch.Generator().manual_seed(prompt_len)).tolist()
+    cached = [t.item() for t in generate_tokens(model, prompt, new, GREEDY, use_cache=True)]
+    recomputed = [t.item() for t in generate_tokens(model, prompt, new, GREEDY, use_cache=False)]
+    assert cached == recomputed
+    assert len(cached) == new
+
+
+def test_sampling_with_cache_equals_recompute_for_a_seed(model):
+    opts = SamplingOptions(temperature=1.0, top_k=10, top_p=0.9, repetition_penalty=1.2)
+    runs = [[t.item() for t in generate_tokens(model, [1, 2, 3], 60, opts, rng=torch.Generator().manual_seed(5), use_cache=c)]
+            for c in (True, False, True)]
+    assert runs[0] == runs[1] == runs[2]
+
+
+def test_generation_past_the_context_keeps_going(model):
+    tokens = list(generate_tokens(model, [1], 3 * 16, GREEDY))
+    assert len(tokens) == 48
+
+
+def test_batch_rows_are_independent_samples(model):
+    rows = torch.stack(list(generate_tokens(model, [3], 30, SamplingOptions(temperature=1.0), batch_size=4,
+                                            rng=torch.Generator().manual_seed(0))), dim=1)
+    assert rows.shape == (4, 30)
+    assert len({tuple(r.tolist()) for r in rows}) > 1
+
+
+def test_top_k_keeps_ties_and_nothing_below():
+    logits = torch.tensor([[1.0, 3.0, 3.0, 2.0, 3.0]])
+    out = filter_logits(logits, SamplingOptions(temperature=1.0, top_k=2))
+    assert torch.isfinite(out).tolist() == [[False, True, True, False, True]]  # all three tied at the top stay
+    out = filter_logits(logits, SamplingOptions(temperature=1.0, top_k=4))
+    assert torch.isfinite(out).sum() == 4
+
+
+def test_top_p_keeps_the_smallest_nucleus():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    out = filter_logits(probs.log(), SamplingOptions(temperature=1.0, top_p=0.75))
+    assert torch.isfinite(out).tolist() == [[True, True, False, False]]
+    out = filter_logits(probs.log(), SamplingOptions(temperature=1.0, top_p=0.1))
+    assert torch.isfinite(out).tolist() == [[True, False, False, False]]
+
+
+def test_repetition_penalty_lowers_seen_tokens():
+    logits = torch.tensor([[2.0, -1.0, 2.0]])
+    out = filter_logits(logits, SamplingOptions(temperature=1.0, repetition_penalty=2.0), torch.tensor([[0, 1]]))
+    assert out.tolist() == [[1.0, -2.0, 2.0]]
+    assert pick_next(logits, GREEDY, None, torch.tensor([[0]])).item() == 0  # penalty 1: unchanged
+
+
+@pytest.mark.parametrize("opts, message", [
+    (SamplingOptions(temperature=-1), "temperature"),
+    (SamplingOptions(top_p=0.0), "top-p"),
+    (SamplingOptions(top_p=1.5), "top-p"),
+    (SamplingOptions(top_k=-1), "top-k"),
+    (SamplingOptions(repetition_penalty=0), "repetition"),
+])
+def test_invalid_sampling_options(opts, message):
+    with pytest.raises(InputError, match=message):
+        opts.validate()
+
+
+def test_stop_filter_never_prints_the_stop_text():
+    f = StopFilter(["”", "END"])
+    out = "".join(f.feed(piece) for piece in ["Hello", " E", "N", "x and", " more”", " after"]) + f.flush()
+    assert out == "Hello ENx and more"
+    assert f.stopped
+    g = StopFilter(["END"])
+    assert "".join(g.feed(p) for p in ["a E", "N"]) + g.flush() == "a EN"
+
+
+def test_stream_decoder_never_splits_a_character():
+    tok = train_tokenizer("bpe", ["plain ascii text, and then some more text"], 260, progress=False)
+    text = "é→😀 Darcy"
+    ids = tok.encode(text)
+    dec = StreamDecoder(tok)
+    pieces = [dec.feed([i]) for i in ids] + [dec.flush()]
+    assert "".join(pieces) == text
+    assert all("\ufffd" not in p for p in pieces)

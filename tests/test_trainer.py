@@ -1,0 +1,157 @@
+"""Training you can trust: exact resume, signals, non-finite losses, schedule, sampler."""
+
+import csv
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, TINY, janelm
+from janelm.checkpoint import load_checkpoint
+from janelm.config import ModelConfig, TrainConfig
+from janelm.data import BatchSampler, load_corpus
+from janelm.errors import JaneLMError
+from janelm.trainer import Trainer, learning_rate
+
+RESUMABLE = [*TINY, "--max-iters", "120", "--eval-interval", "10", "--save-interval", "25", "--dropout", "0.1",
+             "--seed", "3"]
+
+
+def metrics_rows(run: Path) -> list[dict]:
+    with open(run / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k != "elapsed_s"} for row in csv.DictReader(f)]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = load_checkpoint(a)["model"], load_checkpoint(b)["model"]
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), f"{k} differs"
+
+
+def interrupt_at_random_step(args: list[str], run: Path, seed: int) -> subprocess.CompletedProcess:
+    """Start training, wait until it is inside the loop, SIGINT it after a random delay."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "janelm", "train", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (run / "metrics.csv").exists() and len((run / "metrics.csv").read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.02)
+    time.sleep(random.Random(seed).uniform(0.0, 0.5))
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_resume_after_sigint_is_bitwise_identical(tmp_path, prepared):
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    janelm("train", "--data", str(prepared), "--out", str(straight), *RESUMABLE)
+
+    first = interrupt_at_random_step(["--data", str(prepared), "--out", str(broken), *RESUMABLE], broken, seed=os.getpid())
+    if first.returncode == 0:
+        pytest.skip("training finished before the signal arrived")
+    assert first.returncode == 130, first.stderr
+    assert "--resume" in first.stderr and "Traceback" not in first.stderr
+    stopped_at = load_checkpoint(broken / "last.pt")["state"]["step"]
+    assert 0 < stopped_at < 120
+
+    janelm("train", "--data", str(prepared), "--out", str(broken), "--resume", "--quiet")
+    assert load_checkpoint(broken / "last.pt")["state"]["step"] == 120
+    assert_same_weights(straight / "last.pt", broken / "last.pt")
+    assert_same_weights(straight / "best.pt", broken / "best.pt")
+    assert metrics_rows(straight) == metrics_rows(broken)
+
+
+def test_sigterm_saves_and_exits_143(tmp_path, prepared):
+    run = tmp_path / "run"
+    args = ["--data", str(prepared), "--out", str(run), *RESUMABLE[:-6], "--max-iters", "100000", "--seed", "3"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "janelm", "train", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while proc.poll() is None and not (run / "metrics.csv").exists():
+        time.sleep(0.02)
+    while proc.poll() is None and len((run / "metrics.csv").read_text().splitlines()) < 2:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "SIGTERM" in err and "--resume" in err
+    assert load_checkpoint(run / "last.pt")["state"]["step"] > 0
+
+
+def test_resumed_run_continues_the_same_schedule(tmp_path, prepared):
+    """Resuming a finished run with a larger budget keeps its own lr and shape, not the preset's."""
+    run = tmp_path / "run"
+    janelm("train", "--data", str(prepared), "--out", str(run), *TINY, "--lr", "0.002")
+    janelm("train", "--data", str(prepared), "--out", str(run), "--resume", "--max-iters", "40", "--quiet")
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["train_config"]["lr"] == 0.002 and ckpt["state"]["step"] == 40
+    assert ckpt["model_config"]["n_embed"] == 32
+
+
+def test_nonfinite_loss_stops_and_keeps_good_checkpoints(tmp_path, prepared, monkeypatch):
+    corpus = load_corpus(prepared)
+    cfg = TrainConfig(batch_size=4, max_iters=50, eval_interval=5, save_interval=5, eval_batches=1, warmup_iters=2,
+                      dtype="float32")
+    trainer = Trainer(ModelConfig(context=32, n_block=1, n_embed=32, n_head=2), cfg, corpus, tmp_path, progress=False)
+    real_step = trainer.train_step
+
+    def poisoned() -> float:
+        loss = real_step()
+        if trainer.state.step >= 12:
+            with torch.no_grad():
+                for p in trainer.model.parameters():
+                    p.fill_(math.nan)
+            return math.nan
+        return loss
+
+    monkeypatch.setattr(trainer, "train_step", poisoned)
+    with pytest.raises(JaneLMError, match="step 13"):
+        trainer.run()
+    for name in ("last.pt", "best.pt"):
+        weights = load_checkpoint(tmp_path / name)["model"]
+        assert all(torch.isfinite(w).all() for w in weights.values())
+    assert load_checkpoint(tmp_path / "last.pt")["state"]["step"] == 10
+
+
+def test_learning_rate_schedule():
+    cfg = TrainConfig(lr=1.0, min_lr_ratio=0.1, warmup_iters=10, max_iters=110)
+    assert learning_rate(cfg, 0, 0) == pytest.approx(0.1)
+    assert learning_rate(cfg, 9, 0) == pytest.approx(1.0)
+    assert learning_rate(cfg, 60, 0) == pytest.approx(0.55)
+    assert learning_rate(cfg, 110, 0) == pytest.approx(0.1)
+    timed = replace(cfg, max_iters=0, max_time=100)
+    assert learning_rate(timed, 50, 0.5) == pytest.approx(0.55)
+
+
+def test_batches_depend_only_on_seed_and_step_and_not_on_world_size():
+    tokens = torch.arange(10_000, dtype=torch.int32)
+    one = BatchSampler(tokens, context=8, batch_size=4, grad_accum=2, seed=1)
+    halves = [BatchSampler(tokens, context=8, batch_size=4, grad_accum=1, seed=1, rank=r, world_size=2) for r in range(2)]
+    for step in (0, 5, 17):
+        x_one = torch.cat([x for x, _ in one.step_batches(step)])
+        x_two = torch.cat([x for h in halves for x, _ in h.step_batches(step)])
+        assert torch.equal(x_one, x_two)
+        x, y = one.step_batches(step)[0]
+        assert torch.equal(x[:, 1:], y[:, :-1])
+    assert not torch.equal(one.step_batches(0)[0][0], one.step_batches(1)[0][0])
+
+
+def test_training_writes_a_loss_plot_and_plot_command_combines_runs(trained, tmp_path):
+    pytest.importorskip("matplotlib")
+    from matplotlib.image import imread
+
+    assert imread(trained / "loss.png").shape[:2] == (500, 800)  # decodes, 800 × 500 pixels
+    out = tmp_path / "both.png"
+    janelm("plot", str(trained), str(trained), "-o", str(out))
+    assert imread(out).shape[:2] == (500, 800)
