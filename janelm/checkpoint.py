@@ -10,6 +10,9 @@ A checkpoint is a `torch.save`d dict of plain data and tensors only:
 
 `torch.load(weights_only=True)` refuses any pickle that would build other objects, so a crafted
 file cannot run code when loaded.
+
+torch is imported only where a tensor is needed: `check_checkpoint_file` (a missing, empty,
+truncated or foreign file) answers before it, so such mistakes fail in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -17,20 +20,23 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from janelm import __version__
 from janelm.config import ModelConfig
 from janelm.errors import InputError
 from janelm.tokenizer import Tokenizer, tokenizer_from_dict
 
+if TYPE_CHECKING:
+    import torch
+
 FORMAT = "janelm-checkpoint"
 VERSION = 1
 BEST, LAST = "best.pt", "last.pt"
+MAX_CONTEXT = 1 << 20  # a sanity bound for configs read from files, far above any real run
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -40,6 +46,8 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     The temporary file is `.<name>.<pid>.tmp` beside `path`: hidden, and never named like a
     checkpoint, so a run folder's `best.pt`/`last.pt` are the only files taken for checkpoints.
     One left behind by a process that was killed mid-write is removed by the next save."""
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
@@ -91,8 +99,13 @@ ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive; JaneLM never wrote
 
 
 def _first_line(e: BaseException, limit: int = 120) -> str:
+    """A short reason: the first line of the message, with the type where the message is bare."""
     text = str(e).strip().splitlines()
-    return text[0][:limit] if text else type(e).__name__
+    if not text:
+        return type(e).__name__
+    if isinstance(e, (KeyError, IndexError, TypeError, AttributeError)) or len(text[0]) < 8:
+        return f"{type(e).__name__}: {text[0]}"[:limit]
+    return text[0][:limit]
 
 
 def _refused_global(message: str) -> str | None:
@@ -118,12 +131,9 @@ def _not_an_archive(path: Path, head: bytes) -> InputError:
     return InputError(f"{path} is not a JaneLM checkpoint (not a PyTorch checkpoint archive): {fix}")
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load and check a checkpoint file; anything else gets one clear InputError.
-
-    Nothing in the file is trusted: it is opened as a zip archive first, then unpickled with
-    `weights_only=True` (plain data and tensors only), and every failure to read it, whatever
-    its type, means the same thing to the user: this file is not a checkpoint JaneLM can use."""
+def check_checkpoint_file(path: str | Path) -> Path:
+    """Everything that can be said about a checkpoint file without torch: it exists, is readable,
+    and is a complete PyTorch archive. Raises InputError; returns the path."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -132,11 +142,33 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise InputError(f"cannot read checkpoint {path} ({e.strerror or e}): check the path and its permissions") from None
     if not head.startswith(ZIP_MAGIC):
         raise _not_an_archive(path, head)
-    if not zipfile.is_zipfile(path):
-        raise InputError(f"{path} is a damaged or truncated checkpoint (its archive is incomplete): "
-                         f"use another checkpoint (a run keeps best.pt and last.pt) or train again")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except Exception:  # noqa: BLE001 - BadZipFile, EOFError, NotImplementedError (a damaged header)...
+        raise InputError(f"{path} is a damaged or truncated checkpoint (its archive is incomplete): "
+                         f"use another checkpoint (a run keeps best.pt and last.pt) or train again") from None
+    if not any(name.endswith("/data.pkl") for name in names):
+        raise InputError(f"{path} is a zip archive but not a PyTorch checkpoint: pass a .pt file written by "
+                         f"`janelm train`, or its run folder")
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and check a checkpoint file; anything else gets one clear InputError.
+
+    Nothing in the file is trusted: it is opened as a zip archive first, then unpickled with
+    `weights_only=True` (plain data and tensors only), and every failure to read it, whatever
+    its type, means the same thing to the user: this file is not a checkpoint JaneLM can use."""
+    path = check_checkpoint_file(path)
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            # A damaged file can make torch warn (e.g. of an unknown pickle protocol) before it
+            # fails: the user gets one error line, not a warning around it.
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         refused = _refused_global(str(e))
         if refused:
@@ -170,7 +202,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def load_model(path: str | Path | None, device: torch.device | str = "cpu"):
     """The one way commands get a trained model: (model in eval mode, tokenizer, checkpoint dict)."""
-    file = resolve_checkpoint(path)
+    file = check_checkpoint_file(resolve_checkpoint(path))
     ckpt = load_checkpoint(file)
     tokenizer = checkpoint_tokenizer(ckpt, file)
     model = build_model(ckpt, file)
@@ -196,6 +228,8 @@ def build_model(ckpt: dict[str, Any], file: Path | str = "checkpoint"):
 
     The weights' shapes are checked against a model built on the `meta` device (no memory)
     first, so a damaged config cannot make us allocate a huge model before failing."""
+    import torch
+
     from janelm.model import GPT
 
     def unfit(detail: str) -> InputError:
@@ -208,6 +242,9 @@ def build_model(ckpt: dict[str, Any], file: Path | str = "checkpoint"):
             raise unfit("the weights are not a dict of tensors")
         if not isinstance(config.n_block, int) or config.n_block > len(state):
             raise unfit(f"{config.n_block!r} blocks but {len(state)} tensors")
+        if not isinstance(config.context, int) or config.context > MAX_CONTEXT:
+            # Rotary tables grow with the context but hold no weights: the shapes cannot catch it.
+            raise unfit(f"a context of {config.context!r} positions (at most {MAX_CONTEXT:,})")
         with torch.device("meta"):
             shell = GPT(config)
         expected = {k: tuple(v.shape) for k, v in shell.state_dict().items()}

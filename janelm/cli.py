@@ -191,7 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    args.argv = argv  # for commands that re-launch themselves (train --nproc)
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return 2

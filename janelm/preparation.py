@@ -78,7 +78,7 @@ def check_out_dir(out: Path, force: bool) -> Path | None:
 def remove_created(out: Path, top: Path | None) -> None:
     """Remove the folders from `out` up to `top` that a failed command created, as long as they
     are empty: a download cache (out/raw) is worth keeping, and keeps them."""
-    if top is None:
+    if top is None or (out != top and top not in out.parents):
         return
     for folder in (out, *out.parents):
         try:

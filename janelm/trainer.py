@@ -29,6 +29,7 @@ from janelm.device import autocast, peak_matmul_flops, pick_device, pick_dtype
 from janelm.distributed import Distributed
 from janelm.errors import InputError, Interrupted, JaneLMError
 from janelm.model import GPT
+from janelm.optim import make_optimizer
 from janelm.tokenizer import tokenizer_from_dict
 
 METRICS_FILE = "metrics.csv"
@@ -44,21 +45,6 @@ class RunState:
     best_val_loss: float = math.inf
     bad_evals: int = 0  # evaluations since the last improvement (early stopping)
     elapsed: float = 0.0  # seconds of training, summed across resumes
-
-
-def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW, decaying matrices only: norms' gains and biases are not pulled towards zero."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # The fused kernel is fastest on CUDA; foreach batches the update on the CPU.
-    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    if cfg.optimizer == "muon":
-        from janelm.muon import Muon
-
-        return Muon(model, cfg, fast)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **fast)
 
 
 def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
@@ -162,6 +148,8 @@ class Trainer:
         self.bar = None
         self.fingerprint = tokenizer_fingerprint(corpus.tokenizer)
 
+        if resume is None:
+            self._refuse_to_overwrite(force)
         base = resume or init
         if base is not None:
             if tokenizer_fingerprint(tokenizer_from_dict(base["tokenizer"])) != self.fingerprint:
@@ -173,7 +161,6 @@ class Trainer:
             model_cfg = ModelConfig.from_dict(base["model_config"])
         else:
             model_cfg = replace(model_cfg, vocab_size=corpus.tokenizer.vocab_size)
-            self._refuse_to_overwrite(force)
         self.model_cfg = model_cfg
         if len(corpus.val) < model_cfg.context + 2:
             raise InputError(
@@ -204,7 +191,13 @@ class Trainer:
                           "val": sampler(corpus.val).fixed_batches(cfg.eval_batches, salt=2)}
         self.metrics = None
         if self.dist.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+            # Created only now that every check has passed: a refused run leaves nothing behind.
+            try:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise InputError(f"cannot create {self.out_dir}/ ({e.strerror or e}): choose another --out") from None
+            if not os.access(self.out_dir, os.W_OK):
+                raise InputError(f"cannot write to {self.out_dir}/: choose another --out")
             self.metrics = MetricsLog(self.out_dir / METRICS_FILE, self.state.step if resume else None)
 
     def _refuse_to_overwrite(self, force: bool) -> None:
@@ -217,12 +210,6 @@ class Trainer:
                 f"{self.out_dir}/ already holds a run ({', '.join(existing)}): --resume to continue it, "
                 f"--force to replace it, or --out NEW_FOLDER"
             )
-        try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise InputError(f"cannot create {self.out_dir}/ ({e.strerror or e}): choose another --out") from None
-        if not os.access(self.out_dir, os.W_OK):
-            raise InputError(f"cannot write to {self.out_dir}/: choose another --out")
 
     def _payload(self) -> dict[str, Any]:
         return {
@@ -258,7 +245,7 @@ class Trainer:
         cfg = self.cfg
         lr = learning_rate(cfg, self.state.step, self._budget_progress())
         for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+            group["lr"] = lr
         micro = self.train_batches.step_batches(self.state.step)
         total = torch.zeros((), device=self.device)
         for i, (x, y) in enumerate(micro):
@@ -302,9 +289,9 @@ class Trainer:
                 if bar is not None:
                     mfu = flops_per_step / dt / peak if peak else 0.0
                     bar.set_postfix_str(f"loss {last_loss:.3f} | {tokens_per_step / dt:,.0f} tok/s | MFU {mfu:.0%}", refresh=False)
-                    bar.update(1 if cfg.max_iters else 0)
+                    bar.update(1)
                 if s.step % cfg.eval_interval == 0 or self._done():
-                    if self._eval_and_log(last_loss):
+                    if self._eval_and_log():
                         stop_reason = "early stop"
                         break
                 if s.step % cfg.save_interval == 0:
@@ -325,7 +312,7 @@ class Trainer:
                 "best_val_loss": s.best_val_loss, "last_train_loss": last_loss,
                 "tokens_per_s": s.tokens_seen / s.elapsed if s.elapsed else 0.0}
 
-    def _eval_and_log(self, train_loss: float) -> bool:
+    def _eval_and_log(self) -> bool:
         """Evaluate, log a metrics row, keep `best`; True when early stopping says stop."""
         s = self.state
         losses = self.evaluate()

@@ -49,7 +49,8 @@ def text_file(tmp_path_factory) -> Path:
 def janelm(*args: str, cwd: Path | None = None, input: str | None = None, check: bool = True,
            timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the real CLI in a subprocess, as a user would."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "120"}
+    # One thread: tiny models gain nothing from two, and tests stay fast on a busy machine.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "120", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "janelm", *args], cwd=cwd, input=input, text=True,
                           capture_output=True, env=env, timeout=timeout)
     if check and proc.returncode != 0:

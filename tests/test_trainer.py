@@ -155,3 +155,19 @@ def test_training_writes_a_loss_plot_and_plot_command_combines_runs(trained, tmp
     out = tmp_path / "both.png"
     janelm("plot", str(trained), str(trained), "-o", str(out))
     assert imread(out).shape[:2] == (500, 800)
+
+
+def test_muon_optimizer_trains_and_resumes(tmp_path, prepared):
+    if not hasattr(torch.optim, "Muon"):
+        pytest.skip("this PyTorch has no torch.optim.Muon")
+    corpus = load_corpus(prepared)
+    cfg = TrainConfig(batch_size=4, max_iters=30, eval_interval=10, save_interval=10, eval_batches=2, warmup_iters=2,
+                      dtype="float32", optimizer="muon", lr=0.01)
+    trainer = Trainer(ModelConfig(context=32, n_block=1, n_embed=32, n_head=2), cfg, corpus, tmp_path, progress=False)
+    before = trainer.evaluate()["train"]
+    summary = trainer.run()
+    assert summary["best_val_loss"] < before  # it learns
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert set(ckpt["optimizer"]) == {"muon", "adamw"}
+    resumed = Trainer(ModelConfig(), replace(cfg, max_iters=35), corpus, tmp_path, resume=ckpt, progress=False)
+    assert resumed.run()["step"] == 35

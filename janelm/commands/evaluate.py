@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from janelm.errors import InputError
@@ -13,20 +12,23 @@ from janelm.errors import InputError
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
-    from janelm.checkpoint import load_model
+    from janelm.checkpoint import check_checkpoint_file, load_model, resolve_checkpoint
     from janelm.corpus import clean_gutenberg, read_text
+
+    # The texts and the checkpoint file first: a mistyped, empty or foreign file fails at once,
+    # before torch is imported and the model loaded.
+    sources = [(f, read_text(Path(f))) for f in args.files]
+    if args.clean:
+        sources = [(name, clean_gutenberg(text)) for name, text in sources]
+    check_checkpoint_file(resolve_checkpoint(args.checkpoint))
+
     from janelm.device import autocast, pick_device, pick_dtype
     from janelm.scoring import Score, encode_lines, score_ids
 
     device = pick_device(args.device)
     model, tokenizer, ckpt = load_model(args.checkpoint, device)
     ctx = autocast(device, pick_dtype("auto", device)) if device.type == "cuda" else None
-
-    if args.files:
-        sources = [(f, read_text(Path(f))) for f in args.files]
-        if args.clean:
-            sources = [(name, clean_gutenberg(text)) for name, text in sources]
-    else:
+    if not args.files:
         sources = [("validation split", validation_text(args, ckpt, tokenizer))]
 
     nats = tokens = chars = nbytes = 0

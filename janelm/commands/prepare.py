@@ -64,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         return prepare(args, out, sources, backoff)
     except BaseException:
-        remove_created(out, created)  # leave nothing behind but a download cache (out/raw) worth keeping
+        # Leave nothing behind but a download cache worth keeping (out/raw with books in it).
+        remove_created(out / "raw", out / "raw")
+        remove_created(out, created)
         raise
 
 
@@ -100,6 +102,10 @@ def make_tokenizer(args: argparse.Namespace, works):
 
         return tokenizer_from_dict(load_checkpoint(resolve_checkpoint(args.tokenizer_from))["tokenizer"])
     texts = [w.train for w in works]
+    if args.tokenizer == "char":
+        # Every character must have an id, or encoding the validation split fails on a letter
+        # that only appears there (an 'à' in one novel's last tenth): the vocabulary is all of it.
+        texts += [w.val for w in works]
     # A progress bar only for a person watching: in a log or a pipe it is noise around the one error line.
     return train_tokenizer(args.tokenizer, texts, args.vocab_size, progress=sys.stderr.isatty(),
                            max_chars=args.tokenizer_sample)

@@ -48,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--max-time must not be negative, got {args.max_time}")
     prompt = read_prompt(args)
     echo = args.echo and prompt != "\n"  # the default prompt (a paragraph break) is not shown
+    from janelm.checkpoint import check_checkpoint_file, resolve_checkpoint
+
+    check_checkpoint_file(resolve_checkpoint(args.checkpoint))  # a bad -c fails before torch loads
 
     import torch
 
@@ -58,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
 
     device = pick_device(args.device)
     model, tokenizer, _ = load_model(args.checkpoint, device)
-    ids, cut = crop_prompt(tokenizer.encode(prompt), model.config.context)
+    try:
+        ids, cut = crop_prompt(tokenizer.encode(prompt), model.config.context)
+    except InputError as e:
+        raise InputError(f"the prompt: {e}") from None
     if cut:
         note(f"note: the prompt is {cut + len(ids)} tokens, longer than the model's context of "
              f"{model.config.context}: only its last {len(ids)} tokens are used")

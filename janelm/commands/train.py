@@ -42,7 +42,7 @@ def launch_torchrun(args: argparse.Namespace) -> int:
     if args.nproc < 1:
         raise InputError(f"--nproc must be at least 1, got {args.nproc}")
     argv, skip = [], False
-    for a in sys.argv[2:] if sys.argv[1:2] == ["train"] else sys.argv[1:]:
+    for a in args.argv[args.argv.index("train") + 1 :]:
         if skip:
             skip = False
         elif a == "--nproc":
@@ -59,22 +59,21 @@ def run(args: argparse.Namespace) -> int:
         return launch_torchrun(args)
     if args.resume and args.init_from:
         raise InputError("--resume and --init-from cannot be combined: resume continues a run, init-from starts a new one")
-    from janelm.checkpoint import LAST, load_checkpoint, resolve_checkpoint
+    last = Path(args.out) / "last.pt"
+    if args.resume and not last.is_file():
+        raise InputError(f"--resume: no last.pt in {args.out}/ to resume from: train without --resume first, or pass the run's --out")
+    if not args.resume:
+        configs_from_args(args)  # bad flags fail here, before torch is imported
+
+    from janelm.checkpoint import load_checkpoint, resolve_checkpoint
     from janelm.console import note
     from janelm.data import load_corpus
     from janelm.distributed import Distributed
     from janelm.trainer import Trainer
 
-    resume = init = None
-    if args.resume:
-        last = Path(args.out) / LAST
-        if not last.is_file():
-            raise InputError(f"--resume: no {LAST} in {args.out}/ to resume from: train without --resume first, or pass the run's --out")
-        resume = load_checkpoint(last)
+    resume = load_checkpoint(last) if args.resume else None
+    init = load_checkpoint(resolve_checkpoint(args.init_from)) if args.init_from else None
     model_cfg, train_cfg = configs_from_args(args, resume)
-    if args.init_from:
-        init = load_checkpoint(resolve_checkpoint(args.init_from))
-
     dist = Distributed.from_environment(train_cfg.device)
     try:
         corpus = load_corpus(args.data)

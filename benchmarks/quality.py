@@ -1,0 +1,114 @@
+"""The quality study: which configuration gives the lowest held-out bits per character for a fixed
+wall-clock budget on this machine?
+
+Every variant trains on six of Austen's works with the same budget (default 600 s) and is scored
+with `janelm eval` on the held-out northanger-abbey.txt. Run variants one at a time on an otherwise
+idle machine: two at once, or any other load, makes the budget buy less and the figures worthless.
+
+    python3 benchmarks/quality.py                      # every variant (hours)
+    python3 benchmarks/quality.py default char rope-off --seed 2
+    python3 benchmarks/quality.py --list
+
+Results are appended to benchmarks/results/quality.jsonl (one JSON object per run) and the table in
+docs/quality.md is regenerated from that file with --table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO.parent / "shared" / "corpus" / "austen"
+HELD_OUT = "northanger-abbey.txt"
+RESULTS = REPO / "benchmarks" / "results" / "quality.jsonl"
+
+# name: (prepare flags, train flags), each relative to the package defaults.
+VARIANTS: dict[str, tuple[list[str], list[str]]] = {
+    "default": ([], []),
+    "char": (["--tokenizer", "char"], []),
+    "bpe-512": (["--vocab-size", "512"], []),
+    "bpe-1024": (["--vocab-size", "1024"], []),
+    "bpe-4096": (["--vocab-size", "4096"], []),
+    "bpe-8192": (["--vocab-size", "8192"], []),
+    "learned-positions": ([], ["--position", "learned"]),
+    "layernorm": ([], ["--norm", "layer"]),
+    "gelu": ([], ["--mlp", "gelu"]),
+    "relu2": ([], ["--mlp", "relu2"]),
+    "untied": ([], ["--no-tie-embeddings"]),
+    "narrow-deep": ([], ["--n-embed", "192", "--n-head", "3", "--n-block", "8"]),
+    "wide-shallow": ([], ["--n-embed", "384", "--n-head", "6", "--n-block", "3"]),
+    "small": ([], ["--n-embed", "192", "--n-head", "3", "--n-block", "4"]),
+    "dropout-0.1": ([], ["--dropout", "0.1"]),
+    "muon": ([], ["--optimizer", "muon"]),
+}
+
+
+def janelm(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "janelm", *args], cwd=REPO, text=True, capture_output=True, check=True)
+
+
+def run_variant(name: str, budget: float, seed: int, work: Path) -> dict:
+    prepare_flags, train_flags = VARIANTS[name]
+    sources = [str(p) for p in sorted(CORPUS.glob("*.txt")) if p.name != HELD_OUT]
+    corpus, run = work / f"corpus-{name}", work / f"run-{name}-{seed}"
+    janelm("prepare", *sources, "--out", str(corpus), "--force", *prepare_flags)
+    start = time.time()
+    janelm("train", "--data", str(corpus), "--out", str(run), "--force", "--quiet", "--seed", str(seed),
+           "--max-time", str(budget), *train_flags)
+    wall = time.time() - start
+    result = json.loads(janelm("eval", "-c", str(run / "best.pt"), str(CORPUS / HELD_OUT), "--json").stdout)
+    import torch  # only to read the run's own record
+
+    ckpt = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    params = sum(v.numel() for k, v in ckpt["model"].items() if k != "head.weight" or not ckpt["model_config"]["tie_embeddings"])
+    return {"variant": name, "seed": seed, "budget_s": budget, "train_wall_s": round(wall, 1),
+            "params": params, "tokens_seen": ckpt["state"]["tokens_seen"], "steps": ckpt["state"]["step"],
+            "bits_per_char": result["bits_per_char"], "loss": result["loss"],
+            "prepare": prepare_flags, "train": train_flags, "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| variant | flags | params | tokens seen | steps | bits/char | seed |", "|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: r["bits_per_char"]):
+        flags = " ".join(r["prepare"] + r["train"]) or "(defaults)"
+        lines.append(f"| {r['variant']} | `{flags}` | {r['params'] / 1e6:.2f}M | {r['tokens_seen'] / 1e6:.2f}M | "
+                     f"{r['steps']} | {r['bits_per_char']:.3f} | {r['seed']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("variants", nargs="*", help="variants to run (default: all)")
+    parser.add_argument("--budget", type=float, default=600, help="training seconds per variant (default: 600)")
+    parser.add_argument("--seed", type=int, default=1337, help="training seed (default: 1337)")
+    parser.add_argument("--list", action="store_true", help="list the variants and exit")
+    parser.add_argument("--table", action="store_true", help="print the markdown table of all recorded results")
+    args = parser.parse_args()
+    if args.list:
+        for name, (p, t) in VARIANTS.items():
+            print(f"{name:18} {' '.join(p + t) or '(defaults)'}")
+        return
+    if args.table:
+        rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+        print(table(rows))
+        return
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="janelm-quality-") as tmp:
+        for name in args.variants or list(VARIANTS):
+            if name not in VARIANTS:
+                sys.exit(f"unknown variant {name!r}: see --list")
+            row = run_variant(name, args.budget, args.seed, Path(tmp))
+            with open(RESULTS, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(f"{name:18} seed {args.seed}: {row['bits_per_char']:.3f} bits/char, "
+                  f"{row['tokens_seen'] / 1e6:.2f}M tokens, {row['params'] / 1e6:.2f}M params", flush=True)
+
+
+if __name__ == "__main__":
+    main()
