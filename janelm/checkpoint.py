@@ -200,8 +200,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def load_model(path: str | Path | None, device: torch.device | str = "cpu"):
-    """The one way commands get a trained model: (model in eval mode, tokenizer, checkpoint dict)."""
+def load_model(path: str | Path | None, device: torch.device | str = "cpu", dtype=None):
+    """The one way commands get a trained model: (model in eval mode, tokenizer, checkpoint dict).
+    `dtype` converts the weights (bf16 halves the memory each generated token reads)."""
     file = check_checkpoint_file(resolve_checkpoint(path))
     ckpt = load_checkpoint(file)
     tokenizer = checkpoint_tokenizer(ckpt, file)
@@ -209,7 +210,7 @@ def load_model(path: str | Path | None, device: torch.device | str = "cpu"):
     if tokenizer.vocab_size != model.config.vocab_size:
         raise InputError(f"{file} is inconsistent: its tokenizer has {tokenizer.vocab_size} tokens but its model "
                          f"{model.config.vocab_size}: use another checkpoint or train again")
-    model.to(device).eval()
+    model.to(device=device, dtype=dtype).eval()
     return model, tokenizer, ckpt
 
 

@@ -101,6 +101,8 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repetition-penalty", type=float, default=d["repetition_penalty"], help=f"discourage tokens already in the window; 1 is none (default: {d['repetition_penalty']})")
     p.add_argument("--seed", type=int, default=None, help="random seed: the same seed and options give the same text (default: random)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--dtype", choices=DTYPES, default="auto",
+                   help="weights' precision; auto: bf16 on GPUs and CPUs with native bf16, else float32 (default: auto)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clean", action="store_true", help="strip Gutenberg boilerplate and join wrapped lines first (default: off)")
     p.add_argument("--json", action="store_true", help="print one JSON object to stdout (default: a table on stderr)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help="weights' precision; float32 gives exact figures, auto is faster (default: float32)")
 
     p = command("chat", "talk with a character, in Austen's dialogue form")
     add_checkpoint_flag(p)

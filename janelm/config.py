@@ -74,11 +74,11 @@ class ModelConfig:
 class TrainConfig:
     """How to train. Stored in every checkpoint so a resumed run continues the same schedule."""
 
-    batch_size: int = 32
+    batch_size: int = 16
     grad_accum: int = 1
     lr: float = 3e-3
     min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
-    warmup_iters: int = 100
+    warmup_iters: int = 50
     max_iters: int = 3000  # 0 means: no step limit, the schedule follows --max-time
     max_time: float = 0.0  # seconds; 0 means no time limit
     weight_decay: float = 0.1
@@ -86,7 +86,7 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0
     optimizer: str = "adamw"
-    eval_interval: int = 250
+    eval_interval: int = 100
     eval_batches: int = 20
     patience: int = 0  # evaluations without improvement before stopping; 0 never stops early
     save_interval: int = 500

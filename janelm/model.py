@@ -41,23 +41,26 @@ class KVCache:
 
 class Rotary(nn.Module):
     """Rotary position embedding: rotates pairs of query/key features by a position-dependent angle,
-    so attention scores depend on how far apart two tokens are, not where they sit."""
+    so attention scores depend on how far apart two tokens are, not where they sit. Feature i is
+    paired with feature i + D/2 ("rotate half"), which needs fewer operations than interleaving."""
 
     def __init__(self, head_dim: int, max_positions: int, base: float = 10000.0):
         super().__init__()
         inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
         angles = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
+        angles = torch.cat((angles, angles), dim=-1)  # (T, D)
         # Buffers, not parameters: derived from the config, so not saved in checkpoints.
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
     def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        """Rotate x of shape (B, H, T, D) as positions start .. start+T-1."""
-        T = x.size(-2)
-        cos = self.cos[start : start + T].to(x.dtype)
-        sin = self.sin[start : start + T].to(x.dtype)
-        x1, x2 = x[..., 0::2], x[..., 1::2]
-        return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+        """Rotate x of shape (B, T, ..., D) as positions start .. start+T-1."""
+        T, half = x.size(1), x.size(-1) // 2
+        shape = (T,) + (1,) * (x.dim() - 3) + (x.size(-1),)  # broadcast over the dims between T and D
+        cos = self.cos[start : start + T].view(shape).to(x.dtype)
+        sin = self.sin[start : start + T].view(shape).to(x.dtype)
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rotated * sin
 
 
 def make_norm(config: ModelConfig) -> nn.Module:
@@ -76,16 +79,17 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(config.n_embed, 3 * inner, bias=config.bias)
         self.proj = nn.Linear(inner, config.n_embed, bias=config.bias)
         self.dropout = config.dropout
-        self.resid_dropout = nn.Dropout(config.dropout)
         self.rotary = rotary
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).split(self.n_head * self.head_dim, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim)
         start = cache.length if cache is not None else 0
+        qk = qkv[:, :, :2]
         if self.rotary is not None:
-            q, k = self.rotary(q, start), self.rotary(k, start)
+            qk = self.rotary(qk, start)  # queries and keys rotated in one pass
+        q, k = qk.unbind(2)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), qkv[:, :, 2].transpose(1, 2)  # (B, H, T, D)
 
         if cache is None:
             y = F.scaled_dot_product_attention(
@@ -104,8 +108,8 @@ class CausalSelfAttention(nn.Module):
                 # New positions after a cached prefix: row i sees the prefix and new positions <= i.
                 mask = torch.ones(T, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)
-        return self.resid_dropout(self.proj(y))
+        y = self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+        return F.dropout(y, self.dropout, training=True) if self.dropout and self.training else y
 
 
 class MLP(nn.Module):
@@ -121,7 +125,7 @@ class MLP(nn.Module):
             self.gate = nn.Linear(config.n_embed, hidden, bias=config.bias)
         self.up = nn.Linear(config.n_embed, hidden, bias=config.bias)
         self.down = nn.Linear(hidden, config.n_embed, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = config.dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "swiglu":
@@ -130,7 +134,8 @@ class MLP(nn.Module):
             h = F.relu(self.up(x)).square()
         else:
             h = F.gelu(self.up(x))
-        return self.dropout(self.down(h))
+        y = self.down(h)
+        return F.dropout(y, self.dropout, training=True) if self.dropout and self.training else y
 
 
 class Block(nn.Module):
@@ -161,7 +166,6 @@ class GPT(nn.Module):
         # One rotary table shared by all blocks (a submodule of each, but the same object).
         rotary = Rotary(config.head_dim, config.context) if config.position == "rope" else None
         self.pos_embed = nn.Embedding(config.context, config.n_embed) if config.position == "learned" else None
-        self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, rotary) for _ in range(config.n_block))
         self.norm = make_norm(config)
         self.head = nn.Linear(config.n_embed, config.vocab_size, bias=False)
@@ -220,7 +224,8 @@ class GPT(nn.Module):
         x = self.tok_embed(idx)
         if self.pos_embed is not None:
             x = x + self.pos_embed(torch.arange(start, start + T, device=idx.device))
-        x = self.drop(x)
+        if self.config.dropout and self.training:
+            x = F.dropout(x, self.config.dropout, training=True)
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i)
         if cache is not None:

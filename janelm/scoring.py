@@ -8,7 +8,6 @@ batches, so memory stays bounded whatever the text's length.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from array import array
 from dataclasses import dataclass
@@ -66,11 +65,9 @@ def windows(n_tokens: int, context: int) -> list[tuple[int, int, int]]:
     return out
 
 
-@torch.no_grad()
-def score_ids(model, ids: torch.Tensor, *, batch_size: int = 16,
-              ctx: contextlib.AbstractContextManager | None = None) -> tuple[float, int]:
+@torch.inference_mode()
+def score_ids(model, ids: torch.Tensor, *, batch_size: int = 16) -> tuple[float, int]:
     """Summed loss in nats and the number of tokens scored, over all of `ids` (1-D)."""
-    ctx = ctx or contextlib.nullcontext()
     device = model.tok_embed.weight.device
     plan = windows(len(ids), model.config.context)
     total, count = 0.0, 0
@@ -80,8 +77,7 @@ def score_ids(model, ids: torch.Tensor, *, batch_size: int = 16,
         for length in sorted({g[1] for g in group}):
             same = [g for g in group if g[1] == length]
             rows = torch.stack([ids[s : s + length + 1] for s, _, _ in same]).to(device)
-            with ctx:
-                logits, _ = model(rows[:, :-1])
+            logits, _ = model(rows[:, :-1])
             nll = F.cross_entropy(logits.float().transpose(1, 2), rows[:, 1:], reduction="none")
             for row, (_, _, first) in zip(nll, same):
                 total += row[first:].double().sum().item()

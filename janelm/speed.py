@@ -19,37 +19,37 @@ from janelm.generate import SamplingOptions, generate_tokens
 GREEDY = SamplingOptions(temperature=0)
 
 
-def _timed_generation(model, prompt: list[int], n: int, use_cache: bool, ctx) -> float:
+def _timed_generation(model, prompt: list[int], n: int, use_cache: bool) -> float:
     """Tokens per second of generating `n` tokens (greedy, so every run does the same work)."""
     start = time.perf_counter()
-    for _ in generate_tokens(model, prompt, n, GREEDY, use_cache=use_cache, ctx=ctx):
+    for _ in generate_tokens(model, prompt, n, GREEDY, use_cache=use_cache):
         pass
     synchronize(model.tok_embed.weight.device)
     return n / (time.perf_counter() - start)
 
 
-@torch.no_grad()
-def measure_sampling(model, new_tokens: int = 255, repeats: int = 3, ctx=None) -> dict[str, Any]:
+@torch.inference_mode()
+def measure_sampling(model, new_tokens: int = 255, repeats: int = 3) -> dict[str, Any]:
     """Prefill, cached decode, cache-less decode, and decode far past the context, in tokens/s."""
     device = model.tok_embed.weight.device
     context = model.config.context
     prompt = [0]
-    _timed_generation(model, prompt, min(32, new_tokens), True, ctx)  # warm-up
-    _timed_generation(model, prompt, min(32, new_tokens), False, ctx)
+    _timed_generation(model, prompt, min(32, new_tokens), True)  # warm-up
+    _timed_generation(model, prompt, min(32, new_tokens), False)
 
     full = torch.zeros(1, context, dtype=torch.long, device=device)
     start = time.perf_counter()
     for _ in range(repeats):
         cache = model.new_cache(1)
-        with ctx or torch.no_grad():
-            model(full, cache=cache, last_only=True)
+        model(full, cache=cache, last_only=True)
     synchronize(device)
     prefill = repeats * context / (time.perf_counter() - start)
 
-    decode = max(_timed_generation(model, prompt, new_tokens, True, ctx) for _ in range(repeats))
-    recompute = max(_timed_generation(model, prompt, new_tokens, False, ctx) for _ in range(max(1, repeats - 1)))
-    long = _timed_generation(model, prompt, 3 * context, True, ctx)
+    decode = max(_timed_generation(model, prompt, new_tokens, True) for _ in range(repeats))
+    recompute = max(_timed_generation(model, prompt, new_tokens, False) for _ in range(max(1, repeats - 1)))
+    long = _timed_generation(model, prompt, 3 * context, True)
     return {
+        "dtype": str(model.tok_embed.weight.dtype).removeprefix("torch."),
         "new_tokens": new_tokens,
         "prefill_tokens_per_s": prefill,
         "decode_tokens_per_s": decode,

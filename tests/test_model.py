@@ -17,9 +17,10 @@ def explicit_attention(attn: CausalSelfAttention, x: torch.Tensor) -> torch.Tens
     """Masked softmax attention written out by hand, with the module's own weights."""
     B, T, _ = x.shape
     q, k, v = attn.qkv(x).split(attn.n_head * attn.head_dim, dim=2)
-    q, k, v = (t.view(B, T, attn.n_head, attn.head_dim).transpose(1, 2) for t in (q, k, v))
+    q, k, v = (t.view(B, T, attn.n_head, attn.head_dim) for t in (q, k, v))
     if attn.rotary is not None:
         q, k = attn.rotary(q, 0), attn.rotary(k, 0)
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     scores = q @ k.transpose(-2, -1) / math.sqrt(attn.head_dim)
     mask = torch.ones(T, T, dtype=torch.bool).tril()
     weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)

@@ -28,18 +28,18 @@ def bench_sample(args: argparse.Namespace, model_cfg, train_cfg) -> dict:
     import torch
 
     from janelm.checkpoint import load_model
-    from janelm.device import autocast, pick_device, pick_dtype
+    from janelm.device import pick_device, pick_dtype
     from janelm.model import GPT
     from janelm.speed import measure_sampling
 
     device = pick_device(train_cfg.device)
+    dtype = pick_dtype(train_cfg.dtype, device)
     if args.checkpoint:
-        model, _, _ = load_model(args.checkpoint, device)
+        model, _, _ = load_model(args.checkpoint, device, dtype)
     else:
         torch.manual_seed(0)
-        model = GPT(replace(model_cfg, vocab_size=args.vocab_size)).to(device).eval()
-    ctx = autocast(device, pick_dtype(train_cfg.dtype, device)) if train_cfg.dtype != "auto" else None
-    result = measure_sampling(model, new_tokens=args.steps or 255, ctx=ctx)
+        model = GPT(replace(model_cfg, vocab_size=args.vocab_size)).to(device=device, dtype=dtype).eval()
+    result = measure_sampling(model, new_tokens=args.steps or 255)
     c = model.config
     return {"device": device.type, "n_block": c.n_block, "n_embed": c.n_embed, "n_head": c.n_head,
             "context": c.context, "vocab_size": c.vocab_size, "params": model.num_params(), **result}
@@ -56,6 +56,7 @@ def show(result: dict, what: str) -> None:
     if what == "sample":
         table.add_row("model", f"{result['n_block']} blocks × {result['n_embed']}, {result['n_head']} heads, "
                       f"context {result['context']}, vocab {result['vocab_size']} ({result['params'] / 1e6:.1f}M)")
+        table.add_row("device, weights", f"{result['device']}, {result['dtype']}")
         table.add_row("prefill", f"{result['prefill_tokens_per_s']:,.0f} tokens/s")
         table.add_row(f"decode, KV cache ({result['new_tokens']} tokens)", f"{result['decode_tokens_per_s']:,.1f} tokens/s")
         table.add_row("decode, recompute each step", f"{result['recompute_tokens_per_s']:,.1f} tokens/s")

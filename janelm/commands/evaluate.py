@@ -22,12 +22,11 @@ def run(args: argparse.Namespace) -> int:
         sources = [(name, clean_gutenberg(text)) for name, text in sources]
     check_checkpoint_file(resolve_checkpoint(args.checkpoint))
 
-    from janelm.device import autocast, pick_device, pick_dtype
+    from janelm.device import pick_device, pick_dtype
     from janelm.scoring import Score, encode_lines, score_ids
 
     device = pick_device(args.device)
-    model, tokenizer, ckpt = load_model(args.checkpoint, device)
-    ctx = autocast(device, pick_dtype("auto", device)) if device.type == "cuda" else None
+    model, tokenizer, ckpt = load_model(args.checkpoint, device, pick_dtype(args.dtype, device))
     if not args.files:
         sources = [("validation split", validation_text(args, ckpt, tokenizer))]
 
@@ -39,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"{name}: {e}") from None
         if len(ids) < 2:
             raise InputError(f"{name}: too short to score (needs at least two tokens)")
-        n, t = score_ids(model, ids, batch_size=args.batch_size, ctx=ctx)
+        n, t = score_ids(model, ids, batch_size=args.batch_size)
         nats, tokens = nats + n, tokens + t
         # The first token has no history and is not scored: neither are its characters.
         chars += len(text) - len(first)

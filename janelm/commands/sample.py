@@ -56,11 +56,11 @@ def run(args: argparse.Namespace) -> int:
 
     from janelm.checkpoint import load_model
     from janelm.console import note
-    from janelm.device import autocast, pick_device, pick_dtype
+    from janelm.device import pick_device, pick_dtype
     from janelm.generate import StopFilter, StreamDecoder, crop_prompt, generate_tokens
 
     device = pick_device(args.device)
-    model, tokenizer, _ = load_model(args.checkpoint, device)
+    model, tokenizer, _ = load_model(args.checkpoint, device, pick_dtype(args.dtype, device))
     try:
         ids, cut = crop_prompt(tokenizer.encode(prompt), model.config.context)
     except InputError as e:
@@ -71,7 +71,6 @@ def run(args: argparse.Namespace) -> int:
     if not ids:
         ids = tokenizer.encode("\n")
     rng = torch.Generator().manual_seed(args.seed if args.seed is not None else torch.seed())
-    ctx = autocast(device, pick_dtype("auto", device)) if device.type == "cuda" else None
 
     out = sys.stdout
     decoders = [StreamDecoder(tokenizer) for _ in range(args.num_samples)]
@@ -82,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         out.write(prompt)
         out.flush()
     deadline = time.monotonic() + args.max_time if args.max_time else None
-    for token in generate_tokens(model, ids, args.num_tokens, opts, rng=rng, batch_size=args.num_samples, ctx=ctx):
+    for token in generate_tokens(model, ids, args.num_tokens, opts, rng=rng, batch_size=args.num_samples):
         for i, t in enumerate(token.tolist()):
             texts[i] += stops[i].feed(decoders[i].feed([t]))
         if stream and texts[0]:
