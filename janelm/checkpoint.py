@@ -267,6 +267,3 @@ def build_model(ckpt: dict[str, Any], file: Path | str = "checkpoint"):
         raise unfit(_first_line(e, 160)) from None
     return model
 
-
-def tokenizer_of(ckpt: dict[str, Any]) -> Tokenizer:
-    return checkpoint_tokenizer(ckpt)

@@ -79,8 +79,10 @@ class TrainConfig:
     lr: float = 3e-3
     min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
     warmup_iters: int = 50
-    max_iters: int = 3000  # 0 means: no step limit, the schedule follows --max-time
-    max_time: float = 0.0  # seconds; 0 means no time limit
+    # ~9.5 minutes on a 2-core CPU with native bf16 (docs/quality.md); the time limit is a guard
+    # for slower machines, and the schedule follows steps so a seed reproduces a run exactly.
+    max_iters: int = 650  # 0 means: no step limit, the schedule follows --max-time
+    max_time: float = 690.0  # seconds; 0 means no time limit
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -134,14 +136,15 @@ PRESETS: dict[str, Preset] = {
     "cpu-long": Preset(
         "about an hour on a 2-core CPU",
         model={"n_block": 8, "n_embed": 384, "n_head": 6},
-        train={"max_iters": 12000, "lr": 2e-3},
+        train={"max_iters": 1300, "max_time": 3900.0, "lr": 2e-3},
     ),
     "seed": Preset(
         "the original research script's ~70M-parameter model; meant for a GPU",
         model={"n_block": 6, "n_embed": 512, "n_head": 4, "head_size": 128, "context": 96,
                "norm": "layer", "mlp": "gelu", "position": "learned", "tie_embeddings": False,
                "dropout": 0.2},
-        train={"batch_size": 32, "lr": 3e-4, "max_iters": 20000, "warmup_iters": 500, "patience": 5},
+        train={"batch_size": 32, "lr": 3e-4, "max_iters": 20000, "max_time": 0.0, "warmup_iters": 500,
+               "patience": 5},
     ),
     "bench": Preset(
         "the reference shape for speed comparisons (janelm bench)",

@@ -47,6 +47,16 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
+def describe_dtype(name: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The dtype in words, with the reason when `auto` chose it."""
+    text = str(dtype).removeprefix("torch.")
+    if name != "auto":
+        return text
+    if device.type == "cuda":
+        return f"{text} (auto: {'bf16' if dtype == torch.bfloat16 else 'no bf16'} on this GPU)"
+    return f"{text} (auto: this CPU {'multiplies bf16 natively' if dtype == torch.bfloat16 else 'has no native bf16'})"
+
+
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
     """Mixed precision for the forward pass; weights stay float32 (a no-op for float32)."""
     if dtype == torch.float32:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from janelm.config import ModelConfig, TrainConfig
-from janelm.device import autocast, peak_matmul_flops, pick_device, pick_dtype, synchronize
+from janelm.device import peak_matmul_flops, pick_device, pick_dtype, synchronize
 from janelm.generate import SamplingOptions, generate_tokens
 
 GREEDY = SamplingOptions(temperature=0)

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import torch
 import torch.nn as nn
 
-from janelm.checkpoint import BEST, LAST, build_model, save_checkpoint
+from janelm.checkpoint import BEST, LAST, build_model, checkpoint_tokenizer, save_checkpoint
 from janelm.config import ModelConfig, TrainConfig
 from janelm.console import note
 from janelm.data import BatchSampler, Corpus, tokenizer_fingerprint
@@ -30,7 +30,6 @@ from janelm.distributed import Distributed
 from janelm.errors import InputError, Interrupted, JaneLMError
 from janelm.model import GPT
 from janelm.optim import make_optimizer
-from janelm.tokenizer import tokenizer_from_dict
 
 METRICS_FILE = "metrics.csv"
 METRICS_FIELDS = ("step", "tokens", "train_loss", "val_loss", "lr", "elapsed_s")
@@ -152,7 +151,7 @@ class Trainer:
             self._refuse_to_overwrite(force)
         base = resume or init
         if base is not None:
-            if tokenizer_fingerprint(tokenizer_from_dict(base["tokenizer"])) != self.fingerprint:
+            if tokenizer_fingerprint(checkpoint_tokenizer(base)) != self.fingerprint:
                 flag = "--resume" if resume else "--init-from"
                 raise InputError(
                     f"{flag}: the checkpoint uses another tokenizer than the data in {corpus.path}/: "

@@ -244,3 +244,25 @@ def test_train_force_replaces_another_run(ws: Path, tmp_path: Path) -> None:
     assert ckpt["model_config"]["n_embed"] == 16 and ckpt["state"]["step"] == 2
     metrics = (out / "metrics.csv").read_text().splitlines()
     assert len(metrics) == 3  # header and the two new steps: nothing of the old run
+
+
+# --- fuzzing: prepare on arbitrary bytes gives a clear error or a valid corpus, never a crash ---------
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(st.binary(max_size=3000),
+                      st.text(max_size=3000).map(lambda t: t.encode("utf-8", "surrogatepass"))))
+def test_prepare_on_arbitrary_bytes(tmp_path_factory, data):
+    from janelm.cli import main
+    from janelm.data import load_corpus
+
+    folder = tmp_path_factory.mktemp("fuzz")
+    (folder / "input.txt").write_bytes(data)
+    code = main(["prepare", str(folder / "input.txt"), "--out", str(folder / "out"), "--tokenizer", "char"])
+    assert code in (0, 2)
+    if code == 0:
+        corpus = load_corpus(folder / "out")
+        assert len(corpus.train) > 0
+    else:
+        assert not (folder / "out" / "meta.json").exists()

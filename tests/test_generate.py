@@ -1,6 +1,5 @@
 """Generation: the cache changes no token, the window slides, filters behave, streams stay whole."""
 
-import time
 
 import pytest
 import torch

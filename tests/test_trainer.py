@@ -171,3 +171,19 @@ def test_muon_optimizer_trains_and_resumes(tmp_path, prepared):
     assert set(ckpt["optimizer"]) == {"muon", "adamw"}
     resumed = Trainer(ModelConfig(), replace(cfg, max_iters=35), corpus, tmp_path, resume=ckpt, progress=False)
     assert resumed.run()["step"] == 35
+
+
+@pytest.mark.slow
+def test_compiled_model_gives_the_eager_loss(tmp_path, prepared):
+    corpus = load_corpus(prepared)
+    cfg = TrainConfig(batch_size=4, max_iters=10, eval_interval=10, eval_batches=1, warmup_iters=2, dtype="float32")
+    model_cfg = ModelConfig(context=32, n_block=1, n_embed=32, n_head=2)
+    losses = []
+    for compile in (False, True):
+        trainer = Trainer(model_cfg, replace(cfg, compile=compile), corpus, tmp_path / str(compile), progress=False)
+        run = []
+        for _ in range(3):
+            run.append(trainer.train_step())
+            trainer.state.step += 1
+        losses.append(run)
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)

@@ -97,10 +97,10 @@ def make_tokenizer(args: argparse.Namespace, works):
     from janelm.tokenizer import train_tokenizer
 
     if args.tokenizer_from:
-        from janelm.checkpoint import load_checkpoint, resolve_checkpoint
-        from janelm.tokenizer import tokenizer_from_dict
+        from janelm.checkpoint import checkpoint_tokenizer, load_checkpoint, resolve_checkpoint
 
-        return tokenizer_from_dict(load_checkpoint(resolve_checkpoint(args.tokenizer_from))["tokenizer"])
+        path = resolve_checkpoint(args.tokenizer_from)
+        return checkpoint_tokenizer(load_checkpoint(path), path)
     texts = [w.train for w in works]
     if args.tokenizer == "char":
         # Every character must have an id, or encoding the validation split fails on a letter

@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from janelm.checkpoint import load_checkpoint, resolve_checkpoint
     from janelm.console import note
     from janelm.data import load_corpus
+    from janelm.device import describe_dtype
     from janelm.distributed import Distributed
     from janelm.trainer import Trainer
 
@@ -83,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
             m = trainer.model
             note(f"model: {m.num_params() / 1e6:.2f}M parameters ({m.num_params(embeddings=False) / 1e6:.2f}M "
                  f"without embeddings), {trainer.model_cfg.n_block} blocks × {trainer.model_cfg.n_embed} wide, "
-                 f"context {trainer.model_cfg.context}; {trainer.device.type}, {str(trainer.dtype).removeprefix('torch.')}"
+                 f"context {trainer.model_cfg.context}; {trainer.device.type}, "
+                 f"{describe_dtype(train_cfg.dtype, trainer.device, trainer.dtype)}"
                  + (f", {dist.world_size} processes" if dist.active else "")
                  + (f"; resuming at step {trainer.state.step}" if args.resume else ""))
         summary = trainer.run()
