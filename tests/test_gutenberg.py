@@ -82,9 +82,8 @@ def make_handler(state: Server) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@pytest.fixture
-def server() -> Iterator[Server]:
-    state = Server(url="")
+def serve(state: Server) -> Iterator[Server]:
+    """Run a loopback HTTP server for `state` in a thread while the caller uses it."""
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(state))
     httpd.daemon_threads = True
     state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -96,6 +95,11 @@ def server() -> Iterator[Server]:
         httpd.shutdown()
         httpd.server_close()
         thread.join(5)
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    yield from serve(Server(url=""))
 
 
 @pytest.fixture

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from collections.abc import Iterator
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from conftest import SHARED_CORPUS, janelm
-from test_gutenberg import RAW_FILES, Server, make_handler
+from test_gutenberg import RAW_FILES, Server, serve
 
 RAW = SHARED_CORPUS / "gutenberg-raw"
 BOOKS = "1342,158,161,121"
@@ -32,18 +30,7 @@ pytestmark = pytest.mark.skipif(not all((RAW / name).is_file() for name in RAW_F
 def mirror(monkeypatch) -> Iterator[Server]:
     """A loopback Gutenberg mirror serving the four raw novels; counts the requests it gets."""
     monkeypatch.setenv("JANELM_DOWNLOAD_BACKOFF", "0.01")
-    state = Server(url="", books={n: (RAW / name).read_bytes() for n, name in RAW_FILES.items()})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(state))
-    httpd.daemon_threads = True
-    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
+    yield from serve(Server(url="", books={n: (RAW / name).read_bytes() for n, name in RAW_FILES.items()}))
 
 
 def one_error_line(proc) -> str:
