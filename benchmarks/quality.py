@@ -6,7 +6,7 @@ with `janelm eval` on the held-out northanger-abbey.txt. Run variants one at a t
 idle machine: two at once, or any other load, makes the budget buy less and the figures worthless.
 
     python3 benchmarks/quality.py                      # every variant (hours)
-    python3 benchmarks/quality.py default char rope-off --seed 2
+    python3 benchmarks/quality.py default char learned-positions --seed 2
     python3 benchmarks/quality.py --list
 
 Results are appended to benchmarks/results/quality.jsonl (one JSON object per run) and the table in
@@ -28,7 +28,8 @@ CORPUS = REPO.parent / "shared" / "corpus" / "austen"
 HELD_OUT = "northanger-abbey.txt"
 RESULTS = REPO / "benchmarks" / "results" / "quality.jsonl"
 
-# name: (prepare flags, train flags), each relative to the package defaults.
+# name: (prepare flags, train flags), each relative to the package defaults. A result records the
+# defaults it ran against under "base" when they were not today's.
 VARIANTS: dict[str, tuple[list[str], list[str]]] = {
     "default": ([], []),
     "char": (["--tokenizer", "char"], []),
@@ -42,7 +43,7 @@ VARIANTS: dict[str, tuple[list[str], list[str]]] = {
     "relu2": ([], ["--mlp", "relu2"]),
     "untied": ([], ["--no-tie-embeddings"]),
     "narrow-deep": ([], ["--n-embed", "192", "--n-head", "3", "--n-block", "8"]),
-    "wide-shallow": ([], ["--n-embed", "384", "--n-head", "6", "--n-block", "3"]),
+    "6x256": ([], ["--n-embed", "256", "--n-head", "4", "--n-block", "6"]),  # the default until the study
     "small": ([], ["--n-embed", "192", "--n-head", "3", "--n-block", "4"]),
     "dropout-0.1": ([], ["--dropout", "0.1"]),
     "muon": ([], ["--optimizer", "muon"]),
@@ -77,7 +78,8 @@ def table(rows: list[dict]) -> str:
     lines = ["| variant | flags | params | tokens seen | steps | bits/char | seed |", "|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: r["bits_per_char"]):
         flags = " ".join(r["prepare"] + r["train"]) or "(defaults)"
-        lines.append(f"| {r['variant']} | `{flags}` | {r['params'] / 1e6:.2f}M | {r['tokens_seen'] / 1e6:.2f}M | "
+        name = r["variant"] + (f" ({r['note']})" if r.get("note") else "")
+        lines.append(f"| {name} | `{flags}` | {r['params'] / 1e6:.2f}M | {r['tokens_seen'] / 1e6:.2f}M | "
                      f"{r['steps']} | {r['bits_per_char']:.3f} | {r['seed']} |")
     return "\n".join(lines)
 

@@ -25,9 +25,11 @@ class ModelConfig:
 
     vocab_size: int = 0  # set from the tokenizer by `train`
     context: int = 256  # tokens of history the model attends to
-    n_block: int = 6
-    n_embed: int = 256
-    n_head: int = 4
+    # 3 wide blocks beat 6 narrow ones in ten minutes on the CPU (docs/quality.md): wider matmuls
+    # run nearer the peak, so the budget buys more tokens.
+    n_block: int = 3
+    n_embed: int = 384
+    n_head: int = 6
     head_size: int = 0  # 0 means n_embed // n_head
     mlp_ratio: float = 4.0  # hidden width of the MLP as a multiple of n_embed
     dropout: float = 0.0
@@ -81,7 +83,7 @@ class TrainConfig:
     warmup_iters: int = 50
     # ~9.5 minutes on a 2-core CPU with native bf16 (docs/quality.md); the time limit is a guard
     # for slower machines, and the schedule follows steps so a seed reproduces a run exactly.
-    max_iters: int = 650  # 0 means: no step limit, the schedule follows --max-time
+    max_iters: int = 750  # 0 means: no step limit, the schedule follows --max-time
     max_time: float = 690.0  # seconds; 0 means no time limit
     weight_decay: float = 0.1
     beta1: float = 0.9

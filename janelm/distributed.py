@@ -14,6 +14,16 @@ import torch.distributed as dist
 import torch.nn as nn
 
 
+def check_cuda_ranks(local_world_size: int) -> None:
+    """NCCL needs a GPU per process: say so before starting more processes than GPUs."""
+    if torch.cuda.is_available() and local_world_size > torch.cuda.device_count():
+        from janelm.errors import InputError
+
+        n = torch.cuda.device_count()
+        raise InputError(f"{local_world_size} processes need {local_world_size} GPUs, but this machine has {n}: "
+                         f"use --nproc {n} (torchrun --nproc_per_node={n}), or --device cpu to train on the CPU with gloo")
+
+
 class Distributed:
     """This process's place in the job: rank, world size, and the device it owns."""
 
@@ -34,6 +44,8 @@ class Distributed:
         if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return cls()
         use_cuda = device_name != "cpu" and torch.cuda.is_available()
+        if use_cuda:
+            check_cuda_ranks(int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])))
         dist.init_process_group("nccl" if use_cuda else "gloo")
         device = None
         if use_cuda:

@@ -38,6 +38,8 @@ def measure_sampling(model, new_tokens: int = 255, repeats: int = 3) -> dict[str
     _timed_generation(model, prompt, min(32, new_tokens), False)
 
     full = torch.zeros(1, context, dtype=torch.long, device=device)
+    model(full, cache=model.new_cache(1), last_only=True)  # warm-up: a CUDA GPU picks kernels per shape
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(repeats):
         cache = model.new_cache(1)

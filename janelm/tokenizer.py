@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Any
 
+from janelm.config import PrepareDefaults
 from janelm.errors import InputError
 
 KINDS = ("char", "bpe", "gpt2")
@@ -35,7 +36,7 @@ KINDS = ("char", "bpe", "gpt2")
 # they need a wider type. The upper bound only catches typos (an extra zero or two).
 MIN_BPE_VOCAB_SIZE = 257
 MAX_BPE_VOCAB_SIZE = 200_000
-DEFAULT_BPE_VOCAB_SIZE = 2048
+DEFAULT_BPE_VOCAB_SIZE = PrepareDefaults.vocab_size  # one place: the quality study's choice
 
 # The pre-tokenization pattern, written once as a template and instantiated twice:
 #

@@ -7,7 +7,8 @@ import pytest
 
 from conftest import TINY, janelm
 
-STEPS = ["--max-iters", "20", "--eval-interval", "5", "--save-interval", "10", "--seed", "4"]
+# --device cpu: this is the gloo path, also on a machine with a GPU.
+STEPS = ["--max-iters", "20", "--eval-interval", "5", "--save-interval", "10", "--seed", "4", "--device", "cpu"]
 
 
 def losses(run):
@@ -28,3 +29,16 @@ def test_two_process_ddp_matches_one_process(tmp_path, prepared):
     for ra, rb in zip(a, b):
         assert rb[2] == pytest.approx(ra[2], rel=1e-4) and rb[3] == pytest.approx(ra[3], rel=1e-4)
     assert proc.stderr.count("model:") <= 1  # only rank 0 talks
+
+
+def test_more_processes_than_gpus_is_refused_before_starting(monkeypatch):
+    import torch
+
+    from janelm.distributed import check_cuda_ranks
+    from janelm.errors import InputError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    check_cuda_ranks(1)
+    with pytest.raises(InputError, match=r"2 processes need 2 GPUs, but this machine has 1: use --nproc 1 .*--device cpu"):
+        check_cuda_ranks(2)

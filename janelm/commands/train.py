@@ -41,6 +41,10 @@ def launch_torchrun(args: argparse.Namespace) -> int:
 
     if args.nproc < 1:
         raise InputError(f"--nproc must be at least 1, got {args.nproc}")
+    if getattr(args, "device", None) != "cpu":
+        from janelm.distributed import check_cuda_ranks
+
+        check_cuda_ranks(args.nproc)
     argv, skip = [], False
     for a in args.argv[args.argv.index("train") + 1 :]:
         if skip:
