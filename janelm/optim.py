@@ -11,11 +11,10 @@ from janelm.config import TrainConfig
 from janelm.errors import InputError
 
 
-def _adamw(groups: list[dict[str, Any]], cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def _adamw(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.AdamW:
     # One fused kernel per step, on CUDA and on the CPU alike: at the reference shape on 2 cores its
     # step takes 7 ms against foreach's 40 ms (6% of a training step).
-    fast = {"fused": True}
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **fast)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
 
 
 class MuonAdamW(torch.optim.Optimizer):
@@ -23,12 +22,12 @@ class MuonAdamW(torch.optim.Optimizer):
     the output head and the norms' gains, as Muon's authors recommend. One object, so the trainer
     sets learning rates and saves state the same way as for plain AdamW."""
 
-    def __init__(self, hidden: list[nn.Parameter], other: list[dict[str, Any]], cfg: TrainConfig, device: torch.device):
+    def __init__(self, hidden: list[nn.Parameter], other: list[dict[str, Any]], cfg: TrainConfig):
         if not hasattr(torch.optim, "Muon"):
             raise InputError(f"--optimizer muon needs PyTorch 2.9 or newer (this is {torch.__version__}): use --optimizer adamw")
         # match_rms_adamw scales Muon's update to AdamW's size, so one --lr serves both.
         self.muon = torch.optim.Muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw")
-        self.adamw = _adamw(other, cfg, device)
+        self.adamw = _adamw(other, cfg)
         super().__init__([*self.muon.param_groups, *self.adamw.param_groups], {})
         self.param_groups = [*self.muon.param_groups, *self.adamw.param_groups]
 
@@ -49,7 +48,7 @@ class MuonAdamW(torch.optim.Optimizer):
         self.adamw.load_state_dict(state["adamw"])
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """Weight decay on matrices only: norms' gains and biases are not pulled towards zero."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
@@ -59,6 +58,6 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
         hidden = [p for p in decay if id(p) not in table_ids]
         tables = [p for p in decay if id(p) in table_ids]
         other = [{"params": tables, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return MuonAdamW(hidden, other, cfg, device)
+        return MuonAdamW(hidden, other, cfg)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return _adamw(groups, cfg, device)
+    return _adamw(groups, cfg)
