@@ -44,6 +44,9 @@ VARIANTS: dict[str, tuple[list[str], list[str]]] = {
     "untied": ([], ["--no-tie-embeddings"]),
     "narrow-deep": ([], ["--n-embed", "192", "--n-head", "3", "--n-block", "8"]),
     "6x256": ([], ["--n-embed", "256", "--n-head", "4", "--n-block", "6"]),  # the default until the study
+    "4x384": ([], ["--n-block", "4"]),
+    "2x512": ([], ["--n-embed", "512", "--n-head", "8", "--n-block", "2"]),
+    "3x512": ([], ["--n-embed", "512", "--n-head", "8", "--n-block", "3"]),
     "small": ([], ["--n-embed", "192", "--n-head", "3", "--n-block", "4"]),
     "dropout-0.1": ([], ["--dropout", "0.1"]),
     "muon": ([], ["--optimizer", "muon"]),
