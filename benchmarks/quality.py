@@ -78,13 +78,19 @@ def run_variant(name: str, budget: float, seed: int, work: Path) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| variant | flags | params | tokens seen | steps | bits/char | seed |", "|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: r["bits_per_char"]):
-        flags = " ".join(r["prepare"] + r["train"]) or "(defaults)"
-        name = r["variant"] + (f" ({r['note']})" if r.get("note") else "")
-        lines.append(f"| {name} | `{flags}` | {r['params'] / 1e6:.2f}M | {r['tokens_seen'] / 1e6:.2f}M | "
-                     f"{r['steps']} | {r['bits_per_char']:.3f} | {r['seed']} |")
-    return "\n".join(lines)
+    """One markdown table per set of defaults the rows ran against, today's first, best row first."""
+    bases = sorted({r.get("base", "") for r in rows}, key=lambda b: (b != "", b))
+    out = []
+    for base in bases:
+        out += [f"Against {base or 'today' + chr(39) + 's defaults'}:", "",
+                "| variant | flags | params | tokens seen | steps | bits/char | seed |", "|---|---|---|---|---|---|---|"]
+        for r in sorted((r for r in rows if r.get("base", "") == base), key=lambda r: r["bits_per_char"]):
+            flags = " ".join(r["prepare"] + r["train"]) or "(defaults)"
+            name = r["variant"] + (f" ({r['note']})" if r.get("note") else "")
+            out.append(f"| {name} | `{flags}` | {r['params'] / 1e6:.2f}M | {r['tokens_seen'] / 1e6:.2f}M | "
+                       f"{r['steps']} | {r['bits_per_char']:.3f} | {r['seed']} |")
+        out.append("")
+    return "\n".join(out).rstrip()
 
 
 def main() -> None:

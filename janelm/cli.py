@@ -56,6 +56,7 @@ TRAIN_HELP = {
 }
 CHOICES = {"norm": NORMS, "mlp": MLPS, "position": POSITIONS, "optimizer": OPTIMIZERS, "dtype": DTYPES,
            "device": ("auto", "cpu", "cuda")}
+QUANTIZE = ("int8",)
 SAMPLING_DEFAULTS = {"temperature": 0.8, "top_k": 0, "top_p": 0.95, "repetition_penalty": 1.0}
 
 
@@ -103,6 +104,15 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--dtype", choices=DTYPES, default="auto",
                    help="weights' precision; auto: bf16 on GPUs and CPUs with native bf16, else float32 (default: auto)")
+    add_decoding_flags(p)
+
+
+def add_decoding_flags(p: argparse.ArgumentParser) -> None:
+    """How the model runs when generating: both change speed only, apart from int8's rounding."""
+    p.add_argument("--compile", action="store_true",
+                   help="compile the decoding step with torch.compile: faster per token after a one-off compilation of seconds (default: off)")
+    p.add_argument("--quantize", choices=QUANTIZE, default=None,
+                   help="store the weight matrices as int8 for generation: fewer bytes per token, slightly different outputs (default: off)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="weights' precision; float32 gives exact figures, auto is faster (default: float32)")
+    p.add_argument("--quantize", choices=QUANTIZE, default=None,
+                   help="score the model with int8 weight matrices, to see what --quantize costs (default: off)")
 
     p = command("chat", "talk with a character, in Austen's dialogue form")
     add_checkpoint_flag(p)
@@ -184,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object to stdout (default: a table on stderr)")
     p.add_argument("--steps", type=int, default=0, help="steps or tokens to time (default: 255 new tokens for sample, 20 steps for train)")
     p.add_argument("--vocab-size", type=int, default=100, help="vocabulary of the random model (default: 100)")
+    p.add_argument("--quantize", choices=QUANTIZE, default=None,
+                   help="sample: decode with int8 weight matrices (the recompute baseline keeps full precision) (default: off)")
     p.add_argument("--preset", choices=list(PRESETS), default="bench", help="configuration; flags override it (default: bench)")
     add_config_flags(p, "bench")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import codecs
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -71,13 +71,30 @@ def pick_next(logits: torch.Tensor, opts: SamplingOptions, rng: torch.Generator 
     return torch.multinomial(probs.cpu(), 1, generator=rng).squeeze(1).to(logits.device)
 
 
+# Generation never changes the weights, so the compiler may treat them as constants ("freezing")
+# and fold the work done on them into the compiled code once (about 1.3× the decode speed here).
+INFERENCE_COMPILE_OPTIONS = {"freezing": True}
+
+
+def compiled_decode_step(model) -> Callable:
+    """`model.decode_step` compiled with torch.compile, made once per model. Its shapes never
+    change during generation, so it is traced on the first token (seconds) and then runs without
+    Python's per-operation overhead, which dominates decoding at batch 1."""
+    step = getattr(model, "_compiled_decode_step", None)
+    if step is None:
+        step = torch.compile(model.decode_step, dynamic=False, fullgraph=True, options=INFERENCE_COMPILE_OPTIONS)
+        model._compiled_decode_step = step
+    return step
+
+
 @torch.inference_mode()  # cheaper than no_grad: no autograd bookkeeping at all
 def generate_tokens(model, prompt: Sequence[int], max_new: int, opts: SamplingOptions, *,
                     rng: torch.Generator | None = None, batch_size: int = 1,
-                    use_cache: bool = True) -> Iterator[torch.Tensor]:
+                    use_cache: bool = True, compile: bool = False) -> Iterator[torch.Tensor]:
     """Yield the next token of every sample, (batch_size,) per step, `max_new` times.
 
-    `prompt` must hold at least one token; only its last `context` tokens are seen.
+    `prompt` must hold at least one token; only its last `context` tokens are seen. `compile`
+    runs each cached single-token step through `compiled_decode_step`.
     """
     if not prompt:
         raise ValueError("generation needs at least one prompt token")
@@ -85,11 +102,16 @@ def generate_tokens(model, prompt: Sequence[int], max_new: int, opts: SamplingOp
     device = model.tok_embed.weight.device
     window = torch.tensor(list(prompt)[-context:], device=device).repeat(batch_size, 1)
     cache = model.new_cache(batch_size) if use_cache else None
+    step = compiled_decode_step(model) if compile else model.decode_step
+    position = torch.zeros((), dtype=torch.long, device=device)  # where the next token goes in the cache
 
     def full_pass() -> torch.Tensor:
-        if cache is not None:
-            cache.reset()
-        return model(window, cache=cache, last_only=True)[0][:, -1]
+        if cache is None:
+            return model(window, last_only=True)[0][:, -1]
+        cache.reset()
+        logits = model(window, cache=cache, last_only=True)[0][:, -1]
+        position.fill_(cache.length)
+        return logits
 
     logits = full_pass()
     for i in range(max_new):
@@ -102,7 +124,9 @@ def generate_tokens(model, prompt: Sequence[int], max_new: int, opts: SamplingOp
             window = window[:, -(context // 2) :]  # slide: keep the last half, re-process it once
             logits = full_pass()
         elif cache is not None:
-            logits = model(token[:, None], cache=cache)[0][:, -1]
+            logits = step(token[:, None], position, cache)
+            cache.length += 1
+            position += 1
         else:
             logits = full_pass()
 

@@ -14,28 +14,34 @@ import torch
 
 from janelm.config import ModelConfig, TrainConfig
 from janelm.device import peak_matmul_flops, pick_device, pick_dtype, synchronize
-from janelm.generate import SamplingOptions, generate_tokens
+from janelm.generate import INFERENCE_COMPILE_OPTIONS, SamplingOptions, generate_tokens
 
 GREEDY = SamplingOptions(temperature=0)
 
 
-def _timed_generation(model, prompt: list[int], n: int, use_cache: bool) -> float:
+def _timed_generation(model, prompt: list[int], n: int, use_cache: bool, compile: bool = False) -> float:
     """Tokens per second of generating `n` tokens (greedy, so every run does the same work)."""
     start = time.perf_counter()
-    for _ in generate_tokens(model, prompt, n, GREEDY, use_cache=use_cache):
+    for _ in generate_tokens(model, prompt, n, GREEDY, use_cache=use_cache, compile=compile):
         pass
     synchronize(model.tok_embed.weight.device)
     return n / (time.perf_counter() - start)
 
 
 @torch.inference_mode()
-def measure_sampling(model, new_tokens: int = 255, repeats: int = 3) -> dict[str, Any]:
-    """Prefill, cached decode, cache-less decode, and decode far past the context, in tokens/s."""
+def measure_sampling(model, new_tokens: int = 255, repeats: int = 3, compile: bool = False,
+                     quantize: str | None = None) -> dict[str, Any]:
+    """Prefill, cached decode, cache-less decode, and decode far past the context, in tokens/s.
+
+    `compile` times the compiled decoding step (`janelm sample --compile`) and, so the ratio stays
+    fair, a compiled forward for the cache-less loop. `quantize` ("int8") converts the model in
+    place after prefill and the cache-less loop are timed: they keep full precision, which is
+    faster for them, so the speedup compares each side's fastest weights.
+    """
     device = model.tok_embed.weight.device
     context = model.config.context
     prompt = [0]
-    _timed_generation(model, prompt, min(32, new_tokens), True)  # warm-up
-    _timed_generation(model, prompt, min(32, new_tokens), False)
+    dtype = str(model.tok_embed.weight.dtype).removeprefix("torch.")
 
     full = torch.zeros(1, context, dtype=torch.long, device=device)
     model(full, cache=model.new_cache(1), last_only=True)  # warm-up: a CUDA GPU picks kernels per shape
@@ -47,11 +53,21 @@ def measure_sampling(model, new_tokens: int = 255, repeats: int = 3) -> dict[str
     synchronize(device)
     prefill = repeats * context / (time.perf_counter() - start)
 
-    decode = max(_timed_generation(model, prompt, new_tokens, True) for _ in range(repeats))
-    recompute = max(_timed_generation(model, prompt, new_tokens, False) for _ in range(max(1, repeats - 1)))
-    long = _timed_generation(model, prompt, 3 * context, True)
+    cacheless = torch.compile(model, dynamic=True, options=INFERENCE_COMPILE_OPTIONS) if compile else model  # acts as the model
+    _timed_generation(cacheless, prompt, min(32, new_tokens), False)  # warm-up (and compilation)
+    recompute = max(_timed_generation(cacheless, prompt, new_tokens, False) for _ in range(max(1, repeats - 1)))
+
+    if quantize == "int8":
+        from janelm.quantize import quantize_int8
+
+        quantize_int8(model)
+    _timed_generation(model, prompt, min(32, new_tokens), True, compile)  # warm-up (and compilation)
+    decode = max(_timed_generation(model, prompt, new_tokens, True, compile) for _ in range(repeats))
+    long = _timed_generation(model, prompt, 3 * context, True, compile)
     return {
-        "dtype": str(model.tok_embed.weight.dtype).removeprefix("torch."),
+        "dtype": dtype,
+        "quantize": quantize,
+        "compiled": compile,
         "new_tokens": new_tokens,
         "prefill_tokens_per_s": prefill,
         "decode_tokens_per_s": decode,

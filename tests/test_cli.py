@@ -89,6 +89,20 @@ def test_bench_sample_json(trained):
         assert result[key] > 0
 
 
+def test_quantized_sampling_and_eval(trained):
+    a = janelm("sample", "-c", str(trained), "-n", "30", "--seed", "4", "--quantize", "int8")
+    b = janelm("sample", "-c", str(trained), "-n", "30", "--seed", "4", "--quantize", "int8", "--compile")
+    assert a.stdout == b.stdout and len(a.stdout) > 10
+    plain = json.loads(janelm("eval", "-c", str(trained), "--json").stdout)
+    quantized = json.loads(janelm("eval", "-c", str(trained), "--json", "--quantize", "int8").stdout)
+    assert quantized["loss"] != plain["loss"]
+    assert abs(quantized["loss"] - plain["loss"]) < 0.05 * plain["loss"]
+    bench = json.loads(janelm("bench", "sample", "-c", str(trained), "--steps", "20", "--json", "--quantize", "int8").stdout)
+    assert bench["quantize"] == "int8" and bench["speedup"] > 0
+    refused = janelm("bench", "train", "--quantize", "int8", check=False)
+    assert refused.returncode == 2 and "bench sample only" in refused.stderr
+
+
 def test_bench_train_json():
     result = json.loads(janelm("bench", "train", "--n-block", "1", "--n-embed", "32", "--n-head", "2", "--context", "32",
                                "--batch-size", "2", "--steps", "2", "--json").stdout)

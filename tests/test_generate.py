@@ -43,6 +43,15 @@ def test_generation_past_the_context_keeps_going(model):
     assert len(tokens) == 48
 
 
+def test_compiled_decoding_gives_the_same_tokens(model):
+    """`sample --compile`: the compiled step is traced once and changes no token, in and past the context."""
+    eager = [t.tolist() for t in generate_tokens(model, [1, 2], 40, GREEDY, batch_size=2)]
+    compiled = [t.tolist() for t in generate_tokens(model, [1, 2], 40, GREEDY, batch_size=2, compile=True)]
+    again = [t.tolist() for t in generate_tokens(model, [5], 20, GREEDY, batch_size=2, compile=True)]
+    assert compiled == eager
+    assert again == [t.tolist() for t in generate_tokens(model, [5], 20, GREEDY, batch_size=2)]
+
+
 def test_batch_rows_are_independent_samples(model):
     rows = torch.stack(list(generate_tokens(model, [3], 30, SamplingOptions(temperature=1.0), batch_size=4,
                                             rng=torch.Generator().manual_seed(0))), dim=1)

@@ -63,6 +63,24 @@ def test_cached_forward_equals_full_forward(cfg):
     assert cache.length == 16
 
 
+@pytest.mark.parametrize("cfg", [SMALL, replace(SMALL, position="learned", norm="layer", mlp="gelu", tie_embeddings=False, bias=True)])
+def test_decode_step_equals_full_forward(cfg):
+    """The fixed-shape single-token step (what a compiled decoder runs) gives the full forward's
+    logits at every position, after a prefill and after earlier steps."""
+    torch.manual_seed(0)
+    model = GPT(cfg).eval().double()
+    idx = torch.randint(0, 50, (2, 16))
+    full, _ = model(idx)
+    cache = model.new_cache(2)
+    model(idx[:, :4], cache=cache)
+    position = torch.tensor(cache.length)
+    for t in range(4, 16):
+        logits = model.decode_step(idx[:, t : t + 1], position, cache)
+        cache.length += 1
+        position += 1
+        torch.testing.assert_close(logits, full[:, t])
+
+
 def test_loss_and_shapes():
     model = GPT(SMALL)
     idx = torch.randint(0, 50, (2, 16))

@@ -6,11 +6,15 @@ import argparse
 import json
 from dataclasses import replace
 
+from janelm.errors import InputError
+
 
 def run(args: argparse.Namespace) -> int:
     from janelm.commands.train import configs_from_args
 
     model_cfg, train_cfg = configs_from_args(args)
+    if args.quantize and args.what != "sample":
+        raise InputError("--quantize applies to bench sample only: drop it for bench train")
     if args.what == "sample":
         result = bench_sample(args, model_cfg, train_cfg)
     else:
@@ -39,10 +43,11 @@ def bench_sample(args: argparse.Namespace, model_cfg, train_cfg) -> dict:
     else:
         torch.manual_seed(0)
         model = GPT(replace(model_cfg, vocab_size=args.vocab_size)).to(device=device, dtype=dtype).eval()
-    result = measure_sampling(model, new_tokens=args.steps or 255)
+    params = model.num_params()  # before --quantize turns the matrices into buffers
+    result = measure_sampling(model, new_tokens=args.steps or 255, compile=train_cfg.compile, quantize=args.quantize)
     c = model.config
     return {"device": device.type, "n_block": c.n_block, "n_embed": c.n_embed, "n_head": c.n_head,
-            "context": c.context, "vocab_size": c.vocab_size, "params": model.num_params(), **result}
+            "context": c.context, "vocab_size": c.vocab_size, "params": params, **result}
 
 
 def show(result: dict, what: str) -> None:
@@ -56,7 +61,8 @@ def show(result: dict, what: str) -> None:
     if what == "sample":
         table.add_row("model", f"{result['n_block']} blocks × {result['n_embed']}, {result['n_head']} heads, "
                       f"context {result['context']}, vocab {result['vocab_size']} ({result['params'] / 1e6:.1f}M)")
-        table.add_row("device, weights", f"{result['device']}, {result['dtype']}")
+        weights = result["dtype"] + (f"; decode with {result['quantize']} matrices" if result["quantize"] else "")
+        table.add_row("device, weights", f"{result['device']}, {weights}{', compiled' if result['compiled'] else ''}")
         table.add_row("prefill", f"{result['prefill_tokens_per_s']:,.0f} tokens/s")
         table.add_row(f"decode, KV cache ({result['new_tokens']} tokens)", f"{result['decode_tokens_per_s']:,.1f} tokens/s")
         table.add_row("decode, recompute each step", f"{result['recompute_tokens_per_s']:,.1f} tokens/s")

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from janelm.generate import StopFilter, StreamDecoder, generate_tokens
 
     device = pick_device(args.device)
-    model, tokenizer, _ = load_model(args.checkpoint, device, pick_dtype(args.dtype, device))
+    model, tokenizer, _ = load_model(args.checkpoint, device, pick_dtype(args.dtype, device), args.quantize)
     quotes = pick_quotes(tokenizer)
     rng = torch.Generator().manual_seed(args.seed if args.seed is not None else torch.seed())
     budget = max(1, model.config.context - args.max_reply)
@@ -88,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         if interactive:
             print(f"{args.bot}: ", end="", file=sys.stderr, flush=True)
         reply = ""
-        for token in generate_tokens(model, ids[-model.config.context:], args.max_reply, opts, rng=rng):
+        for token in generate_tokens(model, ids[-model.config.context:], args.max_reply, opts, rng=rng,
+                                     compile=args.compile):
             piece = stop.feed(decoder.feed(token.tolist()))
             if not reply:
                 piece = piece.lstrip()  # the opening quote is already given

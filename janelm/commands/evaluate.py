@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from janelm.scoring import Score, encode_lines, score_ids
 
     device = pick_device(args.device)
-    model, tokenizer, ckpt = load_model(args.checkpoint, device, pick_dtype(args.dtype, device))
+    model, tokenizer, ckpt = load_model(args.checkpoint, device, pick_dtype(args.dtype, device), args.quantize)
     if not args.files:
         sources = [("validation split", validation_text(args, ckpt, tokenizer))]
 

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from janelm.generate import StopFilter, StreamDecoder, crop_prompt, generate_tokens
 
     device = pick_device(args.device)
-    model, tokenizer, _ = load_model(args.checkpoint, device, pick_dtype(args.dtype, device))
+    model, tokenizer, _ = load_model(args.checkpoint, device, pick_dtype(args.dtype, device), args.quantize)
     try:
         ids, cut = crop_prompt(tokenizer.encode(prompt), model.config.context)
     except InputError as e:
@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
         out.write(prompt)
         out.flush()
     deadline = time.monotonic() + args.max_time if args.max_time else None
-    for token in generate_tokens(model, ids, args.num_tokens, opts, rng=rng, batch_size=args.num_samples):
+    for token in generate_tokens(model, ids, args.num_tokens, opts, rng=rng, batch_size=args.num_samples,
+                                 compile=args.compile):
         for i, t in enumerate(token.tolist()):
             texts[i] += stops[i].feed(decoders[i].feed([t]))
         if stream and texts[0]:
