@@ -14,8 +14,9 @@ import traceback
 from dataclasses import fields
 
 from janelm import __version__
-from janelm.config import (DEFAULT_PRESET, DTYPES, MLPS, NORMS, OPTIMIZERS, POSITIONS, PRESETS,
-                           PrepareDefaults, preset_configs)
+from janelm.config import (AUTO, DEFAULT_PRESET, DTYPES, MLPS, NORMS, OPTIMIZERS, POSITIONS, PRESET_CHOICES,
+                           PRESETS, PrepareDefaults, preset_configs)
+from janelm.device import auto_preset
 from janelm.errors import JaneLMError
 
 MODEL_HELP = {
@@ -71,12 +72,12 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_config_flags(p: argparse.ArgumentParser, preset: str = DEFAULT_PRESET) -> None:
+def add_config_flags(p: argparse.ArgumentParser, preset: str, why: str = "") -> None:
     """One flag per ModelConfig/TrainConfig field, defaulting to None so a preset or checkpoint
     fills what the user did not give; help shows the preset's value."""
     model_defaults, train_defaults = preset_configs(preset)
     for title, defaults, helps in (("model", model_defaults, MODEL_HELP), ("training", train_defaults, TRAIN_HELP)):
-        group = p.add_argument_group(f"{title} (defaults: the {preset!r} preset)")
+        group = p.add_argument_group(f"{title} (defaults: the {preset!r} preset{why})")
         for f in fields(defaults):
             if f.name not in helps:
                 continue
@@ -148,15 +149,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("train", "train a model on a prepared corpus")
     p.add_argument("--data", default=pd.out, help=f"prepared corpus folder (default: {pd.out})")
     p.add_argument("--out", default="checkpoints", help="run folder for checkpoints and metrics (default: checkpoints)")
-    p.add_argument("--preset", choices=list(PRESETS), default=DEFAULT_PRESET,
-                   help="named configuration; flags override it (default: %(default)s). "
+    # What auto picks here, as far as can be told without importing torch: the CPU's class.
+    cpu_preset, why = auto_preset(cuda=False)
+    p.add_argument("--preset", choices=PRESET_CHOICES, default=DEFAULT_PRESET,
+                   help=f"named configuration; flags override it (default: {AUTO}: gpu when PyTorch sees a CUDA GPU, "
+                   f"else the CPU's preset; on this machine without a GPU: {cpu_preset}, as {why.removeprefix('no CUDA GPU; ')}). "
                    + "; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()))
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt (default: off)")
     p.add_argument("--init-from", metavar="CKPT", help="start from a checkpoint's weights to fine-tune (default: none)")
     p.add_argument("--force", action="store_true", help="replace a run already in --out (default: refuse)")
     p.add_argument("--nproc", type=int, default=1, help="processes to launch with torchrun (default: 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar (default: off)")
-    add_config_flags(p)
+    add_config_flags(p, cpu_preset, f", auto's pick for this machine's CPU")
 
     p = command("sample", "generate text; only the text goes to stdout")
     add_checkpoint_flag(p)
@@ -198,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=int, default=100, help="vocabulary of the random model (default: 100)")
     p.add_argument("--quantize", choices=QUANTIZE, default=None,
                    help="sample: decode with int8 weight matrices (the recompute baseline keeps full precision) (default: off)")
-    p.add_argument("--preset", choices=list(PRESETS), default="bench", help="configuration; flags override it (default: bench)")
+    p.add_argument("--preset", choices=PRESET_CHOICES, default="bench", help="configuration; flags override it (default: bench)")
     add_config_flags(p, "bench")
 
     p = command("plot", "draw the loss curves of one or more runs into a PNG")

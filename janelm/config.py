@@ -81,8 +81,9 @@ class TrainConfig:
     lr: float = 3e-3
     min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
     warmup_iters: int = 50
-    # ~9.5 minutes on a 2-core CPU with native bf16 (docs/quality.md); the time limit is a guard
-    # for slower machines, and the schedule follows steps so a seed reproduces a run exactly.
+    # ~9.5 minutes on a 2-core CPU with native bf16 (docs/quality.md). The schedule follows steps,
+    # so a seed reproduces a run exactly; on a machine too slow for the step budget the time limit
+    # takes over and the schedule finishes on the clock instead (janelm.schedule).
     max_iters: int = 750  # 0 means: no step limit, the schedule follows --max-time
     max_time: float = 690.0  # seconds; 0 means no time limit
     weight_decay: float = 0.1
@@ -132,9 +133,24 @@ class Preset:
     train: dict[str, Any] = field(default_factory=dict)
 
 
-# The default preset is what `janelm train` runs with no flags: tuned for ~10 minutes on a 2-core CPU.
+# The original research script's model: 6 × 512, 4 heads of 128, context 96, GPT-2's architecture.
+SEED_MODEL = {"n_block": 6, "n_embed": 512, "n_head": 4, "head_size": 128, "context": 96, "norm": "layer",
+              "mlp": "gelu", "position": "learned", "tie_embeddings": False, "dropout": 0.2}
+
+# `janelm train` with no flags runs `--preset auto`: the preset for this machine's class
+# (janelm.device.auto_preset), each tuned for about ten minutes there (docs/quality.md).
 PRESETS: dict[str, Preset] = {
-    "cpu": Preset("the default: about 10 minutes on a 2-core CPU"),
+    "cpu": Preset("about 10 minutes on a 2-core CPU with native bf16 (AVX-512 BF16)"),
+    "cpu-fp32": Preset(
+        "about 10 minutes on a 2-core CPU without native bf16 (AVX2): float32, a smaller model",
+        model={"n_block": 3, "n_embed": 256, "n_head": 4},
+        train={"max_iters": 700, "max_time": 600.0},
+    ),
+    "gpu": Preset(
+        "about 10 minutes on one CUDA GPU",
+        model=SEED_MODEL,
+        train={"batch_size": 32, "lr": 3e-4, "max_iters": 0, "max_time": 570.0, "warmup_iters": 500},
+    ),
     "cpu-long": Preset(
         "about an hour on a 2-core CPU",
         model={"n_block": 8, "n_embed": 384, "n_head": 6},
@@ -142,9 +158,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "seed": Preset(
         "the original research script's ~70M-parameter model; meant for a GPU",
-        model={"n_block": 6, "n_embed": 512, "n_head": 4, "head_size": 128, "context": 96,
-               "norm": "layer", "mlp": "gelu", "position": "learned", "tie_embeddings": False,
-               "dropout": 0.2},
+        model=SEED_MODEL,
         train={"batch_size": 32, "lr": 3e-4, "max_iters": 20000, "max_time": 0.0, "warmup_iters": 500,
                "patience": 5},
     ),
@@ -159,7 +173,9 @@ PRESETS: dict[str, Preset] = {
         train={"batch_size": 8, "max_iters": 50, "eval_interval": 25, "eval_batches": 2, "warmup_iters": 5},
     ),
 }
-DEFAULT_PRESET = "cpu"
+AUTO = "auto"  # not a preset of its own: janelm.device.auto_preset names one for this machine
+DEFAULT_PRESET = AUTO
+PRESET_CHOICES = (AUTO, *PRESETS)
 
 
 @dataclass(frozen=True)
@@ -175,7 +191,7 @@ class PrepareDefaults:
 
 
 def preset_configs(name: str) -> tuple[ModelConfig, TrainConfig]:
-    """The model and train configs a preset stands for."""
+    """The model and train configs a preset stands for (resolve `auto` first)."""
     if name not in PRESETS:
         raise InputError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
     p = PRESETS[name]

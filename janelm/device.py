@@ -1,20 +1,37 @@
-"""Device and precision: the one place that decides where and in what dtype the model runs."""
+"""Device and precision: the one place that decides where and in what dtype the model runs, and
+what kind of machine this is (`--preset auto`).
+
+torch is imported inside the functions that need it: the CLI reads the machine's class for
+`janelm train --help`, which must stay instant.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
+from functools import lru_cache
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from janelm.errors import InputError
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+if TYPE_CHECKING:
+    import torch
+
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    return getattr(torch, name)
 
 
 def pick_device(name: str = "auto") -> torch.device:
     """`auto` is CUDA when present, else the CPU; asking for CUDA without it is an input error."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -24,27 +41,73 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU multiplies bf16 natively (AVX-512 BF16 or AMX): there bf16 matmuls run ~2×
-    float32; elsewhere bf16 is emulated and slower, so `auto` stays in float32."""
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+# oneDNN's ISA caps (ONEDNN_MAX_CPU_ISA) that still include its bf16 instructions.
+_ONEDNN_BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16",
+                     "AVX10_1_512", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2",
+                     "ALL", "DEFAULT")
+
+
+def cpu_has_native_bf16(flags: frozenset[str] | None = None, env: dict[str, str] | None = None) -> bool:
+    """True when bf16 matmuls run natively here (AVX-512 BF16 or AMX, ~2× float32); elsewhere bf16
+    is emulated, far slower than float32 for training, so `auto` stays in float32.
+
+    Follows the variables that cap the code paths PyTorch uses, as `torch.backends.cpu.
+    get_cpu_capability()` does for its own kernels: ATEN_CPU_CAPABILITY below avx512, or
+    ONEDNN_MAX_CPU_ISA below AVX512_CORE_BF16, make an AVX-512 machine run the AVX2 class's code."""
+    flags = cpu_flags() if flags is None else flags
+    env = os.environ if env is None else env
+    if not flags & {"avx512_bf16", "amx_bf16"}:
         return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
+    aten = env.get("ATEN_CPU_CAPABILITY", "").strip().lower()
+    if aten and not aten.startswith("avx512"):
+        return False
+    onednn = env.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    return not onednn or onednn in _ONEDNN_BF16_ISAS
+
+
+def cpu_class() -> str:
+    """The CPU in words, for messages: which of the two classes JaneLM tunes for."""
+    if cpu_has_native_bf16():
+        return "this CPU multiplies bf16 natively"
+    return "this CPU has no native bf16" + (" (AVX2)" if "avx2" in cpu_flags() else "")
+
+
+def auto_preset(cuda: bool) -> tuple[str, str]:
+    """The preset `--preset auto` picks, and why: the best model each machine class trains in ten
+    minutes (docs/quality.md)."""
+    if cuda:
+        return "gpu", "a CUDA GPU is present"
+    if cpu_has_native_bf16():
+        return "cpu", f"no CUDA GPU; {cpu_class()}, so it trains in bf16"
+    return "cpu-fp32", f"no CUDA GPU; {cpu_class()}, so it trains in float32 with a model sized for that"
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     """The autocast dtype for `--dtype`; `auto` is bf16 where the hardware does it natively."""
+    import torch
+
     if name == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
-    if name not in DTYPES:
+    if name not in DTYPE_NAMES:
         raise InputError(f"unknown --dtype {name!r}: use auto, float32, bfloat16 or float16")
     if name == "float16" and device.type != "cuda":
         raise InputError("--dtype float16 needs a CUDA GPU: use bfloat16 or float32 on the CPU")
-    return DTYPES[name]
+    return torch_dtype(name)
 
 
 def describe_dtype(name: str, device: torch.device, dtype: torch.dtype) -> str:
@@ -53,12 +116,14 @@ def describe_dtype(name: str, device: torch.device, dtype: torch.dtype) -> str:
     if name != "auto":
         return text
     if device.type == "cuda":
-        return f"{text} (auto: {'bf16' if dtype == torch.bfloat16 else 'no bf16'} on this GPU)"
-    return f"{text} (auto: this CPU {'multiplies bf16 natively' if dtype == torch.bfloat16 else 'has no native bf16'})"
+        return f"{text} (auto: {'bf16' if text == 'bfloat16' else 'no bf16'} on this GPU)"
+    return f"{text} (auto: {cpu_class()})"
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
     """Mixed precision for the forward pass; weights stay float32 (a no-op for float32)."""
+    import torch
+
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -66,11 +131,15 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
+        import torch
+
         torch.cuda.synchronize(device)
 
 
 def peak_matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 2048, seconds: float = 1.0) -> float:
     """Measured FLOP/s of a large square matmul in `dtype` after a warm-up: the machine's practical peak."""
+    import torch
+
     if device.type == "cuda":
         size = max(size, 8192)
     a = torch.randn(size, size, device=device).to(dtype)

@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -30,6 +30,7 @@ from janelm.distributed import Distributed
 from janelm.errors import InputError, Interrupted, JaneLMError
 from janelm.model import GPT
 from janelm.optim import make_optimizer
+from janelm.schedule import learning_rate, patience_counts, schedule_progress, update_time_bound
 
 METRICS_FILE = "metrics.csv"
 METRICS_FIELDS = ("step", "tokens", "train_loss", "val_loss", "lr", "elapsed_s")
@@ -44,19 +45,9 @@ class RunState:
     best_val_loss: float = math.inf
     bad_evals: int = 0  # evaluations since the last improvement (early stopping)
     elapsed: float = 0.0  # seconds of training, summed across resumes
-
-
-def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
-    """Linear warm-up over `warmup_iters` steps, then cosine decay to lr * min_lr_ratio as
-    `progress` (the fraction of the step or time budget used) goes to 1."""
-    if step < cfg.warmup_iters:
-        return cfg.lr * (step + 1) / cfg.warmup_iters
-    if cfg.max_iters:
-        span = max(1, cfg.max_iters - cfg.warmup_iters)
-        progress = (step - cfg.warmup_iters) / span
-    progress = min(max(progress, 0.0), 1.0)
-    min_lr = cfg.lr * cfg.min_lr_ratio
-    return min_lr + 0.5 * (cfg.lr - min_lr) * (1 + math.cos(math.pi * progress))
+    # Where the schedule was when the time limit was found to come first (janelm.schedule); < 0: bound by steps.
+    time_bound_progress: float = -1.0
+    time_bound_elapsed: float = 0.0
 
 
 @torch.no_grad()
@@ -133,11 +124,12 @@ class Trainer:
 
     def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, corpus: Corpus, out_dir: Path, *,
                  resume: dict[str, Any] | None = None, init: dict[str, Any] | None = None, force: bool = False,
-                 progress: bool = True, dist: Distributed | None = None):
+                 progress: bool = True, dist: Distributed | None = None, clock: Callable[[], float] = time.perf_counter):
         """`resume` is the run's last checkpoint to continue; `init` a checkpoint whose weights to
-        fine-tune (fresh optimizer and schedule). Either fixes the model config."""
+        fine-tune (fresh optimizer and schedule). Either fixes the model config. `clock` (seconds)
+        times the budget; tests pass a fake one."""
         cfg.validate()
-        self.cfg, self.corpus, self.out_dir = cfg, corpus, Path(out_dir)
+        self.cfg, self.corpus, self.out_dir, self.clock = cfg, corpus, Path(out_dir), clock
         self.dist = dist or Distributed()
         self.progress = progress and self.dist.is_main
         self.device = self.dist.device or pick_device(cfg.device)
@@ -235,9 +227,6 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         return {split: mean_loss(self.model, batches, self.ctx) for split, batches in self.eval_sets.items()}
 
-    def _budget_progress(self) -> float:
-        return self.state.elapsed / self.cfg.max_time if self.cfg.max_time else 0.0
-
     def _done(self) -> bool:
         cfg, s = self.cfg, self.state
         out_of_steps = bool(cfg.max_iters) and s.step >= cfg.max_iters
@@ -247,7 +236,7 @@ class Trainer:
     def train_step(self) -> float:
         """One optimizer step over grad_accum micro-batches; returns the mean loss."""
         cfg = self.cfg
-        lr = learning_rate(cfg, self.state.step, self._budget_progress())
+        lr = learning_rate(cfg, self.state.step, schedule_progress(cfg, self.state))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         micro = self.train_batches.step_batches(self.state.step)
@@ -273,12 +262,12 @@ class Trainer:
         flops_per_step = self.model.flops_per_token() * tokens_per_step
         peak = peak_matmul_flops(self.device, self.dtype, seconds=0.3) if self.progress else 0.0
         bar = self.bar = self._bar()
-        stop_reason = "budget"
+        stop_reason = None
         last_loss = math.nan
-        start, elapsed_before = time.perf_counter(), s.elapsed
+        start, elapsed_before, step_before = self.clock(), s.elapsed, s.step
         with catch_stop_signals() as signals:
             while not self._done():
-                t0 = time.perf_counter()
+                t0 = self.clock()
                 last_loss = self.train_step()
                 if not math.isfinite(last_loss):
                     raise JaneLMError(
@@ -287,9 +276,13 @@ class Trainer:
                     )
                 s.step += 1
                 s.tokens_seen += tokens_per_step
-                dt = time.perf_counter() - t0
+                now = self.clock()
+                dt = max(now - t0, 1e-9)
                 # Wall time, evaluations included: --max-time is what the user waits.
-                s.elapsed = elapsed_before + time.perf_counter() - start
+                s.elapsed = elapsed_before + now - start
+                if update_time_bound(cfg, s, s.step - step_before, s.elapsed - elapsed_before):
+                    self._say(f"step {s.step}: at this pace --max-time {cfg.max_time:g} s ends the run before "
+                              f"step {cfg.max_iters}; the rest of the schedule now follows the clock")
                 if bar is not None:
                     mfu = flops_per_step / dt / peak if peak else 0.0
                     bar.set_postfix_str(f"loss {last_loss:.3f} | {tokens_per_step / dt:,.0f} tok/s | MFU {mfu:.0%}", refresh=False)
@@ -310,6 +303,8 @@ class Trainer:
                     )
         if bar is not None:
             bar.close()
+        if stop_reason is None:
+            stop_reason = "step budget" if cfg.max_iters and s.step >= cfg.max_iters else "time limit"
         self.save(LAST)
         self._plot()
         return {"stop": stop_reason, "step": s.step, "tokens_seen": s.tokens_seen, "elapsed_s": s.elapsed,
@@ -324,15 +319,19 @@ class Trainer:
         if self.metrics is not None:
             self.metrics.append(step=s.step, tokens=s.tokens_seen, train_loss=f"{losses['train']:.5f}",
                                 val_loss=f"{losses['val']:.5f}", lr=f"{lr:.6g}", elapsed_s=f"{s.elapsed:.1f}")
-        if self.progress:
-            message = f"step {s.step}: train {losses['train']:.4f}, val {losses['val']:.4f}, lr {lr:.2e}"
-            self.bar.write(message, file=sys.stderr) if self.bar is not None else note(message)
+        self._say(f"step {s.step}: train {losses['train']:.4f}, val {losses['val']:.4f}, lr {lr:.2e}")
         if losses["val"] < s.best_val_loss:
             s.best_val_loss, s.bad_evals = losses["val"], 0
             self.save(BEST)
             return False
-        s.bad_evals += 1
+        if patience_counts(self.cfg, s):
+            s.bad_evals += 1
         return bool(self.cfg.patience) and s.bad_evals >= self.cfg.patience
+
+    def _say(self, message: str) -> None:
+        """A line for the user on stderr, above the progress bar when there is one."""
+        if self.progress:
+            self.bar.write(message, file=sys.stderr) if self.bar is not None else note(message)
 
     def _plot(self) -> None:
         """loss.png beside metrics.csv, when matplotlib is installed (janelm[plot])."""

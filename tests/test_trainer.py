@@ -19,7 +19,7 @@ from janelm.checkpoint import load_checkpoint
 from janelm.config import ModelConfig, TrainConfig
 from janelm.data import BatchSampler, load_corpus
 from janelm.errors import JaneLMError
-from janelm.trainer import Trainer, learning_rate
+from janelm.trainer import Trainer
 
 RESUMABLE = [*TINY, "--max-iters", "120", "--eval-interval", "10", "--save-interval", "25", "--dropout", "0.1",
              "--seed", "3"]
@@ -122,16 +122,6 @@ def test_nonfinite_loss_stops_and_keeps_good_checkpoints(tmp_path, prepared, mon
         weights = load_checkpoint(tmp_path / name)["model"]
         assert all(torch.isfinite(w).all() for w in weights.values())
     assert load_checkpoint(tmp_path / "last.pt")["state"]["step"] == 10
-
-
-def test_learning_rate_schedule():
-    cfg = TrainConfig(lr=1.0, min_lr_ratio=0.1, warmup_iters=10, max_iters=110)
-    assert learning_rate(cfg, 0, 0) == pytest.approx(0.1)
-    assert learning_rate(cfg, 9, 0) == pytest.approx(1.0)
-    assert learning_rate(cfg, 60, 0) == pytest.approx(0.55)
-    assert learning_rate(cfg, 110, 0) == pytest.approx(0.1)
-    timed = replace(cfg, max_iters=0, max_time=100)
-    assert learning_rate(timed, 50, 0.5) == pytest.approx(0.55)
 
 
 def test_batches_depend_only_on_seed_and_step_and_not_on_world_size():

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from janelm.config import DEFAULT_PRESET, preset_configs
+from janelm.config import ModelConfig
 from janelm.console import stderr
 from janelm.errors import InputError
 
@@ -85,10 +85,9 @@ def prepare(args: argparse.Namespace, out: Path, sources: list, backoff: float) 
     works += [load_work(source, **options) for source in sources]
 
     tokenizer = make_tokenizer(args, works)
-    model_defaults, _ = preset_configs(DEFAULT_PRESET)
     settings = {**options, "tokenizer": args.tokenizer, "vocab_size": args.vocab_size,
                 "tokenizer_from": args.tokenizer_from, "tokenizer_sample_chars": args.tokenizer_sample}
-    meta = write_corpus(out, works, tokenizer, settings, min_tokens=min(model_defaults.context, 64) + 2)
+    meta = write_corpus(out, works, tokenizer, settings, min_tokens=min(ModelConfig().context, 64) + 2)
     show_summary(out, meta)
     return 0
 

@@ -9,16 +9,33 @@ import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
-from janelm.config import ModelConfig, TrainConfig, preset_configs
+from janelm.config import AUTO, ModelConfig, TrainConfig, preset_configs
 from janelm.errors import InputError
 
 FINE_TUNE_LR_FACTOR = 0.1  # fine-tuning starts from trained weights: a gentler default step
 
 
+def resolve_preset(args: argparse.Namespace) -> str:
+    """The preset to start from. `auto` asks janelm.device which one suits this machine, says so on
+    stderr, and is replaced in `args` by the answer (so it is asked once)."""
+    if args.preset == AUTO:
+        import torch
+
+        from janelm.console import note
+        from janelm.device import auto_preset
+
+        cuda = torch.cuda.is_available() and getattr(args, "device", None) != "cpu"
+        args.preset, why = auto_preset(cuda)
+        if os.environ.get("RANK", "0") == "0":
+            note(f"preset {args.preset} (auto: {why}; --preset NAME picks another)")
+    return args.preset
+
+
 def configs_from_args(args: argparse.Namespace, resume: dict | None = None) -> tuple[ModelConfig, TrainConfig]:
     """Dataclass defaults ← the preset (or the resumed run's configs) ← flags the user gave."""
-    model_cfg, train_cfg = preset_configs(args.preset)
-    if resume is not None:
+    if resume is None:
+        model_cfg, train_cfg = preset_configs(resolve_preset(args))
+    else:  # the run's own configs; the preset has no say
         model_cfg = ModelConfig.from_dict(resume["model_config"])
         train_cfg = TrainConfig.from_dict(resume["train_config"])
     given = lambda cfg: {f.name: getattr(args, f.name) for f in fields(cfg)  # noqa: E731
@@ -67,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and not last.is_file():
         raise InputError(f"--resume: no last.pt in {args.out}/ to resume from: train without --resume first, or pass the run's --out")
     if not args.resume:
-        configs_from_args(args)  # bad flags fail here, before torch is imported
+        configs_from_args(args)  # bad flags fail here, before any data or checkpoint is read
 
     from janelm.checkpoint import load_checkpoint, resolve_checkpoint
     from janelm.console import note

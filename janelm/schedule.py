@@ -1,0 +1,93 @@
+"""The learning-rate schedule and the run's budget: warm-up, then a cosine that always finishes.
+
+A run has a step budget (`max_iters`), a time budget (`max_time`), or both. The cosine follows
+steps while the run will end by steps: the learning rate is then a function of the step alone, so
+the same seed reproduces a run bit for bit. When the pace measured so far says the time limit will
+come first (a slower machine than the preset was tuned on), the run becomes *time-bound*: from that
+moment the rest of the cosine is spread over the time left, starting from where it was, so the
+learning rate still reaches its floor as the time runs out instead of being cut off half-way
+down. The moment of the switch is kept in the run's state, so a resumed run continues the same
+schedule.
+
+Nothing here reads a clock: callers pass elapsed seconds, so tests can use a fake one.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+from janelm.config import TrainConfig
+
+MIN_STEPS_TO_PROJECT = 10  # steps timed in this process before their pace is trusted
+EARLY_STOP_AFTER = 0.5  # share of the budget before evaluations without improvement count
+
+
+class Progress(Protocol):
+    """What the schedule reads of a run's state (janelm.trainer.RunState)."""
+
+    step: int
+    elapsed: float
+    time_bound_progress: float  # the schedule's progress when the run became time-bound; < 0: never
+    time_bound_elapsed: float  # seconds of training at that moment
+
+
+def _fraction(x: float) -> float:
+    return min(max(x, 0.0), 1.0)
+
+
+def step_progress(cfg: TrainConfig, step: int) -> float:
+    """How far the cosine is by steps alone: 0 at the end of warm-up, 1 at `max_iters`."""
+    if not cfg.max_iters:
+        return 0.0
+    return _fraction((step - cfg.warmup_iters) / max(1, cfg.max_iters - cfg.warmup_iters))
+
+
+def schedule_progress(cfg: TrainConfig, state: Progress) -> float:
+    """How far the cosine is: by steps, or, once the run is time-bound, by the time left."""
+    if not cfg.max_iters:  # a time budget alone: the clock is the schedule
+        return _fraction(state.elapsed / cfg.max_time)
+    progress = step_progress(cfg, state.step)
+    if state.time_bound_progress >= 0 and cfg.max_time:
+        start, since = state.time_bound_progress, state.time_bound_elapsed
+        by_time = start + (1 - start) * _fraction((state.elapsed - since) / max(cfg.max_time - since, 1e-9))
+        progress = max(progress, by_time)
+    return progress
+
+
+def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
+    """Linear warm-up over `warmup_iters` steps, then cosine decay from `lr` to lr * min_lr_ratio as
+    `progress` (see `schedule_progress`) goes from 0 to 1."""
+    if step < cfg.warmup_iters:
+        return cfg.lr * (step + 1) / cfg.warmup_iters
+    min_lr = cfg.lr * cfg.min_lr_ratio
+    return min_lr + 0.5 * (cfg.lr - min_lr) * (1 + math.cos(math.pi * _fraction(progress)))
+
+
+def update_time_bound(cfg: TrainConfig, state: Progress, steps_timed: int, seconds: float) -> bool:
+    """Make the run time-bound when its pace (`seconds` for the last `steps_timed` steps of this
+    process, evaluations included) says `max_time` will end it before `max_iters`. Returns True
+    when this call made the switch; a time-bound run stays so."""
+    if not (cfg.max_time and cfg.max_iters) or state.time_bound_progress >= 0 or steps_timed < MIN_STEPS_TO_PROJECT:
+        return False
+    projected = state.elapsed + (cfg.max_iters - state.step) * seconds / steps_timed
+    if projected <= cfg.max_time:
+        return False
+    state.time_bound_progress, state.time_bound_elapsed = step_progress(cfg, state.step), state.elapsed
+    return True
+
+
+def budget_used(cfg: TrainConfig, state: Progress) -> float:
+    """The larger of the step and time fractions used: 1 when either budget is spent."""
+    used = state.step / cfg.max_iters if cfg.max_iters else 0.0
+    if cfg.max_time:
+        used = max(used, state.elapsed / cfg.max_time)
+    return used
+
+
+def patience_counts(cfg: TrainConfig, state: Progress) -> bool:
+    """Whether an evaluation without improvement counts towards early stopping. Not in the first
+    half of the budget: under a cosine, most of the gain comes as the rate decays, and a plateau at
+    the peak rate says nothing about the end (the seed preset once stopped after 44 s of a 150 s
+    budget). `best.pt` keeps the best weights anyway, so training on costs only time."""
+    return budget_used(cfg, state) >= EARLY_STOP_AFTER
