@@ -2,11 +2,14 @@
 wall-clock budget on this machine?
 
 Every variant trains on six of Austen's works with the same budget (default 600 s) and is scored
-with `janelm eval` on the held-out northanger-abbey.txt. Run variants one at a time on an otherwise
-idle machine: two at once, or any other load, makes the budget buy less and the figures worthless.
+with `janelm eval` on the held-out northanger-abbey.txt. Variants are flags on top of a preset
+(default: the one `--preset auto` picks for this machine's CPU), and each result records the
+machine's class, so each class gets its own table. Run variants one at a time on an otherwise idle
+machine: two at once, or any other load, makes the budget buy less and the figures worthless.
 
     python3 benchmarks/quality.py                      # every variant (hours)
     python3 benchmarks/quality.py default char learned-positions --seed 2
+    python3 benchmarks/quality.py default 3x384 --preset cpu-fp32
     python3 benchmarks/quality.py --list
 
 Results are appended to benchmarks/results/quality.jsonl (one JSON object per run) and the table in
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -28,8 +32,9 @@ CORPUS = REPO.parent / "shared" / "corpus" / "austen"
 HELD_OUT = "northanger-abbey.txt"
 RESULTS = REPO / "benchmarks" / "results" / "quality.jsonl"
 
-# name: (prepare flags, train flags), each relative to the package defaults. A result records the
-# defaults it ran against under "base" when they were not today's.
+# name: (prepare flags, train flags), each relative to the preset. A result records the defaults it
+# ran against under "base" when they were not today's, and the preset and machine class it ran on
+# (rows without them ran the `cpu` preset on a CPU with native bf16).
 VARIANTS: dict[str, tuple[list[str], list[str]]] = {
     "default": ([], []),
     "char": (["--tokenizer", "char"], []),
@@ -46,6 +51,11 @@ VARIANTS: dict[str, tuple[list[str], list[str]]] = {
     "6x256": ([], ["--n-embed", "256", "--n-head", "4", "--n-block", "6"]),  # the default until the study
     "4x384": ([], ["--n-block", "4"]),
     "2x512": ([], ["--n-embed", "512", "--n-head", "8", "--n-block", "2"]),
+    "3x384": ([], ["--n-embed", "384", "--n-head", "6", "--n-block", "3"]),  # the cpu preset's shape
+    "2x384": ([], ["--n-embed", "384", "--n-head", "6", "--n-block", "2"]),
+    "4x256": ([], ["--n-embed", "256", "--n-head", "4", "--n-block", "4"]),
+    "3x256": ([], ["--n-embed", "256", "--n-head", "4", "--n-block", "3"]),
+    "batch-8": ([], ["--batch-size", "8"]),
     "3x512": ([], ["--n-embed", "512", "--n-head", "8", "--n-block", "3"]),
     "small": ([], ["--n-embed", "192", "--n-head", "3", "--n-block", "4"]),
     "dropout-0.1": ([], ["--dropout", "0.1"]),
@@ -57,14 +67,31 @@ def janelm(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "janelm", *args], cwd=REPO, text=True, capture_output=True, check=True)
 
 
-def run_variant(name: str, budget: float, seed: int, work: Path) -> dict:
+def machine() -> str:
+    """This CPU's class as JaneLM sees it, with any ISA cap that emulates another class."""
+    sys.path.insert(0, str(REPO))
+    from janelm.device import cpu_class
+
+    caps = [f"{k}={os.environ[k]}" for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+            if os.environ.get(k)]
+    return cpu_class().removeprefix("this CPU ") + (f" ({', '.join(caps)})" if caps else "")
+
+
+def default_preset() -> str:
+    sys.path.insert(0, str(REPO))
+    from janelm.device import auto_preset
+
+    return auto_preset(cuda=False)[0]
+
+
+def run_variant(name: str, budget: float, seed: int, work: Path, preset: str) -> dict:
     prepare_flags, train_flags = VARIANTS[name]
     sources = [str(p) for p in sorted(CORPUS.glob("*.txt")) if p.name != HELD_OUT]
     corpus, run = work / f"corpus-{name}", work / f"run-{name}-{seed}"
     janelm("prepare", *sources, "--out", str(corpus), "--force", *prepare_flags)
     start = time.time()
     janelm("train", "--data", str(corpus), "--out", str(run), "--force", "--quiet", "--seed", str(seed),
-           "--max-time", str(budget), *train_flags)
+           "--preset", preset, "--max-time", str(budget), *train_flags)
     wall = time.time() - start
     result = json.loads(janelm("eval", "-c", str(run / "best.pt"), str(CORPUS / HELD_OUT), "--json").stdout)
     import torch  # only to read the run's own record
@@ -74,17 +101,23 @@ def run_variant(name: str, budget: float, seed: int, work: Path) -> dict:
     return {"variant": name, "seed": seed, "budget_s": budget, "train_wall_s": round(wall, 1),
             "params": params, "tokens_seen": ckpt["state"]["tokens_seen"], "steps": ckpt["state"]["step"],
             "bits_per_char": result["bits_per_char"], "loss": result["loss"],
-            "prepare": prepare_flags, "train": train_flags, "date": time.strftime("%Y-%m-%d %H:%M")}
+            "prepare": prepare_flags, "train": train_flags, "date": time.strftime("%Y-%m-%d %H:%M"),
+            "preset": preset, "machine": machine()}
+
+
+NATIVE_BF16 = "multiplies bf16 natively"  # what rows without a machine ran on
 
 
 def table(rows: list[dict]) -> str:
-    """One markdown table per set of defaults the rows ran against, today's first, best row first."""
-    bases = sorted({r.get("base", "") for r in rows}, key=lambda b: (b != "", b))
+    """One markdown table per machine class, preset and set of defaults the rows ran against, today's
+    first, best row first."""
+    key = lambda r: (r.get("machine", NATIVE_BF16), r.get("preset", "cpu"), r.get("base", ""))  # noqa: E731
     out = []
-    for base in bases:
-        out += [f"Against {base or 'today' + chr(39) + 's defaults'}:", "",
+    for group in sorted({key(r) for r in rows}, key=lambda k: (k[0], k[2] != "", k[1], k[2])):
+        cpu, preset, base = group
+        out += [f"On a CPU that {cpu}, `--preset {preset}`, against {base or 'today' + chr(39) + 's defaults'}:", "",
                 "| variant | flags | params | tokens seen | steps | bits/char | seed |", "|---|---|---|---|---|---|---|"]
-        for r in sorted((r for r in rows if r.get("base", "") == base), key=lambda r: r["bits_per_char"]):
+        for r in sorted((r for r in rows if key(r) == group), key=lambda r: r["bits_per_char"]):
             flags = " ".join(r["prepare"] + r["train"]) or "(defaults)"
             name = r["variant"] + (f" ({r['note']})" if r.get("note") else "")
             out.append(f"| {name} | `{flags}` | {r['params'] / 1e6:.2f}M | {r['tokens_seen'] / 1e6:.2f}M | "
@@ -98,6 +131,7 @@ def main() -> None:
     parser.add_argument("variants", nargs="*", help="variants to run (default: all)")
     parser.add_argument("--budget", type=float, default=600, help="training seconds per variant (default: 600)")
     parser.add_argument("--seed", type=int, default=1337, help="training seed (default: 1337)")
+    parser.add_argument("--preset", default=None, help="preset the variants modify (default: auto's pick for this CPU)")
     parser.add_argument("--list", action="store_true", help="list the variants and exit")
     parser.add_argument("--table", action="store_true", help="print the markdown table of all recorded results")
     args = parser.parse_args()
@@ -114,7 +148,7 @@ def main() -> None:
         for name in args.variants or list(VARIANTS):
             if name not in VARIANTS:
                 sys.exit(f"unknown variant {name!r}: see --list")
-            row = run_variant(name, args.budget, args.seed, Path(tmp))
+            row = run_variant(name, args.budget, args.seed, Path(tmp), args.preset or default_preset())
             with open(RESULTS, "a") as f:
                 f.write(json.dumps(row) + "\n")
             print(f"{name:18} seed {args.seed}: {row['bits_per_char']:.3f} bits/char, "

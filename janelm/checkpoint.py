@@ -202,8 +202,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def load_model(path: str | Path | None, device: torch.device | str = "cpu", dtype=None, quantize: str | None = None):
     """The one way commands get a trained model: (model in eval mode, tokenizer, checkpoint dict).
-    `dtype` converts the weights (bf16 halves the memory each generated token reads); `quantize`
-    "int8" then stores the matrices as int8 (`janelm.quantize`)."""
+    `dtype` and `quantize` set the weights' precision (`janelm.quantize.inference_weights`)."""
     file = check_checkpoint_file(resolve_checkpoint(path))
     ckpt = load_checkpoint(file)
     tokenizer = checkpoint_tokenizer(ckpt, file)
@@ -211,12 +210,9 @@ def load_model(path: str | Path | None, device: torch.device | str = "cpu", dtyp
     if tokenizer.vocab_size != model.config.vocab_size:
         raise InputError(f"{file} is inconsistent: its tokenizer has {tokenizer.vocab_size} tokens but its model "
                          f"{model.config.vocab_size}: use another checkpoint or train again")
-    model.to(device=device, dtype=dtype).eval()
-    if quantize == "int8":
-        from janelm.quantize import quantize_int8
+    from janelm.quantize import inference_weights
 
-        quantize_int8(model)
-    return model, tokenizer, ckpt
+    return inference_weights(model, device, dtype, quantize), tokenizer, ckpt
 
 
 def checkpoint_tokenizer(ckpt: dict[str, Any], file: Path | str = "checkpoint") -> Tokenizer:

@@ -1,20 +1,56 @@
-"""Weight-only int8 quantization for generation (`--quantize int8`).
+"""Reduced-precision weight matrices for generation and scoring: float16/bfloat16, or int8.
 
 Decoding one token at batch 1 reads every weight once and does little arithmetic with it, so its
-speed is set by how many bytes the weights take and how fast they are read. Storing each Linear's
-weight as int8 with one scale per output row halves the bytes of bf16, and PyTorch's
-`_weight_int8pack_mm` kernel multiplies by it directly. Activations stay in the model's precision.
-It changes the model's outputs slightly, so it is opt-in and never used for training.
+speed is set by how many bytes the weights take and how fast they are read. Two formats:
+
+- `HalfLinear` (`--dtype float16|bfloat16` on the CPU, and sampling's default there): the matrix
+  in 16 bits, everything else (norms, attention, the KV cache, the residual stream) in float32.
+  Half the bytes of float32 nearly doubles the speed of the matrix-vector products on every CPU
+  class, even without native bf16 or float16 arithmetic, while elementwise work stays in float32,
+  where the CPU is fastest and nothing overflows (docs/speed.md).
+- `Int8Linear` (`--quantize int8`): int8 with one scale per output row, a quarter of float32's
+  bytes, through PyTorch's `_weight_int8pack_mm` kernel, which is fast only with AVX-512.
+
+Both change outputs slightly; neither is ever used for training.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from janelm.errors import InputError
 
 ALIGNMENT = 64  # bytes: enough for the kernel's widest aligned load
+# Up to this many rows (tokens × samples) a 16-bit matrix is multiplied as it is stored; more rows
+# (a prefill, scoring) go through float32, where large products are fastest on every CPU.
+HALF_MAX_ROWS = 8
+
+
+class HalfLinear(nn.Module):
+    """A Linear whose weight is stored in float16 or bfloat16, multiplied with float32 activations.
+
+    The 16-bit kernel takes a 16-bit input and rounds its (float32-accumulated) output to 16 bits;
+    the float32 path for many rows rounds the same way, so a prefill and the single-token steps
+    after it compute the same values (up to the order of the sums)."""
+
+    def __init__(self, linear: nn.Linear, dtype: torch.dtype):
+        super().__init__()
+        self.bias = linear.bias
+        self.register_buffer("weight", linear.weight.detach().to(dtype))
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rounded = x.to(self.weight.dtype)
+        if x.numel() <= HALF_MAX_ROWS * self.in_features:
+            y = F.linear(rounded, self.weight).to(x.dtype)
+        else:
+            y = F.linear(rounded.to(x.dtype), self.weight.to(x.dtype)).to(self.weight.dtype).to(x.dtype)
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, {str(self.weight.dtype)[6:]}"
 
 
 class Int8Linear(nn.Module):
@@ -44,20 +80,59 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
-def quantize_int8(model: nn.Module) -> nn.Module:
+def inference_weights(model: nn.Module, device: torch.device | str, dtype: torch.dtype | None = None,
+                      quantize: str | None = None) -> nn.Module:
+    """Move a float32 `model` to `device` in eval mode, its weights in the precision generation and
+    scoring use: on the CPU only the matrices change (`HalfLinear`, or `Int8Linear` with quantize
+    "int8") and all else stays float32; on a GPU the whole model takes `dtype`."""
+    device = torch.device(device)
+    model.to(device).eval()
+    if quantize == "int8":
+        quantize_int8(model)
+    elif device.type == "cpu" and dtype in (torch.float16, torch.bfloat16):
+        half_matrices(model, dtype)
+    elif dtype is not None:
+        model.to(dtype=dtype)
+    return model
+
+
+def _replace_linears(model: nn.Module, convert, keep=lambda linear: False) -> None:
+    """Replace every nn.Linear of `model` (in place) by `convert(linear)`, except those `keep` keeps."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.Linear) and not keep(child):
+                setattr(module, name, convert(child))
+
+
+def half_matrices(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Store the weight matrices of a float32 CPU `model` in `dtype` (float16 or bfloat16) as
+    HalfLinears, in place; embeddings, norms and activations stay float32. A tied output layer
+    gets its own 16-bit copy. Returns the model."""
+    _replace_linears(model, lambda linear: HalfLinear(linear, dtype))
+    return model
+
+
+def int8_is_fast() -> bool:
+    """PyTorch's int8 matrix product has a fast path only in its AVX-512 kernels."""
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def quantize_int8(model: nn.Module, *, check_speed: bool = True) -> nn.Module:
     """Replace the Linears of `model` (in place) by Int8Linears; returns the model.
 
     The kernel reads 16 inputs at a time, so a Linear whose input width is not a multiple of 16
     keeps its full-precision weight. A tied output layer gets its own int8 copy; the embedding
-    table it shares stays as it was.
+    table it shares stays as it was. Refused where the kernel is slow (`check_speed`): there
+    int8 would make generation slower, not faster.
     """
     p = next(model.parameters())
     if p.device.type != "cpu":
         raise InputError(f"--quantize int8 is for decoding on the CPU, not {p.device.type}: use --device cpu, or drop --quantize")
     if p.dtype not in (torch.float32, torch.bfloat16):
         raise InputError(f"--quantize int8 needs float32 or bfloat16 weights, not {p.dtype}: choose --dtype")
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear) and child.in_features % 16 == 0:
-                setattr(module, name, Int8Linear(child))
+    if check_speed and not int8_is_fast():
+        raise InputError(f"--quantize int8 has no fast kernel on this CPU ({torch.backends.cpu.get_cpu_capability()}; "
+                         f"PyTorch's int8 product needs AVX-512), where it is slower than the default float16 "
+                         f"weights: drop --quantize")
+    _replace_linears(model, Int8Linear, keep=lambda linear: linear.in_features % 16 != 0)
     return model

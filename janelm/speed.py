@@ -28,20 +28,73 @@ def _timed_generation(model, prompt: list[int], n: int, use_cache: bool, compile
     return n / (time.perf_counter() - start)
 
 
-@torch.inference_mode()
-def measure_sampling(model, new_tokens: int = 255, repeats: int = 3, compile: bool = False,
-                     quantize: str | None = None) -> dict[str, Any]:
-    """Prefill, cached decode, cache-less decode, and decode far past the context, in tokens/s.
+FLOOR_DTYPES = ("float32", "bfloat16", "float16")
 
-    `compile` times the compiled decoding step (`janelm sample --compile`) and, so the ratio stays
-    fair, a compiled forward for the cache-less loop. `quantize` ("int8") converts the model in
-    place after prefill and the cache-less loop are timed: they keep full precision, which is
-    faster for them, so the speedup compares each side's fastest weights.
+
+def matrix_shapes(model) -> list[tuple[int, int]]:
+    """(out, in) of every weight matrix a decoded token multiplies by: the model's Linears."""
+    return [tuple(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+
+
+@torch.inference_mode()
+def matmul_floor(shapes: list[tuple[int, int]], weights: str, device: torch.device, seconds: float = 0.5) -> float:
+    """Tokens/s if decoding did nothing but its matrix-vector products: one row times each matrix of
+    `shapes`, stored as `weights` (float32, bfloat16, float16 or int8), with random values,
+    after a warm-up. The bound the rest of the decode step's work is measured against."""
+    g = torch.Generator().manual_seed(0)
+    if weights == "int8":
+        from janelm.quantize import Int8Linear
+
+        layers = [Int8Linear(torch.nn.Linear(i, o, bias=False)) for o, i in shapes]
+        inputs = [torch.randn(1, i, generator=g) for _, i in shapes]
+        products = [lambda x=x, layer=layer: layer(x) for x, layer in zip(inputs, layers)]
+    else:
+        dtype = getattr(torch, weights)
+        mats = [torch.randn(o, i, generator=g).to(device=device, dtype=dtype) for o, i in shapes]
+        inputs = [torch.randn(1, i, generator=g).to(device=device, dtype=dtype) for _, i in shapes]
+        products = [lambda x=x, w=w: torch.nn.functional.linear(x, w) for x, w in zip(inputs, mats)]
+
+    def token() -> None:
+        for product in products:
+            product()
+
+    for _ in range(5):
+        token()
+    synchronize(device)
+    n, start = 0, time.perf_counter()
+    while True:
+        for _ in range(10):
+            token()
+        n += 10
+        synchronize(device)
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return n / elapsed
+
+
+@torch.inference_mode()
+def measure_sampling(model, dtype: torch.dtype | None = None, new_tokens: int = 255, repeats: int = 3,
+                     compile: bool = False, quantize: str | None = None) -> dict[str, Any]:
+    """Prefill, cached decode, cache-less decode, and decode far past the context, in tokens/s, with
+    the matmul floors of the model's own matrices measured in the same process.
+
+    `model` is float32; its weights are set here as generation sets them (`dtype`, `quantize`;
+    janelm.quantize.inference_weights). `compile` times the compiled decoding step (`janelm sample
+    --compile`) and, so the ratio stays fair, a compiled forward for the cache-less loop. With
+    `quantize` ("int8") prefill and the cache-less loop keep the `dtype` weights, which are faster
+    for them, so the speedup compares each side's fastest weights.
     """
+    from janelm.quantize import inference_weights, quantize_int8
+
     device = model.tok_embed.weight.device
     context = model.config.context
     prompt = [0]
-    dtype = str(model.tok_embed.weight.dtype).removeprefix("torch.")
+    shapes = matrix_shapes(model)
+    floors = {name: matmul_floor(shapes, name, device) for name in FLOOR_DTYPES}
+    inference_weights(model, device, None if quantize else dtype)  # int8 comes after prefill and recompute
+    precision = "int8" if quantize == "int8" else str(dtype or torch.float32).removeprefix("torch.")
+    if precision not in floors:
+        floors[precision] = matmul_floor(shapes, precision, device)
 
     full = torch.zeros(1, context, dtype=torch.long, device=device)
     model(full, cache=model.new_cache(1), last_only=True)  # warm-up: a CUDA GPU picks kernels per shape
@@ -58,14 +111,13 @@ def measure_sampling(model, new_tokens: int = 255, repeats: int = 3, compile: bo
     recompute = max(_timed_generation(cacheless, prompt, new_tokens, False) for _ in range(max(1, repeats - 1)))
 
     if quantize == "int8":
-        from janelm.quantize import quantize_int8
-
         quantize_int8(model)
     _timed_generation(model, prompt, min(32, new_tokens), True, compile)  # warm-up (and compilation)
     decode = max(_timed_generation(model, prompt, new_tokens, True, compile) for _ in range(repeats))
     long = _timed_generation(model, prompt, 3 * context, True, compile)
+    best = max(floors[name] for name in FLOOR_DTYPES)
     return {
-        "dtype": dtype,
+        "dtype": precision,
         "quantize": quantize,
         "compiled": compile,
         "new_tokens": new_tokens,
@@ -76,6 +128,9 @@ def measure_sampling(model, new_tokens: int = 255, repeats: int = 3, compile: bo
         "long_tokens": 3 * context,
         "long_decode_tokens_per_s": long,
         "long_vs_in_context": long / decode,
+        "matmul_floor_tokens_per_s": floors[precision],
+        "matmul_floors_tokens_per_s": floors,
+        "floor_fraction": decode / best,
     }
 
 

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 from conftest import REPO, janelm
 
@@ -85,11 +87,24 @@ def test_chat_answers_one_line_per_turn(trained):
 
 def test_bench_sample_json(trained):
     result = json.loads(janelm("bench", "sample", "-c", str(trained), "--steps", "20", "--json").stdout)
-    for key in ("prefill_tokens_per_s", "decode_tokens_per_s", "recompute_tokens_per_s", "speedup"):
+    for key in ("prefill_tokens_per_s", "decode_tokens_per_s", "recompute_tokens_per_s", "speedup",
+                "matmul_floor_tokens_per_s", "floor_fraction"):
         assert result[key] > 0
+    floors = result["matmul_floors_tokens_per_s"]
+    assert set(floors) == {"float32", "bfloat16", "float16"}
+    assert result["dtype"] == "float16"  # sampling's default weights on the CPU
+    assert result["matmul_floor_tokens_per_s"] == floors["float16"]
+    assert result["floor_fraction"] == pytest.approx(result["decode_tokens_per_s"] / max(floors.values()))
 
 
 def test_quantized_sampling_and_eval(trained):
+    from janelm.quantize import int8_is_fast
+
+    if not int8_is_fast():  # the kernel is slow without AVX-512: refused, in one line
+        refused = janelm("sample", "-c", str(trained), "-n", "5", "--quantize", "int8", check=False)
+        assert refused.returncode == 2 and "no fast kernel on this CPU" in refused.stderr
+        assert "Traceback" not in refused.stderr and refused.stdout == ""
+        return
     a = janelm("sample", "-c", str(trained), "-n", "30", "--seed", "4", "--quantize", "int8")
     b = janelm("sample", "-c", str(trained), "-n", "30", "--seed", "4", "--quantize", "int8", "--compile")
     assert a.stdout == b.stdout and len(a.stdout) > 10

@@ -9,7 +9,7 @@ from janelm.config import ModelConfig
 from janelm.errors import InputError
 from janelm.generate import SamplingOptions, generate_tokens
 from janelm.model import GPT
-from janelm.quantize import Int8Linear, quantize_int8
+from janelm.quantize import HalfLinear, Int8Linear, inference_weights, quantize_int8
 
 SMALL = ModelConfig(vocab_size=60, context=32, n_block=2, n_embed=64, n_head=4)
 
@@ -32,7 +32,7 @@ def test_quantized_model_stays_close(cfg):
     model = GPT(cfg).eval()
     idx = torch.randint(0, 60, (2, 32))
     before, _ = model(idx)
-    quantize_int8(model)
+    quantize_int8(model, check_speed=False)  # the kernel is exact everywhere, only slow without AVX-512
     assert not any(isinstance(m, torch.nn.Linear) and m.in_features % 16 == 0 for m in model.modules())
     assert isinstance(model.blocks[0].mlp.down, torch.nn.Linear)  # 170 inputs: not a multiple of 16, kept
     assert model.tok_embed.weight.dtype == torch.float32  # the (tied) table stays as it was
@@ -57,3 +57,38 @@ def test_unaligned_input_views_are_safe():
 def test_unsupported_precision_is_an_input_error():
     with pytest.raises(InputError, match="--quantize int8 needs"):
         quantize_int8(GPT(SMALL).double())
+
+
+def test_int8_is_refused_where_its_kernel_is_slow(monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    with pytest.raises(InputError, match="no fast kernel on this CPU .AVX2"):
+        quantize_int8(GPT(SMALL))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert isinstance(quantize_int8(GPT(SMALL)).blocks[0].attn.qkv, Int8Linear)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_linear_multiplies_the_rounded_values_in_float32(dtype):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48, bias=True)
+    half = HalfLinear(linear, dtype)
+    assert half.weight.dtype == dtype and half.bias.dtype == torch.float32
+    w = linear.weight.detach().to(dtype).float()
+    for rows in (1, 3, 40):  # the 16-bit kernel for a few rows, float32 for many
+        x = torch.randn(rows, 64)
+        y = half(x)
+        assert y.dtype == torch.float32
+        expected = (x.to(dtype).float() @ w.T).to(dtype).float() + linear.bias  # rounded in, rounded out
+        torch.testing.assert_close(y, expected, rtol=0, atol=2 * (expected.abs().max() * torch.finfo(dtype).eps).item())
+
+
+@pytest.mark.parametrize("cfg", [SMALL, replace(SMALL, tie_embeddings=False, position="learned", norm="layer")])
+def test_half_matrices_keep_everything_else_in_float32_and_decode_like_the_full_pass(cfg):
+    torch.manual_seed(0)
+    model = inference_weights(GPT(cfg), "cpu", torch.float16)
+    assert all(not isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert model.tok_embed.weight.dtype == torch.float32 and model.new_cache(1).keys[0].dtype == torch.float32
+    greedy = SamplingOptions(temperature=0)
+    cached = [t.tolist() for t in generate_tokens(model, [1, 2], 50, greedy)]
+    recomputed = [t.tolist() for t in generate_tokens(model, [1, 2], 50, greedy, use_cache=False)]
+    assert cached == recomputed

@@ -32,19 +32,19 @@ def bench_sample(args: argparse.Namespace, model_cfg, train_cfg) -> dict:
     import torch
 
     from janelm.checkpoint import load_model
-    from janelm.device import pick_device, pick_dtype
+    from janelm.device import pick_device, pick_weight_dtype
     from janelm.model import GPT
     from janelm.speed import measure_sampling
 
     device = pick_device(train_cfg.device)
-    dtype = pick_dtype(train_cfg.dtype, device)
     if args.checkpoint:
-        model, _, _ = load_model(args.checkpoint, device, dtype)
+        model, _, _ = load_model(args.checkpoint, device)  # float32: measure_sampling sets the weights
     else:
         torch.manual_seed(0)
-        model = GPT(replace(model_cfg, vocab_size=args.vocab_size)).to(device=device, dtype=dtype).eval()
-    params = model.num_params()  # before --quantize turns the matrices into buffers
-    result = measure_sampling(model, new_tokens=args.steps or 255, compile=train_cfg.compile, quantize=args.quantize)
+        model = GPT(replace(model_cfg, vocab_size=args.vocab_size)).to(device).eval()
+    params = model.num_params()  # before the matrices become buffers
+    result = measure_sampling(model, pick_weight_dtype(train_cfg.dtype, device), new_tokens=args.steps or 255,
+                              compile=train_cfg.compile, quantize=args.quantize)
     c = model.config
     return {"device": device.type, "n_block": c.n_block, "n_embed": c.n_embed, "n_head": c.n_head,
             "context": c.context, "vocab_size": c.vocab_size, "params": params, **result}
@@ -69,6 +69,9 @@ def show(result: dict, what: str) -> None:
         table.add_row("speedup (cache ÷ recompute)", f"{result['speedup']:.2f}×")
         table.add_row(f"decode {result['long_tokens']} tokens (3× context)", f"{result['long_decode_tokens_per_s']:,.1f} tokens/s")
         table.add_row("past-context ÷ in-context speed", f"{result['long_vs_in_context']:.2f}")
+        floors = ", ".join(f"{k} {v:,.0f}" for k, v in result["matmul_floors_tokens_per_s"].items())
+        table.add_row("matmul floor (tokens/s, weights)", floors)
+        table.add_row("decode ÷ best floor", f"{result['floor_fraction']:.2f}")
     else:
         peaks = ", ".join(f"{k} {v / 1e9:,.1f}" for k, v in result["peak_flops_by_dtype"].items())
         table.add_row("device, dtype", f"{result['device']}, {result['dtype']}")

@@ -63,11 +63,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from janelm.checkpoint import load_model
-    from janelm.device import pick_device, pick_dtype
+    from janelm.device import pick_device, pick_weight_dtype
     from janelm.generate import StopFilter, StreamDecoder, generate_tokens
 
     device = pick_device(args.device)
-    model, tokenizer, _ = load_model(args.checkpoint, device, pick_dtype(args.dtype, device), args.quantize)
+    model, tokenizer, _ = load_model(args.checkpoint, device, pick_weight_dtype(args.dtype, device), args.quantize)
     quotes = pick_quotes(tokenizer)
     rng = torch.Generator().manual_seed(args.seed if args.seed is not None else torch.seed())
     budget = max(1, model.config.context - args.max_reply)

@@ -22,11 +22,11 @@ def run(args: argparse.Namespace) -> int:
         sources = [(name, clean_gutenberg(text)) for name, text in sources]
     check_checkpoint_file(resolve_checkpoint(args.checkpoint))
 
-    from janelm.device import pick_device, pick_dtype
+    from janelm.device import pick_device, pick_weight_dtype
     from janelm.scoring import Score, encode_lines, score_ids
 
     device = pick_device(args.device)
-    model, tokenizer, ckpt = load_model(args.checkpoint, device, pick_dtype(args.dtype, device), args.quantize)
+    model, tokenizer, ckpt = load_model(args.checkpoint, device, pick_weight_dtype(args.dtype, device), args.quantize)
     if not args.files:
         sources = [("validation split", validation_text(args, ckpt, tokenizer))]
 

@@ -56,11 +56,11 @@ def run(args: argparse.Namespace) -> int:
 
     from janelm.checkpoint import load_model
     from janelm.console import note
-    from janelm.device import pick_device, pick_dtype
+    from janelm.device import pick_device, pick_weight_dtype
     from janelm.generate import StopFilter, StreamDecoder, crop_prompt, generate_tokens
 
     device = pick_device(args.device)
-    model, tokenizer, _ = load_model(args.checkpoint, device, pick_dtype(args.dtype, device), args.quantize)
+    model, tokenizer, _ = load_model(args.checkpoint, device, pick_weight_dtype(args.dtype, device), args.quantize)
     try:
         ids, cut = crop_prompt(tokenizer.encode(prompt), model.config.context)
     except InputError as e:
