@@ -23,14 +23,18 @@ MODEL_HELP = {
     "n_block": "number of transformer blocks",
     "n_embed": "width of the residual stream",
     "n_head": "attention heads per block",
+    "n_kv_head": "key/value heads per block, each shared by n_head / n_kv_head query heads (0: n_head)",
     "head_size": "features per head (0: n_embed / n_head)",
     "mlp_ratio": "MLP hidden width as a multiple of n_embed",
+    "mlp_hidden": "MLP hidden width itself (0: from --mlp-ratio)",
     "dropout": "dropout probability while training",
     "norm": f"normalisation layer ({', '.join(NORMS)})",
     "mlp": f"MLP kind ({', '.join(MLPS)})",
     "position": f"position information ({', '.join(POSITIONS)})",
     "tie_embeddings": "share the input embedding and output head weights",
     "bias": "use biases in linear and norm layers",
+    "norm_eps": "epsilon inside the norms (0: the precision's eps for rms, 1e-5 for layer)",
+    "rope_base": "base of the rotary frequencies",
 }
 TRAIN_HELP = {
     "batch_size": "sequences per micro-batch (per process)",
