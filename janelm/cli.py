@@ -205,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=list(PRESETS), default="bench", help="configuration; flags override it (default: bench)")
     add_config_flags(p, "bench")
 
+    p = command("export", "write a model as a transformers folder (Llama or GPT-2), with its tokenizer and a model card")
+    add_checkpoint_flag(p)
+    p.add_argument("out", metavar="OUT", help="folder to write (config.json, model.safetensors, tokenizer.json, README.md, ...)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it is not empty (default: refuse)")
+
     p = command("plot", "draw the loss curves of one or more runs into a PNG")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (with metrics.csv)")
     p.add_argument("-o", "--output", default="loss.png", help="PNG file to write (default: loss.png)")
