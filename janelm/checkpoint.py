@@ -82,13 +82,19 @@ def remove_stale_temporaries(path: Path) -> None:
 
 
 def resolve_checkpoint(path: str | Path | None, default_dir: str = "checkpoints") -> Path:
-    """A checkpoint file from a file or run folder (its best.pt, else last.pt)."""
+    """A checkpoint file from a file or run folder (its best.pt, else last.pt), or a transformers
+    model folder (`janelm.interop`), which every loading function below takes as a checkpoint."""
     p = Path(path) if path else Path(default_dir)
     if p.is_dir():
         for name in (BEST, LAST):
             if (p / name).is_file():
                 return p / name
-        raise InputError(f"no checkpoint in {p}/ (looked for {BEST} and {LAST}): train one with `janelm train --out {p}`, or pass -c FILE")
+        from janelm.interop.folder import is_model_folder
+
+        if is_model_folder(p):
+            return p
+        raise InputError(f"no checkpoint in {p}/ (looked for {BEST}, {LAST} and a transformers config.json): "
+                         f"train one with `janelm train --out {p}`, or pass -c FILE")
     if not p.exists():
         hint = "train one with `janelm train`" if not path else "check the path"
         raise InputError(f"checkpoint {p} does not exist: {hint}, or pass -c FILE")
@@ -133,8 +139,12 @@ def _not_an_archive(path: Path, head: bytes) -> InputError:
 
 def check_checkpoint_file(path: str | Path) -> Path:
     """Everything that can be said about a checkpoint file without torch: it exists, is readable,
-    and is a complete PyTorch archive. Raises InputError; returns the path."""
+    and is a complete PyTorch archive (or a model folder JaneLM can load). Raises InputError; returns the path."""
     path = Path(path)
+    if path.is_dir():
+        from janelm.interop.folder import check_folder
+
+        return check_folder(path)
     try:
         with open(path, "rb") as f:
             head = f.read(512)
@@ -159,8 +169,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
     Nothing in the file is trusted: it is opened as a zip archive first, then unpickled with
     `weights_only=True` (plain data and tensors only), and every failure to read it, whatever
-    its type, means the same thing to the user: this file is not a checkpoint JaneLM can use."""
+    its type, means the same thing to the user: this file is not a checkpoint JaneLM can use.
+    A transformers model folder is converted in memory (`janelm.interop.folder`)."""
     path = check_checkpoint_file(path)
+    if path.is_dir():
+        from janelm.interop.folder import load_folder
+
+        return load_folder(path)
     import torch
 
     try:

@@ -24,14 +24,18 @@ MODEL_HELP = {
     "n_block": "number of transformer blocks",
     "n_embed": "width of the residual stream",
     "n_head": "attention heads per block",
+    "n_kv_head": "key/value heads per block, each shared by n_head / n_kv_head query heads (0: n_head)",
     "head_size": "features per head (0: n_embed / n_head)",
     "mlp_ratio": "MLP hidden width as a multiple of n_embed",
+    "mlp_hidden": "MLP hidden width itself (0: from --mlp-ratio)",
     "dropout": "dropout probability while training",
     "norm": f"normalisation layer ({', '.join(NORMS)})",
     "mlp": f"MLP kind ({', '.join(MLPS)})",
     "position": f"position information ({', '.join(POSITIONS)})",
     "tie_embeddings": "share the input embedding and output head weights",
     "bias": "use biases in linear and norm layers",
+    "norm_eps": "epsilon inside the norms (0: the precision's eps for rms, 1e-5 for layer)",
+    "rope_base": "base of the rotary frequencies",
 }
 TRAIN_HELP = {
     "batch_size": "sequences per micro-batch (per process)",
@@ -204,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sample: decode with int8 weight matrices (the recompute baseline keeps full precision) (default: off)")
     p.add_argument("--preset", choices=PRESET_CHOICES, default="bench", help="configuration; flags override it (default: bench)")
     add_config_flags(p, "bench")
+
+    p = command("export", "write a model as a transformers folder (Llama or GPT-2), with its tokenizer and a model card")
+    add_checkpoint_flag(p)
+    p.add_argument("out", metavar="OUT", help="folder to write (config.json, model.safetensors, tokenizer.json, README.md, ...)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it is not empty (default: refuse)")
 
     p = command("plot", "draw the loss curves of one or more runs into a PNG")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (with metrics.csv)")

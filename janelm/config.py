@@ -12,7 +12,7 @@ from typing import Any
 from janelm.errors import InputError
 
 NORMS = ("rms", "layer")
-MLPS = ("swiglu", "gelu", "relu2")
+MLPS = ("swiglu", "gelu", "gelu_tanh", "relu2")
 POSITIONS = ("rope", "learned")
 OPTIMIZERS = ("adamw", "muon")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -30,24 +30,49 @@ class ModelConfig:
     n_block: int = 3
     n_embed: int = 384
     n_head: int = 6
+    n_kv_head: int = 0  # key/value heads, shared by groups of query heads; 0 means n_head
     head_size: int = 0  # 0 means n_embed // n_head
     mlp_ratio: float = 4.0  # hidden width of the MLP as a multiple of n_embed
+    mlp_hidden: int = 0  # the MLP's hidden width itself (imported models); 0 derives it from mlp_ratio
     dropout: float = 0.0
     norm: str = "rms"
     mlp: str = "swiglu"
     position: str = "rope"
     tie_embeddings: bool = True
     bias: bool = False
+    norm_eps: float = 0.0  # 0: the norm's own default (float eps for RMSNorm, 1e-5 for LayerNorm)
+    rope_base: float = 10000.0  # rotary frequencies are rope_base ** (-2i / head_dim)
 
     @property
     def head_dim(self) -> int:
         return self.head_size or self.n_embed // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def mlp_width(self) -> int:
+        """The MLP's hidden width: `mlp_hidden`, or derived from `mlp_ratio`, two thirds of it for
+        SwiGLU (whose two input matrices then hold as many weights as a plain MLP's one)."""
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        hidden = int(self.mlp_ratio * self.n_embed)
+        return int(2 * hidden / 3) if self.mlp == "swiglu" else hidden
 
     def validate(self) -> None:
         """Raise InputError for a shape the model cannot be built with."""
         for name in ("context", "n_block", "n_embed", "n_head"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("n_kv_head", "mlp_hidden", "norm_eps"):
+            if getattr(self, name) < 0:
+                raise InputError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+        if self.n_head % self.kv_heads:
+            raise InputError(f"--n-head {self.n_head} is not a multiple of --n-kv-head {self.n_kv_head}: "
+                             f"each key/value head serves an equal group of query heads")
+        if self.rope_base <= 0:
+            raise InputError(f"--rope-base must be positive, got {self.rope_base}")
         if self.head_size < 0:
             raise InputError(f"--head-size must be positive (or 0 for n_embed / n_head), got {self.head_size}")
         if not self.head_size and self.n_embed % self.n_head:

@@ -12,6 +12,7 @@ run, a char run, and a shelf of broken files). A row passes when:
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -42,7 +43,7 @@ class Case:
     says: tuple[str, ...]  # what the one stderr line must contain
     stdout: str = ""  # what stdout must start with; an error must print nothing there
     xfail: str = ""  # why this row is expected to fail for now (and what change it needs)
-    needs: str = ""  # "no-cuda": only meaningful on a machine without a GPU
+    needs: str = ""  # "no-cuda": only meaningful on a machine without a GPU; "hf": needs the hf extra
 
 
 def row(id: str, command: str, code: int, *says: str, **extra) -> Case:
@@ -112,6 +113,21 @@ CASES = [
     row("train-lr-not-a-number",        "train --lr fast",                                 2, "--lr", "invalid float value: 'fast'"),
     row("prepare-vocab-not-a-number",   "prepare novel.txt --vocab-size big",              2, "--vocab-size", "invalid int value: 'big'"),
     row("eval-batch-size-not-a-number", "eval --batch-size x",                             2, "--batch-size", "invalid int value: 'x'"),
+    # --- export and transformers folders ---------------------------------------------------------
+    row("export-out-not-empty",         "export -c run corpus",                            2, "corpus/ is not empty", "--force"),
+    row("export-out-is-a-file",         "export -c run novel.txt",                         2, "novel.txt is a file"),
+    row("export-no-transformers-equivalent", "export -c relu2.pt newexport",               2,
+        "--mlp relu2 with --position rope has no transformers equivalent", "LlamaForCausalLM needs", needs="hf"),
+    row("sample-hf-unsupported-architecture", "sample -c hfbert -n 5",                     2, "hfbert/", "BertModel is not supported"),
+    row("train-init-from-hf-unsupported-architecture", "train --data corpus --init-from hfbert --out newrun {tiny}", 2,
+        "hfbert/", "BertModel is not supported"),
+    row("sample-hf-sharded-weights",    "sample -c hfsharded -n 5",                        2, "hfsharded/", "sharded"),
+    row("eval-hf-pickled-weights",      "eval -c hfpickle novel.txt",                      2, "hfpickle/", "pickled weights", "never loads"),
+    row("sample-hf-no-tokenizer",       "sample -c hfnotokenizer -n 5",                    2, "hfnotokenizer/", "no tokenizer.json"),
+    row("eval-hf-weights-do-not-fit",   "eval -c hfbadshape novel.txt",                    2,
+        "hfbadshape/", "model.safetensors does not fit config.json", "model.layers.2", needs="hf"),
+    row("prepare-tokenizer-from-hf-wordpiece", "prepare novel.txt --tokenizer-from hfwordpiece --out new", 2,
+        "hfwordpiece/", "WordPiece model", "byte-level BPE", needs="hf"),
 ]
 # fmt: on
 
@@ -158,7 +174,53 @@ def ws(tmp_path_factory, text_file, prepared, trained) -> Path:
     buffer = io.BytesIO()
     torch.save(torch.zeros(3), buffer)
     (ws / "tensor.pt").write_bytes(buffer.getvalue())
+    make_hf_folders(ws)
     return ws
+
+
+def have_hf() -> bool:
+    return all(importlib.util.find_spec(name) for name in ("safetensors", "tokenizers"))
+
+
+def make_hf_folders(ws: Path) -> None:
+    """transformers folders that JaneLM must refuse, each in its own way."""
+    (ws / "hfbert").mkdir()
+    (ws / "hfbert" / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "model_type": "bert"}))
+    llama = json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama"})
+    for name, files in (("hfsharded", ["model.safetensors.index.json", "model-00001-of-00002.safetensors"]),
+                        ("hfpickle", ["pytorch_model.bin"])):
+        (ws / name).mkdir()
+        (ws / name / "config.json").write_text(llama)
+        for file in files:
+            (ws / name / file).write_bytes(b"{}")
+    if not have_hf():
+        return
+    import torch
+
+    from janelm.checkpoint import load_checkpoint, save_checkpoint
+    from janelm.cli import main
+    from janelm.config import ModelConfig, to_dict
+    from janelm.model import GPT
+
+    ckpt = load_checkpoint(ws / "run" / "best.pt")
+    relu2 = ModelConfig.from_dict({**ckpt["model_config"], "mlp": "relu2"})
+    save_checkpoint(ws / "relu2.pt", {**ckpt, "model_config": to_dict(relu2), "model": GPT(relu2).state_dict()})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model in this process: one thread is fastest on a busy machine
+    try:
+        assert main(["export", "-c", str(ws / "run"), str(ws / "hfgood")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    shutil.copytree(ws / "hfgood", ws / "hfnotokenizer")
+    (ws / "hfnotokenizer" / "tokenizer.json").unlink()
+    shutil.copytree(ws / "hfgood", ws / "hfbadshape")
+    config = json.loads((ws / "hfbadshape" / "config.json").read_text())
+    (ws / "hfbadshape" / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3}))
+    shutil.copytree(ws / "hfgood", ws / "hfwordpiece")
+    wordpiece = {"model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+                           "max_input_chars_per_word": 100, "vocab": {"[UNK]": 0, "a": 1}},
+                 "added_tokens": [], "normalizer": None, "pre_tokenizer": None, "post_processor": None, "decoder": None}
+    (ws / "hfwordpiece" / "tokenizer.json").write_text(json.dumps(wordpiece))
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -188,6 +250,8 @@ def test_bad_input(case: Case, ws: Path) -> None:
 
         if torch.cuda.is_available():
             pytest.skip("this machine has CUDA")
+    if case.needs == "hf" and not have_hf():
+        pytest.skip("the hf extra (safetensors, tokenizers) is not installed")
     before = snapshot(ws)
     with one_thread():
         proc = janelm(*shlex.split(case.command.format(tiny=TINY_FLAGS)), cwd=ws, check=False, timeout=180)

@@ -13,13 +13,21 @@ from janelm.model import GPT, CausalSelfAttention
 SMALL = ModelConfig(vocab_size=50, context=16, n_block=2, n_embed=32, n_head=4)
 
 
+GQA = replace(SMALL, n_kv_head=2)  # grouped-query attention: two query heads per key/value head
+
+
 def explicit_attention(attn: CausalSelfAttention, x: torch.Tensor) -> torch.Tensor:
-    """Masked softmax attention written out by hand, with the module's own weights."""
+    """Masked softmax attention written out by hand, with the module's own weights: query head h
+    uses key/value head h // (n_head / n_kv_head)."""
     B, T, _ = x.shape
-    q, k, v = attn.qkv(x).split(attn.n_head * attn.head_dim, dim=2)
-    q, k, v = (t.view(B, T, attn.n_head, attn.head_dim) for t in (q, k, v))
+    kv_width = attn.n_kv_head * attn.head_dim
+    q, k, v = attn.qkv(x).split([attn.n_head * attn.head_dim, kv_width, kv_width], dim=2)
+    q = q.view(B, T, attn.n_head, attn.head_dim)
+    k, v = (t.view(B, T, attn.n_kv_head, attn.head_dim) for t in (k, v))
     if attn.rotary is not None:
         q, k = attn.rotary(q, 0), attn.rotary(k, 0)
+    group = [h * attn.n_kv_head // attn.n_head for h in range(attn.n_head)]
+    k, v = k[:, :, group], v[:, :, group]
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     scores = q @ k.transpose(-2, -1) / math.sqrt(attn.head_dim)
     mask = torch.ones(T, T, dtype=torch.bool).tril()
@@ -30,9 +38,10 @@ def explicit_attention(attn: CausalSelfAttention, x: torch.Tensor) -> torch.Tens
 
 @pytest.mark.parametrize("position", ["rope", "learned"])
 @pytest.mark.parametrize("head_size", [0, 12])
-def test_sdpa_attention_equals_explicit_masked_softmax(position, head_size):
+@pytest.mark.parametrize("n_kv_head", [0, 2, 1])
+def test_sdpa_attention_equals_explicit_masked_softmax(position, head_size, n_kv_head):
     torch.manual_seed(0)
-    model = GPT(replace(SMALL, position=position, head_size=head_size)).eval()
+    model = GPT(replace(SMALL, position=position, head_size=head_size, n_kv_head=n_kv_head)).eval()
     attn = model.blocks[0].attn
     x = torch.randn(3, 10, SMALL.n_embed)
     torch.testing.assert_close(attn(x), explicit_attention(attn, x), rtol=1e-5, atol=1e-6)
@@ -51,7 +60,7 @@ def test_attention_is_causal():
 
 
 @pytest.mark.parametrize("cfg", [SMALL, replace(SMALL, position="learned", norm="layer", mlp="gelu", tie_embeddings=False, bias=True),
-                                 replace(SMALL, mlp="relu2")])
+                                 replace(SMALL, mlp="relu2"), GQA])
 def test_cached_forward_equals_full_forward(cfg):
     torch.manual_seed(0)
     model = GPT(cfg).eval().double()
@@ -63,7 +72,8 @@ def test_cached_forward_equals_full_forward(cfg):
     assert cache.length == 16
 
 
-@pytest.mark.parametrize("cfg", [SMALL, replace(SMALL, position="learned", norm="layer", mlp="gelu", tie_embeddings=False, bias=True)])
+@pytest.mark.parametrize("cfg", [SMALL, replace(SMALL, position="learned", norm="layer", mlp="gelu", tie_embeddings=False, bias=True),
+                                 GQA, replace(GQA, n_kv_head=1, mlp="gelu_tanh", mlp_hidden=40)])
 def test_decode_step_equals_full_forward(cfg):
     """The fixed-shape single-token step (what a compiled decoder runs) gives the full forward's
     logits at every position, after a prefill and after earlier steps."""
@@ -105,8 +115,27 @@ def test_parameter_count_and_tying():
     assert seed.blocks[0].attn.qkv.out_features == 3 * 4 * 128
 
 
+def test_grouped_query_attention_shrinks_the_cache_and_the_weights():
+    mha, gqa = GPT(SMALL), GPT(GQA)
+    assert gqa.new_cache(3).keys[0].shape == (3, 2, 16, 8)  # n_kv_head heads, not n_head
+    assert mha.new_cache(3).keys[0].shape == (3, 4, 16, 8)
+    assert gqa.blocks[0].attn.qkv.out_features == (4 + 2 * 2) * 8
+    assert mha.num_params() - gqa.num_params() == SMALL.n_block * 2 * 2 * 8 * SMALL.n_embed
+
+
+def test_settings_for_imported_models_shape_the_modules():
+    """The fields an imported model needs: its MLP width, norm epsilon and rotary base as given."""
+    model = GPT(replace(SMALL, mlp_hidden=40, norm_eps=1e-6, rope_base=500.0))
+    assert model.blocks[0].mlp.up.out_features == 40 and model.blocks[0].norm1.eps == 1e-6
+    torch.testing.assert_close(model.blocks[0].attn.rotary.cos[1, 1], torch.tensor(math.cos(500.0 ** (-2 / 8))))
+    default = GPT(SMALL)  # an old checkpoint's config: SwiGLU width from mlp_ratio, the norm's own eps
+    assert default.blocks[0].mlp.up.out_features == int(2 * 4 * 32 / 3) and default.blocks[0].norm1.eps is None
+
+
 @pytest.mark.parametrize("change, message", [
     ({"n_embed": 30, "n_head": 4}, "not divisible"),
+    ({"n_kv_head": 3}, "not a multiple of --n-kv-head 3"),
+    ({"n_kv_head": -1}, "--n-kv-head must not be negative"),
     ({"n_block": 0}, "at least 1"),
     ({"dropout": 1.5}, "dropout"),
     ({"norm": "batch"}, "norm"),
