@@ -51,26 +51,30 @@ class Rotary(nn.Module):
         inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
         angles = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
         angles = torch.cat((angles, angles), dim=-1)  # (T, D)
-        # Buffers, not parameters: derived from the config, so not saved in checkpoints.
+        # Buffers, not parameters: derived from the config, so not saved in checkpoints. The sines'
+        # first half is negated, so rotating is x·cos + roll(x, D/2)·sin: two products and a roll.
+        sin = angles.sin()
+        sin[:, : head_dim // 2].neg_()
         self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
 
     def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
         """Rotate x of shape (B, T, ..., D) as positions start .. start+T-1."""
         T = x.size(1)
         shape = (T,) + (1,) * (x.dim() - 3) + (x.size(-1),)  # broadcast over the dims between T and D
-        return self._rotate(x, self.cos[start : start + T].view(shape), self.sin[start : start + T].view(shape))
+        cos, sin = self.cos[start : start + T].view(shape), self.sin[start : start + T].view(shape)
+        return self.rotate(x, cos.to(x.dtype), sin.to(x.dtype))
 
-    def at(self, x: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        """Rotate x of shape (B, 1, ..., D) as the position held in a 0-d tensor: no Python integer,
-        so a compiled decode step is traced once for every position."""
-        return self._rotate(x, self.cos.index_select(0, position.view(1)), self.sin.index_select(0, position.view(1)))
+    def rows(self, position: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (1, D) cosines and sines of the position held in a 0-d tensor, for a decode step: no
+        Python integer, so a compiled step is traced once for every position; looked up once per
+        step for all blocks."""
+        index = position.view(1)
+        return self.cos.index_select(0, index).to(dtype), self.sin.index_select(0, index).to(dtype)
 
     @staticmethod
-    def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        half = x.size(-1) // 2
-        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return x * cos + x.roll(x.size(-1) // 2, dims=-1) * sin
 
 
 def make_norm(config: ModelConfig) -> nn.Module:
@@ -112,14 +116,14 @@ class CausalSelfAttention(nn.Module):
             return y.to(q.dtype)
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
 
-    def _heads(self, x: torch.Tensor, start: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _heads(self, x: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries (B, n_head, T, D), keys and values (B, n_kv_head, T, D) of x (B, T, C) at
-        positions from `start` (an int, or a 0-d tensor for the one position of a decode step)."""
+        positions from `start`."""
         B, T, _ = x.shape
         qkv = self.qkv(x).view(B, T, self.n_head + 2 * self.n_kv_head, self.head_dim)
         qk = qkv[:, :, : self.n_head + self.n_kv_head]
         if self.rotary is not None:  # queries and keys rotated in one pass
-            qk = self.rotary.at(qk, start) if isinstance(start, torch.Tensor) else self.rotary(qk, start)
+            qk = self.rotary(qk, start)
         q, k = qk.split((self.n_head, self.n_kv_head), dim=2)
         v = qkv[:, :, self.n_head + self.n_kv_head :]
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
@@ -150,22 +154,28 @@ class CausalSelfAttention(nn.Module):
         return F.dropout(y, self.dropout, training=True) if self.dropout and self.training else y
 
     def decode(self, x: torch.Tensor, cache: KVCache, layer: int, position: torch.Tensor,
-               visible: torch.Tensor) -> torch.Tensor:
+               rope: tuple[torch.Tensor, torch.Tensor] | None, bias: torch.Tensor) -> torch.Tensor:
         """One new position per row, x (B, 1, C), written into the cache at `position`. Attention
-        spans the whole preallocated cache under the `visible` mask, so every shape is fixed."""
-        q, k, v = self._heads(x, position)
-        keys, values = cache.keys[layer], cache.values[layer]
-        keys.index_copy_(2, position.view(1), k)
-        values.index_copy_(2, position.view(1), v)
-        # Written out in float32 rather than SDPA: for one query the kernel's set-up costs more than
-        # the products, and compiled, these few operations fuse (measured: 327 against 289 tokens/s).
-        # The query heads of a group, (B, n_kv_head, group, D), share their key/value head's cache.
-        B = x.size(0)
-        q = q.reshape(B, self.n_kv_head, self.n_head // self.n_kv_head, self.head_dim)
-        scores = (q.float() @ keys.float().transpose(-1, -2)) / math.sqrt(self.head_dim)
-        weights = scores.masked_fill(~visible, float("-inf")).softmax(-1)
-        y = (weights @ values.float()).to(x.dtype).view(B, self.n_head, 1, self.head_dim)
-        return self._merge(y)
+        spans the whole preallocated cache, with `bias` (0, or -inf past `position`) added to the
+        scores, so every shape is fixed. `rope` is the position's (cos, sin), looked up once per step.
+
+        At batch 1 each operation here costs more in dispatch than in arithmetic, so it is written
+        for few operations: queries and keys rotated together, the query heads of a group
+        (n_head / n_kv_head) multiplied by their shared cache at once, scale and mask in one
+        product, and attention in float32 (a no-op where activations already are)."""
+        B, group = x.size(0), self.n_head // self.n_kv_head
+        qkv = self.qkv(x).view(B, self.n_head + 2 * self.n_kv_head, self.head_dim)
+        qk = qkv[:, : self.n_head + self.n_kv_head]
+        if rope is not None:
+            qk = Rotary.rotate(qk, *rope)
+        keys, values = cache.keys[layer], cache.values[layer]  # (B, n_kv_head, context, D)
+        keys.index_copy_(2, position.view(1), qk[:, self.n_head :, None])
+        values.index_copy_(2, position.view(1), qkv[:, self.n_head + self.n_kv_head :, None])
+        q = qk[:, : self.n_head].reshape(B * self.n_kv_head, group, self.head_dim).float()
+        scores = torch.baddbmm(bias, q, keys.view(B * self.n_kv_head, -1, self.head_dim).float().transpose(1, 2),
+                               alpha=1 / math.sqrt(self.head_dim))
+        y = torch.bmm(scores.softmax(-1), values.view(B * self.n_kv_head, -1, self.head_dim).float())
+        return self.proj(y.to(x.dtype).view(B, 1, self.n_head * self.head_dim))
 
 
 class MLP(nn.Module):
@@ -208,8 +218,8 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
     def decode(self, x: torch.Tensor, cache: KVCache, layer: int, position: torch.Tensor,
-               visible: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn.decode(self.norm1(x), cache, layer, position, visible)
+               rope: tuple[torch.Tensor, torch.Tensor] | None, bias: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn.decode(self.norm1(x), cache, layer, position, rope, bias)
         return x + self.mlp(self.norm2(x))
 
 
@@ -309,9 +319,12 @@ class GPT(nn.Module):
         x = self.tok_embed(idx)
         if self.pos_embed is not None:
             x = x + self.pos_embed(position.view(1))
-        visible = (cache.slots <= position).view(1, -1)  # (1, context): the cached positions it may see
+        # Once per step for every block: the position's rotation, and the scores' mask over the cache.
+        rotary = self.blocks[0].attn.rotary
+        rope = rotary.rows(position, x.dtype) if rotary is not None else None
+        bias = torch.where(cache.slots <= position, 0.0, float("-inf")).view(1, 1, -1)
         for i, block in enumerate(self.blocks):
-            x = block.decode(x, cache, i, position, visible)
+            x = block.decode(x, cache, i, position, rope, bias)
         return self.head(self.norm(x))[:, -1]
 
     def new_cache(self, batch_size: int) -> KVCache:
