@@ -49,10 +49,9 @@ def configs_from_args(args: argparse.Namespace, base: dict | None = None, source
 
 def as_flag(name: str, value, bare: bool = False) -> str:
     """A config value as the flag that sets it: `--n-block 4`, `--no-bias` (`bare`: `4`, `--no-bias`)."""
-    option = flag(name)
     if isinstance(value, bool):
-        return option if value else "--no-" + option[2:]
-    return str(value) if bare else f"{option} {value}"
+        return flag(name) if value else "--no-" + flag(name)[2:]
+    return str(value) if bare else f"{flag(name)} {value}"
 
 
 def launch_torchrun(args: argparse.Namespace) -> int:
@@ -88,8 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from janelm.files import locked_folder
 
     # One run per folder, checked before --force or --resume touch it; rank 0 alone writes there.
-    main_rank = int(os.environ.get("RANK", "0")) == 0
-    with locked_folder(Path(args.out), "train") if main_rank else nullcontext():
+    with locked_folder(Path(args.out), "train") if os.environ.get("RANK", "0") == "0" else nullcontext():
         return train(args)
 
 
