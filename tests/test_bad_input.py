@@ -219,7 +219,7 @@ def params():
         yield pytest.param(case, id=case.id, marks=marks)
 
 
-@pytest.mark.parametrize("case", params())
+@pytest.mark.parametrize("case", list(params()))
 def test_bad_input(case: Case, ws: Path) -> None:
     if case.needs == "no-cuda":
         import torch
