@@ -17,7 +17,6 @@ truncated or foreign file) answers before it, so such mistakes fail in a fractio
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 import warnings
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from janelm import __version__
 from janelm.config import ModelConfig
 from janelm.errors import InputError
+from janelm.files import atomic_write
 from janelm.tokenizer import Tokenizer, tokenizer_from_dict
 
 if TYPE_CHECKING:
@@ -40,45 +40,44 @@ MAX_CONTEXT = 1 << 20  # a sanity bound for configs read from files, far above a
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write `payload` to `path` so that a crash at any moment leaves the old file or the new one,
-    never a mix: temporary file, fsync, rename, fsync the folder.
-
-    The temporary file is `.<name>.<pid>.tmp` beside `path`: hidden, and never named like a
-    checkpoint, so a run folder's `best.pt`/`last.pt` are the only files taken for checkpoints.
-    One left behind by a process that was killed mid-write is removed by the next save."""
+    """Write `payload` to `path` atomically (`janelm.files.atomic_write`): a crash at any moment
+    leaves the old file or the new one, and a failed write (a full disk) raises WriteFailure
+    naming the file, with the old one intact."""
     import torch
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, "version": VERSION, "janelm_version": __version__, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def remove_stale_temporaries(path: Path) -> None:
-    """Delete `.<name>.<pid>.tmp` files beside `path` whose writing process no longer exists."""
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2 : -len(".tmp")]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
+    def write(file) -> None:
+        keeper = _ErrorKeepingFile(file)
         try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            tmp.unlink(missing_ok=True)
-        except (PermissionError, OverflowError, OSError):
-            pass  # alive under another user, or not a pid at all: leave it
+            torch.save({"format": FORMAT, "version": VERSION, "janelm_version": __version__, **payload}, keeper)
+        except RuntimeError:
+            if keeper.error is not None:
+                raise keeper.error from None
+            raise
+
+    atomic_write(Path(path), write)
+
+
+class _ErrorKeepingFile:
+    """torch.save reports a failed write as an opaque RuntimeError ("unexpected pos …") and drops
+    its errno: this wrapper keeps the OSError so the user hears "no space left on device".
+    Streaming through it, rather than serialising into memory first, keeps the memory flat."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.file.flush()
+        except OSError as e:
+            self.error = self.error or e
+            raise
 
 
 def resolve_checkpoint(path: str | Path | None, default_dir: str = "checkpoints") -> Path:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +55,12 @@ class TokenWriter:
 
     def close(self) -> None:
         self.file.close()
+
+    def __enter__(self) -> "TokenWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def load_tokens(path: Path, dtype: str) -> torch.Tensor:
@@ -147,10 +152,3 @@ class BatchSampler:
         g = torch.Generator().manual_seed(self.seed * 7_919 + salt)
         high = len(self.tokens) - self.context
         return [self.windows(torch.randint(0, high, (self.batch_size,), generator=g)) for _ in range(count)]
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically: a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 import janelm
 from janelm.errors import InputError, JaneLMError
+from janelm.files import write_failure
 
 __all__ = ["AUSTEN", "DEFAULT_MIRROR", "USER_AGENT", "book_url", "parse_books", "fetch_book", "sha256_file"]
 
@@ -113,7 +114,7 @@ def _download(url: str, dest: Path, *, timeout: float, progress: bool, label: st
     try:
         handle, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     except OSError as exc:
-        raise _Fatal(f"cannot write in {dest.parent} ({exc.strerror or exc})") from exc
+        raise write_failure(exc, dest) from None
     tmp = Path(tmp_name)
     try:
         with os.fdopen(handle, "wb") as out:
@@ -151,7 +152,7 @@ def _download(url: str, dest: Path, *, timeout: float, progress: bool, label: st
                             break
                         if received == 0 and chunk.lstrip()[:15].lower().startswith((b"<!doctype html", b"<html")):
                             raise _Fatal("the server sent a web page, not the book's text")
-                        _disk(out.write, chunk, where=dest.parent)
+                        _disk(out.write, chunk, path=dest)
                         digest.update(chunk)
                         received += len(chunk)
                         bar.update(len(chunk))
@@ -161,9 +162,9 @@ def _download(url: str, dest: Path, *, timeout: float, progress: bool, label: st
                 raise _Retryable(f"connection dropped after {received} of {expected} bytes")
             if received == 0:
                 raise _Retryable("the server sent an empty file")
-            _disk(out.flush, where=dest.parent)
-            _disk(os.fsync, out.fileno(), where=dest.parent)
-        _disk(os.replace, tmp, dest, where=dest.parent)
+            _disk(out.flush, path=dest)
+            _disk(os.fsync, out.fileno(), path=dest)
+        _disk(os.replace, tmp, dest, path=dest)
         return digest.hexdigest()
     except (OSError, http.client.HTTPException) as exc:
         # Disk errors were turned into _Fatal where they happen; what is left is the network
@@ -176,12 +177,13 @@ def _download(url: str, dest: Path, *, timeout: float, progress: bool, label: st
 _T = TypeVar("_T")
 
 
-def _disk(operation: Callable[..., _T], *args: Any, where: Path) -> _T:
-    """Run a file operation; a failure there is the disk's, and retrying will not help."""
+def _disk(operation: Callable[..., _T], *args: Any, path: Path) -> _T:
+    """Run a file operation; a failure there is the disk's (a full disk, a read-only folder):
+    retrying will not help, and the user hears which file and what to do."""
     try:
         return operation(*args)
     except OSError as exc:
-        raise _Fatal(f"cannot write in {where} ({exc.strerror or exc})") from exc
+        raise write_failure(exc, path) from None
 
 
 def _describe(exc: BaseException) -> str:
@@ -226,7 +228,8 @@ def fetch_book(
 
     Returns (path, downloaded_now). `retries` is how many more attempts follow a failed one,
     waiting `backoff`, 2*`backoff`, 4*`backoff`... seconds; a 404 is not retried. Failure
-    raises JaneLMError naming the book, the URL and the reason.
+    raises JaneLMError naming the book, the URL and the reason; a failed write (a full disk)
+    raises WriteFailure naming the file.
     """
     if not mirror.startswith(("http://", "https://")):
         raise InputError(f"--mirror {mirror!r}: must be an http(s) URL such as {DEFAULT_MIRROR}")
@@ -245,7 +248,7 @@ def fetch_book(
     try:
         raw_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise fail(f"cannot create {raw_dir} ({exc.strerror or exc})") from exc
+        raise write_failure(exc, raw_dir) from None
     # The old sidecar no longer describes what will be there; drop it before touching the file.
     _sidecar(dest).unlink(missing_ok=True)
 
@@ -268,7 +271,7 @@ def fetch_book(
             os.replace(tmp, sidecar)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise fail(f"cannot write {sidecar} ({exc.strerror or exc})") from exc
+            raise write_failure(exc, sidecar) from None
         _fsync_dir(raw_dir)
         return dest, True
     raise AssertionError("unreachable")  # the loop returns or raises

@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 from janelm.errors import InputError
+from janelm.files import atomic_write
 
 SIZE_INCHES, DPI = (8, 5), 100  # an 800 × 500 pixel image
 
@@ -29,8 +30,9 @@ def read_metrics(run: Path) -> list[dict[str, float]]:
             raise InputError(f"{path} is not a JaneLM metrics file") from None
 
 
-def plot_runs(runs: list[Path], output: Path) -> None:
-    """Train (dashed) and val (solid) loss against tokens seen, one colour per run."""
+def plot_runs(runs: list[Path], output: Path, option: str = "-o") -> None:
+    """Train (dashed) and val (solid) loss against tokens seen, one colour per run, written
+    atomically to `output`; `option` is the flag that chose it, named if the write fails."""
     if not have_matplotlib():
         raise InputError("plotting needs matplotlib: pip install 'janelm[plot]'")
     import matplotlib
@@ -51,7 +53,7 @@ def plot_runs(runs: list[Path], output: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = output.with_name(f".{output.name}.tmp.png")
-    fig.savefig(tmp, dpi=DPI)
-    plt.close(fig)
-    tmp.replace(output)
+    try:
+        atomic_write(output, lambda f: fig.savefig(f, format="png", dpi=DPI), option)
+    finally:
+        plt.close(fig)

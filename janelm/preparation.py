@@ -11,6 +11,7 @@ written), so a mistyped path or a bad file fails in a fraction of a second.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any, Callable
 from janelm import __version__
 from janelm.corpus import clean_gutenberg, normalise, read_text, split_work
 from janelm.errors import InputError
+from janelm.files import reporting_write_failures
 from janelm.tokenizer import Tokenizer
 
 
@@ -47,71 +49,38 @@ def load_work(source: Path | str, *, clean: bool, ascii: bool, val_fraction: flo
     return Work(name, train, val, info)
 
 
-def check_out_dir(out: Path, force: bool) -> Path | None:
-    """Refuse to replace a corpus unless asked, and fail early on a folder we cannot write.
+def check_out_dir(out: Path, force: bool) -> None:
+    """Refuse to replace a corpus unless asked (called with the folder locked, `janelm.files.locked_folder`)."""
+    from janelm.data import META_FILE
 
-    Creates `out` (and missing parents) when needed; returns the top-most folder it created,
-    or None, so a failed prepare can remove what it made (see `remove_created`)."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file, not a folder: choose another --out")
-    if out.is_dir():
-        from janelm.data import META_FILE
-
-        if (out / META_FILE).exists() and not force:
-            raise InputError(f"{out}/ already holds a prepared corpus: use --force to replace it, or --out NEW_FOLDER")
-    top = None
-    for folder in (out, *out.parents):
-        if folder.exists():
-            break
-        top = folder
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{time.time_ns()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        remove_created(out, top)
-        raise InputError(f"cannot write to {out}/ ({e.strerror or e}): choose another --out") from None
-    return top
-
-
-def remove_created(out: Path, top: Path | None) -> None:
-    """Remove the folders from `out` up to `top` that a failed command created, as long as they
-    are empty: a download cache (out/raw) is worth keeping, and keeps them."""
-    if top is None or (out != top and top not in out.parents):
-        return
-    for folder in (out, *out.parents):
-        try:
-            folder.rmdir()
-        except OSError:
-            return
-        if folder == top:
-            return
+    if (out / META_FILE).exists() and not force:
+        raise InputError(f"{out}/ already holds a prepared corpus: use --force to replace it, or --out NEW_FOLDER")
 
 
 def write_corpus(out: Path, works: list[Work], tokenizer: Tokenizer, settings: dict[str, Any],
                  min_tokens: int, progress: Callable[[str, int], Any] | None = None) -> dict[str, Any]:
     """Encode the works and write token files, tokenizer and meta.json into `out`; returns meta."""
-    from janelm.data import META_FILE, SPLITS, TOKENIZER_FILE, TokenWriter, token_dtype, tokenizer_fingerprint, write_json
+    from janelm.data import META_FILE, SPLITS, TOKENIZER_FILE, TokenWriter, token_dtype, tokenizer_fingerprint
 
     staging = out / ".prepare-tmp"
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
     try:
+        with reporting_write_failures(out):
+            staging.mkdir(parents=True)
         counts, chars = {}, {}
         for split in SPLITS:
-            writer = TokenWriter(staging / f"{split}.bin", tokenizer.vocab_size)
             chars[split] = 0
-            for work in works:
-                text, before = getattr(work, split), writer.count
-                # Paragraph by paragraph: bounded memory, and newlines are token boundaries anyway.
-                for para in text.splitlines(keepends=True):
-                    writer.write(tokenizer.encode(para))
-                chars[split] += len(text)
-                work.info[f"{split}_tokens"] = writer.count - before
-                if progress:
-                    progress(split, len(text))
-            writer.close()
+            with reporting_write_failures(out / f"{split}.bin"), \
+                    TokenWriter(staging / f"{split}.bin", tokenizer.vocab_size) as writer:
+                for work in works:
+                    text, before = getattr(work, split), writer.count
+                    # Paragraph by paragraph: bounded memory, and newlines are token boundaries anyway.
+                    for para in text.splitlines(keepends=True):
+                        writer.write(tokenizer.encode(para))
+                    chars[split] += len(text)
+                    work.info[f"{split}_tokens"] = writer.count - before
+                    if progress:
+                        progress(split, len(text))
             counts[split] = writer.count
         if counts["train"] < min_tokens:
             raise InputError(
@@ -130,12 +99,15 @@ def write_corpus(out: Path, works: list[Work], tokenizer: Tokenizer, settings: d
             "chars": chars,
             "chars_per_token": {s: chars[s] / counts[s] if counts[s] else None for s in SPLITS},
         }
-        write_json(staging / TOKENIZER_FILE, tokenizer.to_dict())
-        write_json(staging / META_FILE, meta)
+        for name, data in ((TOKENIZER_FILE, tokenizer.to_dict()), (META_FILE, meta)):
+            with reporting_write_failures(out / name):
+                (staging / name).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         # meta.json marks a complete corpus: remove the old one first, put the new one in last.
-        (out / META_FILE).unlink(missing_ok=True)
+        with reporting_write_failures(out / META_FILE):
+            (out / META_FILE).unlink(missing_ok=True)
         for name in ("train.bin", "val.bin", TOKENIZER_FILE, META_FILE):
-            (staging / name).replace(out / name)
+            with reporting_write_failures(out / name):
+                (staging / name).replace(out / name)
         return meta
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -7,13 +7,14 @@ checkpoint; batches are a function of (seed, step), so resuming replays the same
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import random
 import signal
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -28,6 +29,7 @@ from janelm.data import BatchSampler, Corpus, tokenizer_fingerprint
 from janelm.device import autocast, peak_matmul_flops, pick_device, pick_dtype
 from janelm.distributed import Distributed
 from janelm.errors import InputError, Interrupted, JaneLMError
+from janelm.files import atomic_write_text, reporting_write_failures
 from janelm.model import GPT
 from janelm.optim import make_optimizer
 from janelm.schedule import learning_rate, patience_counts, schedule_progress, update_time_bound
@@ -88,22 +90,42 @@ def _tuples(x):
 
 class MetricsLog:
     """metrics.csv, one row per evaluation. On resume, rows past the checkpoint's step are dropped
-    so the file matches an uninterrupted run."""
+    so the file matches an uninterrupted run. The file is only ever rewritten atomically and
+    appended to by whole rows, so a kill at any moment leaves each step in it at most once."""
 
     def __init__(self, path: Path, resume_step: int | None):
         self.path = path
         rows = []
         if resume_step is not None and path.exists():
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, METRICS_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
+            rows = [r for r in read_metrics_rows(path) if int(r["step"]) <= resume_step]
+        table = io.StringIO()
+        writer = csv.DictWriter(table, METRICS_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(path, table.getvalue())
 
     def append(self, **row: Any) -> None:
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, METRICS_FIELDS).writerow(row)
+        """One row, whole or not at all: a write that fails part-way (a full disk) is cut back off."""
+        line = io.StringIO()
+        csv.DictWriter(line, METRICS_FIELDS).writerow(row)
+        data = memoryview(line.getvalue().encode())
+        with reporting_write_failures(self.path), open(self.path, "ab", buffering=0) as f:
+            size = f.tell()
+            try:
+                while data:
+                    data = data[f.write(data):]
+            except OSError:
+                with suppress(OSError):
+                    f.truncate(size)
+                raise
+
+
+def read_metrics_rows(path: Path) -> list[dict[str, str]]:
+    """The complete rows of a metrics.csv: a last line cut short by a kill (no newline) is not one."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    text = text[: text.rfind("\n") + 1]
+    return [r for r in csv.DictReader(io.StringIO(text, newline=""))
+            if r.get("step", "").isdigit() and all(r.get(k) for k in METRICS_FIELDS)]
 
 
 @contextmanager
@@ -194,7 +216,7 @@ class Trainer:
                 raise InputError(f"cannot create {self.out_dir}/ ({e.strerror or e}): choose another --out") from None
             if not os.access(self.out_dir, os.W_OK):
                 raise InputError(f"cannot write to {self.out_dir}/: choose another --out")
-            self.metrics = MetricsLog(self.out_dir / METRICS_FILE, self.state.step if resume else None)
+        self.resumed = resume is not None
 
     def _refuse_to_overwrite(self, force: bool) -> None:
         """A new run never silently replaces another run's checkpoints."""
@@ -206,6 +228,18 @@ class Trainer:
                 f"{self.out_dir}/ already holds a run ({', '.join(existing)}): --resume to continue it, "
                 f"--force to replace it, or --out NEW_FOLDER"
             )
+
+    def _start_run_folder(self) -> None:
+        """A new run saves last.pt (step 0) before anything else, so a kill at any later moment
+        leaves a run `--resume` continues; then a replaced run's best.pt goes, and metrics.csv
+        starts over (or, resumed, keeps the rows up to the checkpoint's step)."""
+        if not self.dist.is_main:
+            return
+        if not self.resumed:
+            self.save(LAST)
+            with reporting_write_failures(self.out_dir / BEST):
+                (self.out_dir / BEST).unlink(missing_ok=True)
+        self.metrics = MetricsLog(self.out_dir / METRICS_FILE, self.state.step if self.resumed else None)
 
     def _payload(self) -> dict[str, Any]:
         return {
@@ -258,6 +292,7 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train until a budget or early stopping ends the run; returns a summary."""
         cfg, s = self.cfg, self.state
+        self._start_run_folder()
         tokens_per_step = cfg.batch_size * cfg.grad_accum * self.model_cfg.context * self.dist.world_size
         flops_per_step = self.model.flops_per_token() * tokens_per_step
         peak = peak_matmul_flops(self.device, self.dtype, seconds=0.3) if self.progress else 0.0
@@ -265,7 +300,8 @@ class Trainer:
         stop_reason = None
         last_loss = math.nan
         start, elapsed_before, step_before = self.clock(), s.elapsed, s.step
-        with catch_stop_signals() as signals:
+        # The bar closes however the loop ends, so an error line never lands on the end of it.
+        with catch_stop_signals() as signals, nullcontext() if bar is None else bar:
             while not self._done():
                 t0 = self.clock()
                 last_loss = self.train_step()
@@ -301,8 +337,6 @@ class Trainer:
                         f"continue with `janelm train --resume --out {self.out_dir} --data {self.corpus.path}`",
                         signals[0],
                     )
-        if bar is not None:
-            bar.close()
         if stop_reason is None:
             stop_reason = "step budget" if cfg.max_iters and s.step >= cfg.max_iters else "time limit"
         self.save(LAST)
@@ -338,7 +372,7 @@ class Trainer:
         from janelm.plotting import have_matplotlib, plot_runs
 
         if self.dist.is_main and have_matplotlib():
-            plot_runs([self.out_dir], self.out_dir / "loss.png")
+            plot_runs([self.out_dir], self.out_dir / "loss.png", option="--out")
 
     def _bar(self):
         if not self.progress:

@@ -5,10 +5,14 @@ Unit tests never need the real novels; tests that do read ../shared/corpus and s
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import random
+import resource
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -47,15 +51,49 @@ def text_file(tmp_path_factory) -> Path:
 
 
 def janelm(*args: str, cwd: Path | None = None, input: str | None = None, check: bool = True,
-           timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run the real CLI in a subprocess, as a user would."""
+           timeout: float = 300, preexec_fn=None) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess, as a user would (`preexec_fn`: see file_size_limit)."""
     # One thread: tiny models gain nothing from two, and tests stay fast on a busy machine.
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "120", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "janelm", *args], cwd=cwd, input=input, text=True,
-                          capture_output=True, env=env, timeout=timeout)
+                          capture_output=True, env=env, timeout=timeout, preexec_fn=preexec_fn)
     if check and proc.returncode != 0:
         raise AssertionError(f"janelm {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     return proc
+
+
+def file_size_limit(size: int):
+    """A preexec_fn: the child may write no file past `size` bytes. Python ignores SIGXFSZ, so a
+    write past it fails with EFBIG, as on a full disk."""
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (size, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+
+def obey_permissions() -> None:
+    """A preexec_fn: root ignores a folder's missing write bit; dropping CAP_DAC_OVERRIDE from the
+    child's capability bounding set makes chmod apply to it (a no-op for other users)."""
+    if os.geteuid() == 0:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+PR_CAPBSET_DROP, CAP_DAC_OVERRIDE = 24, 1  # <linux/prctl.h>, <linux/capability.h>
+
+
+@functools.lru_cache(maxsize=None)
+def read_only_folders_work() -> bool:
+    """Whether a child started with obey_permissions fails to write into a folder without write bits."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "ro"
+        folder.mkdir(mode=0o555)
+        try:
+            proc = subprocess.run([sys.executable, "-c", f"open({str(folder / 'f')!r}, 'w')"],
+                                  capture_output=True, text=True, preexec_fn=obey_permissions)
+        except subprocess.SubprocessError:
+            return False
+        finally:
+            folder.chmod(0o755)
+        return "PermissionError" in proc.stderr
 
 
 TINY = ["--preset", "tiny", "--n-embed", "32", "--n-head", "2", "--context", "32", "--batch-size", "4",

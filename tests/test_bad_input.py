@@ -7,6 +7,11 @@ run, a char run, and a shelf of broken files). A row passes when:
   - stdout is empty for an error (only text and --json results ever go there);
   - no file or folder in the workspace was created, changed or removed (a prepare that fails
     after making its --out folder, e.g. `deep/new` for a too-short text, removes it again).
+
+`busyrun/` and `busycorpus/` are held by another process for the whole session (the folder lock);
+`rorun/` and `rocorpus/` have no write bits, and rows marked "read-only" run with root's
+permission override dropped (conftest.obey_permissions); rows marked "fsize" run under a
+3,000-byte file-size limit, so the first large write fails as on a full disk.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import random
 import re
 import shlex
 import shutil
+import subprocess
+import sys
 import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,7 +35,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import TINY, janelm
+from conftest import REPO, TINY, file_size_limit, janelm, obey_permissions, read_only_folders_work
 
 LONG_PROMPT = "the lady was very " * 10  # 121 BPE tokens: longer than the runs' context of 32
 UNKNOWN_CHARS = "§¶ ✓ 漢字\n"  # characters the synthetic novel never uses
@@ -44,6 +51,7 @@ class Case:
     stdout: str = ""  # what stdout must start with; an error must print nothing there
     xfail: str = ""  # why this row is expected to fail for now (and what change it needs)
     needs: str = ""  # "no-cuda": only meaningful on a machine without a GPU; "hf": needs the hf extra
+    limit: str = ""  # "fsize": under a 3,000-byte file-size limit; "read-only": folder permissions apply
 
 
 def row(id: str, command: str, code: int, *says: str, **extra) -> Case:
@@ -66,6 +74,10 @@ CASES = [
     row("prepare-out-under-a-file",     "prepare novel.txt --out novel.txt/corpus",        2, "cannot write to novel.txt/corpus/", "Not a directory"),
     row("prepare-out-under-proc",       "prepare novel.txt --out /proc/janelm/corpus",     2, "cannot write to /proc/janelm/corpus/"),
     row("prepare-out-holds-a-corpus",   "prepare novel.txt --out corpus",                  2, "corpus/ already holds a prepared corpus", "--force"),
+    row("prepare-folder-in-use",        "prepare novel.txt --out busycorpus --force",      1, "busycorpus/ is in use by janelm process", "choose another --out"),
+    row("prepare-out-read-only",        "prepare novel.txt --out rocorpus --force",        2, "cannot write to rocorpus/", "Permission denied", limit="read-only"),
+    row("prepare-file-size-limit",      "prepare novel.txt --out deep/new",                1,
+        "file too large (a file-size limit) writing deep/new/train.bin", "ulimit -f", limit="fsize"),
     # --- train ---------------------------------------------------------------------------------
     row("train-missing-data",           "train --data nowhere --out newrun {tiny}",        2, "no prepared corpus at nowhere/", "janelm prepare"),
     row("train-empty-data-folder",      "train --data emptydir --out newrun {tiny}",       2, "emptydir/ is not a prepared corpus", "meta.json is missing"),
@@ -80,6 +92,13 @@ CASES = [
     row("train-cuda-without-cuda",      "train --data corpus --out newrun {tiny} --device cuda", 2, "--device cuda", "no CUDA", needs="no-cuda"),
     row("train-resume-without-checkpoint", "train --data corpus --out newrun --resume",    2, "--resume", "no last.pt in newrun/"),
     row("train-out-holds-another-run",  "train --data corpus --out run {tiny} --n-embed 64", 2, "run/ already holds a run", "--force"),
+    row("train-out-is-a-file",          "train --data corpus --out novel.txt {tiny}",      2, "--out novel.txt is a file, not a folder"),
+    row("train-resume-other-model",     "train --data corpus --out run --resume {tiny} --n-block 3 --n-embed 64", 2,
+        "--resume keeps the run's model", "--n-block 3, but the run has 2", "--n-embed 64, but the run has 32"),
+    row("train-folder-in-use",          "train --data corpus --out busyrun {tiny}",        1, "busyrun/ is in use by janelm process", "choose another --out"),
+    row("train-folder-in-use-force",    "train --data corpus --out busyrun {tiny} --force", 1, "busyrun/ is in use by janelm process"),
+    row("train-folder-in-use-resume",   "train --data corpus --out busyrun {tiny} --resume", 1, "busyrun/ is in use by janelm process"),
+    row("train-run-folder-read-only",   "train --data corpus --out rorun {tiny} --resume", 2, "cannot write to rorun/", "Permission denied", limit="read-only"),
     row("train-init-from-into-another-run", "train --data corpus --init-from run --out otherrun {tiny} --max-iters 1 --eval-interval 1", 2,
         "otherrun/ already holds a run", "--force"),
     # --- sample / eval: checkpoints ------------------------------------------------------------
@@ -142,8 +161,12 @@ def one_thread() -> Iterator[None]:
         yield
 
 
+HOLDER = ("import sys, time\nfrom pathlib import Path\nfrom janelm.files import acquire_lock\n"
+          "for folder in sys.argv[1:]:\n    acquire_lock(Path(folder), 'train')\nprint('held', flush=True)\ntime.sleep(3600)")
+
+
 @pytest.fixture(scope="session")
-def ws(tmp_path_factory, text_file, prepared, trained) -> Path:
+def ws(tmp_path_factory, text_file, prepared, trained) -> Iterator[Path]:
     """The workspace every row runs in (paths in the commands are relative to it)."""
     ws = tmp_path_factory.mktemp("bad-input")
     shutil.copy(text_file, ws / "novel.txt")
@@ -175,7 +198,22 @@ def ws(tmp_path_factory, text_file, prepared, trained) -> Path:
     torch.save(torch.zeros(3), buffer)
     (ws / "tensor.pt").write_bytes(buffer.getvalue())
     make_hf_folders(ws)
-    return ws
+
+    shutil.copytree(trained, ws / "busyrun")
+    shutil.copytree(prepared, ws / "busycorpus")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(ws / "busyrun"), str(ws / "busycorpus")],
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert holder.stdout.readline().strip() == "held"
+    read_only = [ws / "rorun", ws / "rocorpus"]
+    shutil.copytree(trained, read_only[0])
+    shutil.copytree(prepared, read_only[1])
+    for folder in read_only:
+        folder.chmod(0o555)
+    yield ws
+    holder.kill()
+    holder.wait()
+    for folder in read_only:
+        folder.chmod(0o755)
 
 
 def have_hf() -> bool:
@@ -243,7 +281,7 @@ def params():
         yield pytest.param(case, id=case.id, marks=marks)
 
 
-@pytest.mark.parametrize("case", params())
+@pytest.mark.parametrize("case", list(params()))
 def test_bad_input(case: Case, ws: Path) -> None:
     if case.needs == "no-cuda":
         import torch
@@ -252,9 +290,13 @@ def test_bad_input(case: Case, ws: Path) -> None:
             pytest.skip("this machine has CUDA")
     if case.needs == "hf" and not have_hf():
         pytest.skip("the hf extra (safetensors, tokenizers) is not installed")
+    if case.limit == "read-only" and not read_only_folders_work():
+        pytest.skip("folder permissions cannot be made to apply here")
+    preexec_fn = {"fsize": file_size_limit(3000), "read-only": obey_permissions}.get(case.limit)
     before = snapshot(ws)
     with one_thread():
-        proc = janelm(*shlex.split(case.command.format(tiny=TINY_FLAGS)), cwd=ws, check=False, timeout=180)
+        proc = janelm(*shlex.split(case.command.format(tiny=TINY_FLAGS)), cwd=ws, check=False, timeout=180,
+                      preexec_fn=preexec_fn)
     after = snapshot(ws)
 
     assert "Traceback" not in proc.stderr, proc.stderr

@@ -124,3 +124,15 @@ def test_bench_train_json():
     for key in ("dtype", "tokens_per_s", "achieved_flops", "peak_flops", "mfu", "peak_memory_bytes"):
         assert key in result
     assert 0 < result["mfu"] < 2
+
+
+def test_ci_installs_exactly_what_the_readme_tells_a_user():
+    """CI passing must mean the README's install line is enough: the same extras, no more."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    readme_lines = set(re.findall(r"^pip install -e (\S+)", readme, re.M))
+    ci_lines = re.findall(r"pip install .*-e (\S+)$", ci, re.M)
+    assert readme_lines == {"'.[test]'"} and ci_lines == ["'.[test]'"], (readme_lines, ci_lines)
+    assert "python3 -m pytest -q" in readme and ci.rstrip().endswith("python3 -m pytest -q")

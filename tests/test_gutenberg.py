@@ -271,3 +271,18 @@ def test_fetch_timeout(tmp_path: Path) -> None:
         with pytest.raises(JaneLMError, match=r"eBook 121 \(Northanger Abbey\) .*: timed out; check your connection"):
             fetch_book(121, tmp_path, url, timeout=0.2, retries=1, backoff=0.001, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_download_over_a_file_size_limit_names_the_file_and_leaves_nothing(server: Server, tmp_path: Path) -> None:
+    """A disk error is not the network's: no retries, no "check your connection", the file named."""
+    from conftest import file_size_limit, janelm
+
+    server.books[105] = SYNTHETIC  # 142 kB, over the 50 kB limit
+    out = tmp_path / "corpus"
+    proc = janelm("prepare", "--gutenberg", "105", "--mirror", server.url, "--out", str(out), check=False,
+                  preexec_fn=file_size_limit(50_000))
+    assert proc.returncode == 1
+    assert proc.stderr == (f"janelm prepare: error: file too large (a file-size limit) writing {out}/raw/pg105.txt: "
+                           f"raise the limit (ulimit -f) or pass --out on another disk\n")
+    assert server.count(105) == 1
+    assert not out.exists()  # no partial download, no empty folders

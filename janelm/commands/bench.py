@@ -18,8 +18,13 @@ def run(args: argparse.Namespace) -> int:
     if args.what == "sample":
         result = bench_sample(args, model_cfg, train_cfg)
     else:
+        from janelm.console import note
+        from janelm.device import emulated_bf16_warning, pick_device, pick_dtype
         from janelm.speed import measure_training
 
+        device = pick_device(train_cfg.device)
+        if warning := emulated_bf16_warning(pick_dtype(train_cfg.dtype, device), device):
+            note(warning)  # before the bf16 peak probe, which alone takes minutes there
         result = measure_training(model_cfg, train_cfg, steps=args.steps or 20, vocab_size=args.vocab_size)
     if args.json:
         print(json.dumps(result))

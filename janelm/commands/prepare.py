@@ -54,20 +54,21 @@ def check_flags(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from janelm.corpus import iter_sources
-    from janelm.preparation import check_out_dir, remove_created
+    from janelm.files import locked_folder, remove_created
+    from janelm.preparation import check_out_dir
 
     check_flags(args)
     backoff = download_backoff() if args.gutenberg else DEFAULT_BACKOFF
     out = Path(args.out)
     sources = iter_sources(args.paths) if args.paths else []
-    created = check_out_dir(out, args.force)
-    try:
-        return prepare(args, out, sources, backoff)
-    except BaseException:
-        # Leave nothing behind but a download cache worth keeping (out/raw with books in it).
-        remove_created(out / "raw", out / "raw")
-        remove_created(out, created)
-        raise
+    # One prepare per folder; a failed one removes the folders it created.
+    with locked_folder(out, "prepare"):
+        check_out_dir(out, args.force)
+        try:
+            return prepare(args, out, sources, backoff)
+        except BaseException:
+            remove_created(out / "raw", out / "raw")  # an empty download cache; one with books stays
+            raise
 
 
 def prepare(args: argparse.Namespace, out: Path, sources: list, backoff: float) -> int:

@@ -6,9 +6,11 @@ import argparse
 import math
 import os
 import sys
+from contextlib import nullcontext
 from dataclasses import fields, replace
 from pathlib import Path
 
+from janelm.cli import flag
 from janelm.config import AUTO, ModelConfig, TrainConfig, preset_configs
 from janelm.errors import InputError
 
@@ -31,18 +33,29 @@ def resolve_preset(args: argparse.Namespace) -> str:
     return args.preset
 
 
-def configs_from_args(args: argparse.Namespace, resume: dict | None = None) -> tuple[ModelConfig, TrainConfig]:
-    """Dataclass defaults ← the preset (or the resumed run's configs) ← flags the user gave."""
-    if resume is None:
+def configs_from_args(args: argparse.Namespace, base: dict | None = None, source: str = "--resume"
+                      ) -> tuple[ModelConfig, TrainConfig]:
+    """Dataclass defaults ← the preset (or the resumed run's configs) ← flags the user gave.
+
+    `base` is the checkpoint a run continues (`--resume`) or starts from (`--init-from`): its model
+    is kept, so model flags may repeat its values (the user's own command again) but not change them."""
+    if base is not None and source == "--resume":  # the run's own configs: the preset has no say
+        model_cfg = ModelConfig.from_dict(base["model_config"])
+        train_cfg = TrainConfig.from_dict(base["train_config"])
+    else:
         model_cfg, train_cfg = preset_configs(resolve_preset(args))
-    else:  # the run's own configs; the preset has no say
-        model_cfg = ModelConfig.from_dict(resume["model_config"])
-        train_cfg = TrainConfig.from_dict(resume["train_config"])
+        if base is not None:
+            model_cfg = ModelConfig.from_dict(base["model_config"])
     given = lambda cfg: {f.name: getattr(args, f.name) for f in fields(cfg)  # noqa: E731
                          if getattr(args, f.name, None) is not None}
+    if base is not None:
+        owner = "the run" if source == "--resume" else "the checkpoint"
+        differ = [f"{as_flag(k, v)}, but {owner} has {as_flag(k, getattr(model_cfg, k), bare=True)}"
+                  for k, v in given(model_cfg).items() if v != getattr(model_cfg, k)]
+        if differ:
+            raise InputError(f"{source} keeps {owner}'s model: {'; '.join(differ)}: "
+                             f"drop {'that flag' if len(differ) == 1 else 'those flags'}, or train a new run")
     model_cfg, train_cfg = replace(model_cfg, **given(model_cfg)), replace(train_cfg, **given(train_cfg))
-    if resume is not None and given(model_cfg):
-        raise InputError(f"--resume continues the run's model as it is: drop {', '.join('--' + k.replace('_', '-') for k in given(model_cfg))}")
     if getattr(args, "init_from", None) and args.lr is None:
         train_cfg = replace(train_cfg, lr=train_cfg.lr * FINE_TUNE_LR_FACTOR)
     if getattr(args, "max_time", None) and args.max_iters is None:
@@ -50,6 +63,13 @@ def configs_from_args(args: argparse.Namespace, resume: dict | None = None) -> t
     model_cfg.validate()
     train_cfg.validate()
     return model_cfg, train_cfg
+
+
+def as_flag(name: str, value, bare: bool = False) -> str:
+    """A config value as the flag that sets it: `--n-block 4`, `--no-bias` (`bare`: `4`, `--no-bias`)."""
+    if isinstance(value, bool):
+        return flag(name) if value else "--no-" + flag(name)[2:]
+    return str(value) if bare else f"{flag(name)} {value}"
 
 
 def launch_torchrun(args: argparse.Namespace) -> int:
@@ -80,22 +100,30 @@ def run(args: argparse.Namespace) -> int:
         return launch_torchrun(args)
     if args.resume and args.init_from:
         raise InputError("--resume and --init-from cannot be combined: resume continues a run, init-from starts a new one")
+    if not args.resume:
+        configs_from_args(args)  # bad flags fail here, before any data or checkpoint is read
+    from janelm.files import locked_folder
+
+    # One run per folder, checked before --force or --resume touch it; rank 0 alone writes there.
+    with locked_folder(Path(args.out), "train") if os.environ.get("RANK", "0") == "0" else nullcontext():
+        return train(args)
+
+
+def train(args: argparse.Namespace) -> int:
     last = Path(args.out) / "last.pt"
     if args.resume and not last.is_file():
         raise InputError(f"--resume: no last.pt in {args.out}/ to resume from: train without --resume first, or pass the run's --out")
-    if not args.resume:
-        configs_from_args(args)  # bad flags fail here, before any data or checkpoint is read
 
     from janelm.checkpoint import load_checkpoint, resolve_checkpoint
     from janelm.console import note
     from janelm.data import load_corpus
-    from janelm.device import describe_dtype
+    from janelm.device import describe_dtype, emulated_bf16_warning
     from janelm.distributed import Distributed
     from janelm.trainer import Trainer
 
     resume = load_checkpoint(last) if args.resume else None
     init = load_checkpoint(resolve_checkpoint(args.init_from)) if args.init_from else None
-    model_cfg, train_cfg = configs_from_args(args, resume)
+    model_cfg, train_cfg = configs_from_args(args, resume or init, "--resume" if resume else "--init-from")
     dist = Distributed.from_environment(train_cfg.device)
     try:
         corpus = load_corpus(args.data)
@@ -109,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
                  f"{describe_dtype(train_cfg.dtype, trainer.device, trainer.dtype)}"
                  + (f", {dist.world_size} processes" if dist.active else "")
                  + (f"; resuming at step {trainer.state.step}" if args.resume else ""))
+            if warning := emulated_bf16_warning(trainer.dtype, trainer.device):
+                note(warning)
         summary = trainer.run()
     finally:
         dist.close()
