@@ -129,7 +129,7 @@ def pick_weight_dtype(name: str, device: torch.device) -> torch.dtype:
 def emulated_bf16_warning(dtype: torch.dtype, device: torch.device) -> str | None:
     """A warning for bf16 on a CPU that emulates it: big matmuls there ran ~400× slower than
     float32 (0.3 against 130 GFLOP/s on an AVX2 machine), so a run may never finish."""
-    if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
+    if str(dtype) == "torch.bfloat16" and device.type == "cpu" and not cpu_has_native_bf16():
         return ("warning: this CPU has no native bf16, so --dtype bfloat16 is emulated and many times slower "
                 "than float32: use --dtype float32 (or auto)")
     return None
