@@ -206,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=int, default=100, help="vocabulary of the random model (default: 100)")
     p.add_argument("--quantize", choices=QUANTIZE, default=None,
                    help="sample: decode with int8 weight matrices (the recompute baseline keeps full precision) (default: off)")
+    p.add_argument("--num-samples", type=int, default=1,
+                   help="sample: also time this many samples decoded as one batch (default: 1, no batch)")
     p.add_argument("--preset", choices=PRESET_CHOICES, default="bench", help="configuration; flags override it (default: bench)")
     add_config_flags(p, "bench")
 

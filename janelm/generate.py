@@ -68,12 +68,53 @@ def pick_next(logits: torch.Tensor, opts: SamplingOptions, rng: torch.Generator 
     if opts.temperature == 0:
         return logits.argmax(-1)
     probs = logits.softmax(-1)
-    return torch.multinomial(probs.cpu(), 1, generator=rng).squeeze(1).to(logits.device)
+    if rng is not None and rng.device != probs.device:  # a CPU generator: the same draws on any device
+        return torch.multinomial(probs.cpu(), 1, generator=rng).squeeze(1).to(logits.device)
+    # On the model's device: no copy to the host, so a GPU runs ahead to the next step.
+    return torch.multinomial(probs, 1, generator=rng).squeeze(1)
 
 
 # Generation never changes the weights, so the compiler may treat them as constants ("freezing")
 # and fold the work done on them into the compiled code once (about 1.3× the decode speed here).
 INFERENCE_COMPILE_OPTIONS = {"freezing": True}
+
+
+class GraphedDecodeStep:
+    """A decode step captured once in a CUDA graph for one cache and batch size.
+
+    At batch 1 a small model's step is a few hundred tiny kernels, and a GPU spends its time
+    waiting for the CPU to launch them (docs/speed.md): replaying a graph launches them all at
+    once. The graph reads the token from a static tensor and the position from the caller's own
+    tensor, writes the cache in place, and leaves the logits in a static tensor that the next
+    replay overwrites. Capturing runs the step on slot `position` of the cache, so it must happen
+    before the prompt is processed."""
+
+    def __init__(self, step: Callable, position: torch.Tensor, cache, batch_size: int):
+        device = position.device
+        self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm-up: lazy initialisation must not happen while capturing
+            for _ in range(2):
+                step(self.token, position, cache)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = step(self.token, position, cache)
+
+    def __call__(self, token: torch.Tensor, position: torch.Tensor, cache) -> torch.Tensor:
+        self.token.copy_(token)
+        self.graph.replay()
+        return self.logits
+
+
+def decode_step_for(model, cache, position: torch.Tensor, batch_size: int, compile: bool) -> Callable:
+    """The single-token step for this generation: compiled or not, and on a GPU replayed from a
+    CUDA graph (captured here, so call it before the prompt's pass)."""
+    step = compiled_decode_step(model) if compile else model.decode_step
+    if position.device.type == "cuda" and not compile:  # torch.compile brings its own graphs
+        step = GraphedDecodeStep(step, position, cache, batch_size)
+    return step
 
 
 def compiled_decode_step(model) -> Callable:
@@ -82,7 +123,10 @@ def compiled_decode_step(model) -> Callable:
     Python's per-operation overhead, which dominates decoding at batch 1."""
     step = getattr(model, "_compiled_decode_step", None)
     if step is None:
-        step = torch.compile(model.decode_step, dynamic=False, fullgraph=True, options=INFERENCE_COMPILE_OPTIONS)
+        # On a GPU "reduce-overhead" also replays the compiled step from CUDA graphs.
+        mode = "reduce-overhead" if model.tok_embed.weight.device.type == "cuda" else None
+        step = torch.compile(model.decode_step, dynamic=False, fullgraph=True, mode=mode,
+                             options=None if mode else INFERENCE_COMPILE_OPTIONS)
         model._compiled_decode_step = step
     return step
 
@@ -102,8 +146,8 @@ def generate_tokens(model, prompt: Sequence[int], max_new: int, opts: SamplingOp
     device = model.tok_embed.weight.device
     window = torch.tensor(list(prompt)[-context:], device=device).repeat(batch_size, 1)
     cache = model.new_cache(batch_size) if use_cache else None
-    step = compiled_decode_step(model) if compile else model.decode_step
     position = torch.zeros((), dtype=torch.long, device=device)  # where the next token goes in the cache
+    step = decode_step_for(model, cache, position, batch_size, compile) if use_cache else None
 
     def full_pass() -> torch.Tensor:
         if cache is None:

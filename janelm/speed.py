@@ -19,13 +19,15 @@ from janelm.generate import INFERENCE_COMPILE_OPTIONS, SamplingOptions, generate
 GREEDY = SamplingOptions(temperature=0)
 
 
-def _timed_generation(model, prompt: list[int], n: int, use_cache: bool, compile: bool = False) -> float:
-    """Tokens per second of generating `n` tokens (greedy, so every run does the same work)."""
+def _timed_generation(model, prompt: list[int], n: int, use_cache: bool, compile: bool = False,
+                      batch_size: int = 1) -> float:
+    """Tokens per second (all samples together) of generating `n` tokens for each of `batch_size`
+    samples (greedy, so every run does the same work)."""
     start = time.perf_counter()
-    for _ in generate_tokens(model, prompt, n, GREEDY, use_cache=use_cache, compile=compile):
+    for _ in generate_tokens(model, prompt, n, GREEDY, use_cache=use_cache, compile=compile, batch_size=batch_size):
         pass
     synchronize(model.tok_embed.weight.device)
-    return n / (time.perf_counter() - start)
+    return n * batch_size / (time.perf_counter() - start)
 
 
 FLOOR_DTYPES = ("float32", "bfloat16", "float16")
@@ -74,7 +76,7 @@ def matmul_floor(shapes: list[tuple[int, int]], weights: str, device: torch.devi
 
 @torch.inference_mode()
 def measure_sampling(model, dtype: torch.dtype | None = None, new_tokens: int = 255, repeats: int = 3,
-                     compile: bool = False, quantize: str | None = None) -> dict[str, Any]:
+                     compile: bool = False, quantize: str | None = None, samples: int = 1) -> dict[str, Any]:
     """Prefill, cached decode, cache-less decode, and decode far past the context, in tokens/s, with
     the matmul floors of the model's own matrices measured in the same process.
 
@@ -82,7 +84,8 @@ def measure_sampling(model, dtype: torch.dtype | None = None, new_tokens: int = 
     janelm.quantize.inference_weights). `compile` times the compiled decoding step (`janelm sample
     --compile`) and, so the ratio stays fair, a compiled forward for the cache-less loop. With
     `quantize` ("int8") prefill and the cache-less loop keep the `dtype` weights, which are faster
-    for them, so the speedup compares each side's fastest weights.
+    for them, so the speedup compares each side's fastest weights. `samples` > 1 also times that
+    many samples decoded as one batch (`janelm sample --num-samples`).
     """
     from janelm.quantize import inference_weights, quantize_int8
 
@@ -115,6 +118,11 @@ def measure_sampling(model, dtype: torch.dtype | None = None, new_tokens: int = 
     _timed_generation(model, prompt, min(32, new_tokens), True, compile)  # warm-up (and compilation)
     decode = max(_timed_generation(model, prompt, new_tokens, True, compile) for _ in range(repeats))
     long = _timed_generation(model, prompt, 3 * context, True, compile)
+    batched = {}
+    if samples > 1:
+        _timed_generation(model, prompt, min(32, new_tokens), True, compile, samples)  # warm-up
+        batched = {"samples": samples,
+                   "batched_decode_tokens_per_s": _timed_generation(model, prompt, new_tokens, True, compile, samples)}
     best = max(floors[name] for name in FLOOR_DTYPES)
     return {
         "dtype": precision,
@@ -131,6 +139,7 @@ def measure_sampling(model, dtype: torch.dtype | None = None, new_tokens: int = 
         "matmul_floor_tokens_per_s": floors[precision],
         "matmul_floors_tokens_per_s": floors,
         "floor_fraction": decode / best,
+        **batched,
     }
 
 

@@ -86,13 +86,15 @@ def test_chat_answers_one_line_per_turn(trained):
 
 
 def test_bench_sample_json(trained):
-    result = json.loads(janelm("bench", "sample", "-c", str(trained), "--steps", "20", "--json").stdout)
+    result = json.loads(janelm("bench", "sample", "-c", str(trained), "--steps", "20", "--num-samples", "3",
+                               "--json").stdout)
     for key in ("prefill_tokens_per_s", "decode_tokens_per_s", "recompute_tokens_per_s", "speedup",
-                "matmul_floor_tokens_per_s", "floor_fraction"):
+                "matmul_floor_tokens_per_s", "floor_fraction", "batched_decode_tokens_per_s"):
         assert result[key] > 0
     floors = result["matmul_floors_tokens_per_s"]
     assert set(floors) == {"float32", "bfloat16", "float16"}
     assert result["dtype"] == "float16"  # sampling's default weights on the CPU
+    assert result["samples"] == 3
     assert result["matmul_floor_tokens_per_s"] == floors["float16"]
     assert result["floor_fraction"] == pytest.approx(result["decode_tokens_per_s"] / max(floors.values()))
 

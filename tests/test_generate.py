@@ -1,5 +1,6 @@
 """Generation: the cache changes no token, the window slides, filters behave, streams stay whole."""
 
+import copy
 
 import pytest
 import torch
@@ -50,6 +51,26 @@ def test_compiled_decoding_gives_the_same_tokens(model):
     again = [t.tolist() for t in generate_tokens(model, [5], 20, GREEDY, batch_size=2, compile=True)]
     assert compiled == eager
     assert again == [t.tolist() for t in generate_tokens(model, [5], 20, GREEDY, batch_size=2)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_cuda_graph_decoding_gives_the_eager_tokens(model):
+    """On a GPU each step is replayed from a CUDA graph: the same greedy tokens as eager steps, in and
+    past the context (where the prompt is processed again into the same cache), at batch 1 and 3;
+    sampling on the device with a device generator is reproducible."""
+    from janelm.generate import GraphedDecodeStep, decode_step_for
+
+    gpu = copy.deepcopy(model).cuda()
+    position = torch.zeros((), dtype=torch.long, device="cuda")
+    assert isinstance(decode_step_for(gpu, gpu.new_cache(1), position, 1, compile=False), GraphedDecodeStep)
+    for batch in (1, 3):
+        graphed = [t.tolist() for t in generate_tokens(gpu, [1, 2], 80, GREEDY, batch_size=batch)]
+        eager = [t.tolist() for t in generate_tokens(model, [1, 2], 80, GREEDY, batch_size=batch)]
+        assert graphed == eager
+    opts = SamplingOptions(temperature=1.0)
+    runs = [[t.tolist() for t in generate_tokens(gpu, [3], 40, opts, rng=torch.Generator("cuda").manual_seed(5))]
+            for _ in range(2)]
+    assert runs[0] == runs[1]
 
 
 def test_batch_rows_are_independent_samples(model):

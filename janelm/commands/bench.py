@@ -13,6 +13,8 @@ def run(args: argparse.Namespace) -> int:
     from janelm.commands.train import configs_from_args
 
     model_cfg, train_cfg = configs_from_args(args)
+    if args.num_samples < 1:
+        raise InputError(f"--num-samples must be at least 1, got {args.num_samples}")
     if args.quantize and args.what != "sample":
         raise InputError("--quantize applies to bench sample only: drop it for bench train")
     if args.what == "sample":
@@ -49,7 +51,7 @@ def bench_sample(args: argparse.Namespace, model_cfg, train_cfg) -> dict:
         model = GPT(replace(model_cfg, vocab_size=args.vocab_size)).to(device).eval()
     params = model.num_params()  # before the matrices become buffers
     result = measure_sampling(model, pick_weight_dtype(train_cfg.dtype, device), new_tokens=args.steps or 255,
-                              compile=train_cfg.compile, quantize=args.quantize)
+                              compile=train_cfg.compile, quantize=args.quantize, samples=args.num_samples)
     c = model.config
     return {"device": device.type, "n_block": c.n_block, "n_embed": c.n_embed, "n_head": c.n_head,
             "context": c.context, "vocab_size": c.vocab_size, "params": params, **result}
@@ -77,6 +79,9 @@ def show(result: dict, what: str) -> None:
         floors = ", ".join(f"{k} {v:,.0f}" for k, v in result["matmul_floors_tokens_per_s"].items())
         table.add_row("matmul floor (tokens/s, weights)", floors)
         table.add_row("decode ÷ best floor", f"{result['floor_fraction']:.2f}")
+        if "samples" in result:
+            table.add_row(f"decode, {result['samples']} samples as one batch",
+                          f"{result['batched_decode_tokens_per_s']:,.1f} tokens/s (all samples)")
     else:
         peaks = ", ".join(f"{k} {v / 1e9:,.1f}" for k, v in result["peak_flops_by_dtype"].items())
         table.add_row("device, dtype", f"{result['device']}, {result['dtype']}")

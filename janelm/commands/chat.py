@@ -69,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     model, tokenizer, _ = load_model(args.checkpoint, device, pick_weight_dtype(args.dtype, device), args.quantize)
     quotes = pick_quotes(tokenizer)
-    rng = torch.Generator().manual_seed(args.seed if args.seed is not None else torch.seed())
+    # On the model's device: a GPU then samples without a copy to the host each token.
+    rng = torch.Generator(device).manual_seed(args.seed if args.seed is not None else torch.seed())
     budget = max(1, model.config.context - args.max_reply)
     interactive = sys.stdin.isatty()
     turns: list[str] = []

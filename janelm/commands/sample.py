@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
              f"{model.config.context}: only its last {len(ids)} tokens are used")
     if not ids:
         ids = tokenizer.encode("\n")
-    rng = torch.Generator().manual_seed(args.seed if args.seed is not None else torch.seed())
+    # On the model's device: a GPU then samples without a copy to the host each token.
+    rng = torch.Generator(device).manual_seed(args.seed if args.seed is not None else torch.seed())
 
     out = sys.stdout
     decoders = [StreamDecoder(tokenizer) for _ in range(args.num_samples)]
