@@ -77,11 +77,11 @@ def prepare(args: argparse.Namespace, out: Path, sources: list, backoff: float) 
     works: list[Work] = []
     options = {"clean": args.clean, "ascii": args.ascii, "val_fraction": args.val_fraction}
     if args.gutenberg:
-        from janelm.gutenberg import AUSTEN, fetch_book, parse_books, sha256_file
+        from janelm.gutenberg import TITLES, fetch_book, parse_books, sha256_file
 
         for number in parse_books(args.gutenberg):
             path, _ = fetch_book(number, out / "raw", args.mirror, backoff=backoff, progress=sys.stderr.isatty())
-            extra = {"gutenberg": number, "title": AUSTEN.get(number), "raw_sha256": sha256_file(path)}
+            extra = {"gutenberg": number, "title": TITLES.get(number), "raw_sha256": sha256_file(path)}
             works.append(load_work(path, **options, extra=extra))
     works += [load_work(source, **options) for source in sources]
 
