@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from quality import CORPUS, HELD_OUT, REPO, janelm
+from study import CORPUS, HELD_OUT, REPO, janelm, training_works
 
 RESULTS = REPO / "benchmarks" / "results" / "precision.jsonl"
 DTYPES = ("float32", "bfloat16")
@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="training steps per precision (default: 300)")
     parser.add_argument("--seed", type=int, default=1337, help="training seed (default: 1337)")
     args = parser.parse_args()
-    sources = [str(p) for p in sorted(CORPUS.glob("*.txt")) if p.name != HELD_OUT]
+    sources = training_works()
     rows = []
     with tempfile.TemporaryDirectory(prefix="janelm-precision-") as tmp:
         corpus = Path(tmp) / "corpus"

@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-CORPUS = REPO.parent / "shared" / "corpus" / "austen"
-HELD_OUT = "northanger-abbey.txt"
+from study import (REPO, default_preset, janelm, machine, read_results, run_record, score_held_out, tables,
+                   training_works)
+
 RESULTS = REPO / "benchmarks" / "results" / "quality.jsonl"
 
 # name: (prepare flags, train flags), each relative to the preset. A result records the defaults it
@@ -63,43 +61,16 @@ VARIANTS: dict[str, tuple[list[str], list[str]]] = {
 }
 
 
-def janelm(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "janelm", *args], cwd=REPO, text=True, capture_output=True, check=True)
-
-
-def machine() -> str:
-    """This CPU's class as JaneLM sees it, with any ISA cap that emulates another class."""
-    sys.path.insert(0, str(REPO))
-    from janelm.device import cpu_class
-
-    caps = [f"{k}={os.environ[k]}" for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
-            if os.environ.get(k)]
-    return cpu_class().removeprefix("this CPU ") + (f" ({', '.join(caps)})" if caps else "")
-
-
-def default_preset() -> str:
-    sys.path.insert(0, str(REPO))
-    from janelm.device import auto_preset
-
-    return auto_preset(cuda=False)[0]
-
-
 def run_variant(name: str, budget: float, seed: int, work: Path, preset: str) -> dict:
     prepare_flags, train_flags = VARIANTS[name]
-    sources = [str(p) for p in sorted(CORPUS.glob("*.txt")) if p.name != HELD_OUT]
     corpus, run = work / f"corpus-{name}", work / f"run-{name}-{seed}"
-    janelm("prepare", *sources, "--out", str(corpus), "--force", *prepare_flags)
+    janelm("prepare", *training_works(), "--out", str(corpus), "--force", *prepare_flags)
     start = time.time()
     janelm("train", "--data", str(corpus), "--out", str(run), "--force", "--quiet", "--seed", str(seed),
            "--preset", preset, "--max-time", str(budget), *train_flags)
     wall = time.time() - start
-    result = json.loads(janelm("eval", "-c", str(run / "best.pt"), str(CORPUS / HELD_OUT), "--json").stdout)
-    import torch  # only to read the run's own record
-
-    ckpt = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
-    params = sum(v.numel() for k, v in ckpt["model"].items() if k != "head.weight" or not ckpt["model_config"]["tie_embeddings"])
-    return {"variant": name, "seed": seed, "budget_s": budget, "train_wall_s": round(wall, 1),
-            "params": params, "tokens_seen": ckpt["state"]["tokens_seen"], "steps": ckpt["state"]["step"],
+    result = score_held_out(run / "best.pt")
+    return {"variant": name, "seed": seed, "budget_s": budget, "train_wall_s": round(wall, 1), **run_record(run),
             "bits_per_char": result["bits_per_char"], "loss": result["loss"],
             "prepare": prepare_flags, "train": train_flags, "date": time.strftime("%Y-%m-%d %H:%M"),
             "preset": preset, "machine": machine()}
@@ -111,19 +82,16 @@ NATIVE_BF16 = "multiplies bf16 natively"  # what rows without a machine ran on
 def table(rows: list[dict]) -> str:
     """One markdown table per machine class, preset and set of defaults the rows ran against, today's
     first, best row first."""
-    key = lambda r: (r.get("machine", NATIVE_BF16), r.get("preset", "cpu"), r.get("base", ""))  # noqa: E731
-    out = []
-    for group in sorted({key(r) for r in rows}, key=lambda k: (k[0], k[2] != "", k[1], k[2])):
-        cpu, preset, base = group
-        out += [f"On a CPU that {cpu}, `--preset {preset}`, against {base or 'today' + chr(39) + 's defaults'}:", "",
-                "| variant | flags | params | tokens seen | steps | bits/char | seed |", "|---|---|---|---|---|---|---|"]
-        for r in sorted((r for r in rows if key(r) == group), key=lambda r: r["bits_per_char"]):
-            flags = " ".join(r["prepare"] + r["train"]) or "(defaults)"
-            name = r["variant"] + (f" ({r['note']})" if r.get("note") else "")
-            out.append(f"| {name} | `{flags}` | {r['params'] / 1e6:.2f}M | {r['tokens_seen'] / 1e6:.2f}M | "
-                       f"{r['steps']} | {r['bits_per_char']:.3f} | {r['seed']} |")
-        out.append("")
-    return "\n".join(out).rstrip()
+    def cells(r: dict) -> tuple:
+        flags = " ".join(r["prepare"] + r["train"]) or "(defaults)"
+        name = r["variant"] + (f" ({r['note']})" if r.get("note") else "")
+        return (name, f"`{flags}`", f"{r['params'] / 1e6:.2f}M", f"{r['tokens_seen'] / 1e6:.2f}M", r["steps"],
+                f"{r['bits_per_char']:.3f}", r["seed"])
+
+    return tables(rows, key=lambda r: (r.get("machine", NATIVE_BF16), r.get("preset", "cpu"), r.get("base", "")),
+                  order=lambda k: (k[0], k[2] != "", k[1], k[2]),
+                  title=lambda k: f"On a CPU that {k[0]}, `--preset {k[1]}`, against {k[2] or 'today' + chr(39) + 's defaults'}",
+                  columns=("variant", "flags", "params", "tokens seen", "steps", "bits/char", "seed"), cells=cells)
 
 
 def main() -> None:
@@ -140,8 +108,7 @@ def main() -> None:
             print(f"{name:18} {' '.join(p + t) or '(defaults)'}")
         return
     if args.table:
-        rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
-        print(table(rows))
+        print(table(read_results(RESULTS)))
         return
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="janelm-quality-") as tmp:

@@ -58,6 +58,8 @@ TRAIN_HELP = {
     "device": "auto, cpu or cuda",
     "dtype": f"autocast precision ({', '.join(DTYPES)}); auto: bf16 on GPUs and CPUs with native bf16",
     "compile": "compile the model with torch.compile",
+    "extra_weight": "share of training windows drawn from the corpus's --extra sources, 0 to 1 "
+                    "(negative: the corpus's own, from prepare)",
 }
 CHOICES = {"norm": NORMS, "mlp": MLPS, "position": POSITIONS, "optimizer": OPTIMIZERS, "dtype": DTYPES,
            "device": ("auto", "cpu", "cuda")}
@@ -138,7 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     pd = PrepareDefaults()
     p = command("prepare", "clean text, train a tokenizer and write token files")
     p.add_argument("paths", nargs="*", metavar="PATH", help=".txt files, folders of them, or - for standard input")
-    p.add_argument("--gutenberg", metavar="BOOKS", help="download from Project Gutenberg: 'austen' or eBook numbers like 105,1342 (default: none)")
+    p.add_argument("--gutenberg", metavar="BOOKS", help="download from Project Gutenberg: an author (austen, dickens, eliot) or eBook numbers like 105,1342 (default: none)")
+    p.add_argument("--extra", nargs="+", action="extend", default=[], metavar="PATH",
+                   help="extra sources: training text only, no validation split taken from them (after the main PATHs) (default: none)")
+    p.add_argument("--extra-gutenberg", metavar="BOOKS", help="download extra sources, as --gutenberg: e.g. dickens,eliot (default: none)")
+    p.add_argument("--extra-weight", type=float, metavar="W",
+                   help="share of training windows drawn from the extra sources, 0 to 1; train --extra-weight overrides it (default: plain mixing, windows uniform over all training text)")
     p.add_argument("--mirror", default=pd.mirror, help=f"Project Gutenberg mirror (default: {pd.mirror})")
     p.add_argument("--out", default=pd.out, help=f"output folder (default: {pd.out})")
     p.add_argument("--tokenizer", choices=("bpe", "char", "gpt2"), default=pd.tokenizer, help=f"tokenizer kind (default: {pd.tokenizer})")

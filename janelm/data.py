@@ -5,9 +5,14 @@ A prepared corpus folder holds:
     tokenizer.json       the tokenizer as plain data
     meta.json            sources, counts, and the token dtype
 
+A corpus prepared with `--extra` sources holds two groups of training text: train.bin is the main
+sources' training tokens, then the extra sources' (training-only text), and meta.json's
+`train_ranges` gives each group's [start, end). val.bin is the main sources' alone.
+
 Batches are a pure function of (seed, step): every step's global batch of window offsets comes
 from a generator seeded with both, so a resumed run draws exactly what an uninterrupted one would,
-and the global batch is the same whatever the number of processes sharing it.
+and the global batch is the same whatever the number of processes sharing it. A window lies
+inside one group; `Mix` says how often each group is drawn.
 """
 
 from __future__ import annotations
@@ -73,6 +78,16 @@ def load_tokens(path: Path, dtype: str) -> torch.Tensor:
     return torch.from_file(str(path), shared=False, size=size, dtype=torch_dtype)
 
 
+@dataclass(frozen=True)
+class Mix:
+    """Where training windows come from: the main tokens are train[:extra_start], the extra ones
+    train[extra_start:] (None: a corpus without extras). `extra_weight` is the share of windows drawn
+    from the extra group; None mixes plainly, every window equally likely wherever it lies."""
+
+    extra_start: int | None = None
+    extra_weight: float | None = None
+
+
 @dataclass
 class Corpus:
     """A prepared corpus: tokenizer, metadata and the two token splits."""
@@ -82,6 +97,24 @@ class Corpus:
     tokenizer: Tokenizer
     train: torch.Tensor
     val: torch.Tensor
+
+    @property
+    def extra_start(self) -> int | None:
+        """Where the extra sources' tokens begin in train (None: the corpus has no extras)."""
+        ranges = self.meta.get("train_ranges")
+        return ranges["extra"][0] if ranges else None
+
+    def mix(self, extra_weight: float | None = None) -> Mix:
+        """The training mix: `extra_weight` in [0, 1] (TrainConfig.validate checks it), or None (or
+        negative) for the corpus's own default (`janelm prepare --extra-weight`, else plain mixing)."""
+        if extra_weight is not None and extra_weight < 0:
+            extra_weight = None
+        if self.extra_start is None:
+            if extra_weight:
+                raise InputError(f"--extra-weight {extra_weight:g}: {self.path}/ has no extra sources to draw from: "
+                                 f"prepare it with `janelm prepare PATH... --extra PATH...`, or drop the flag")
+            return Mix()
+        return Mix(self.extra_start, self.meta.get("extra_weight") if extra_weight is None else extra_weight)
 
 
 def load_corpus(path: str | Path) -> Corpus:
@@ -102,13 +135,19 @@ def load_corpus(path: str | Path) -> Corpus:
     train, val = (load_tokens(path / f"{split}.bin", dtype) for split in SPLITS)
     if len(train) == 0:
         raise InputError(f"{path}/train.bin holds no tokens: {fix}")
+    if "train_ranges" in meta and not ranges_fit(meta["train_ranges"], len(train)):
+        raise InputError(f"{path}/{META_FILE}'s train_ranges {meta['train_ranges']} do not fit train.bin's "
+                         f"{len(train)} tokens: {fix}")
     return Corpus(path, meta, tokenizer, train, val)
 
 
-def global_batch_offsets(seed: int, step: int, count: int, high: int) -> torch.Tensor:
-    """`count` window start offsets in [0, high) for one step, a function of (seed, step) only."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    return torch.randint(0, high, (count,), generator=g)
+def ranges_fit(ranges: Any, size: int) -> bool:
+    """Whether meta.json's train_ranges split [0, size) into a main group and then an extra one."""
+    try:
+        (start, boundary), (boundary_again, end) = ranges["main"], ranges["extra"]
+    except (KeyError, TypeError, ValueError):
+        return False
+    return start == 0 and boundary == boundary_again and end == size and 0 < boundary < size
 
 
 class BatchSampler:
@@ -116,10 +155,17 @@ class BatchSampler:
 
     A step's global batch is `batch_size * grad_accum * world_size` windows; rank r takes its
     contiguous share and splits it into `grad_accum` micro-batches.
+
+    With a `mix` of two groups no window crosses from the main tokens into the extra ones. Plain
+    mixing draws each window start uniformly over all the starts that fit in a group (for a corpus
+    without extras: over the whole file, one randint as ever, so old seeds draw the same batches);
+    a weight draws each window's group first (extra with probability `extra_weight`), then its
+    start uniformly within that group.
     """
 
     def __init__(self, tokens: torch.Tensor, context: int, batch_size: int, grad_accum: int = 1,
-                 seed: int = 0, rank: int = 0, world_size: int = 1, device: torch.device | None = None):
+                 seed: int = 0, rank: int = 0, world_size: int = 1, device: torch.device | None = None,
+                 mix: Mix = Mix()):
         if len(tokens) < context + 2:
             raise InputError(
                 f"the corpus has {len(tokens)} tokens, fewer than one context window of {context} + 1: "
@@ -130,6 +176,29 @@ class BatchSampler:
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.device = device or torch.device("cpu")
         self._arange = torch.arange(context + 1)
+        # Window starts that fit in each group: main [0, main_starts), extra [extra_start, extra_start + extra_starts).
+        boundary = len(tokens) if mix.extra_start is None else mix.extra_start
+        sizes = {"main": boundary, "extra": len(tokens) - boundary}
+        drawn = {"main": mix.extra_weight != 1, "extra": mix.extra_start is not None and mix.extra_weight != 0}
+        for group, size in sizes.items():
+            if drawn[group] and size < context + 1:
+                raise InputError(
+                    f"the {group} sources have {size} training tokens, fewer than one context window of {context} + 1: "
+                    f"give more text, train with a smaller --context, or leave them out with --extra-weight"
+                )
+        self.extra_start, self.extra_weight = boundary, mix.extra_weight
+        self.main_starts, self.extra_starts = (max(size - context, 0) for size in sizes.values())
+
+    def offsets(self, g: torch.Generator, count: int) -> torch.Tensor:
+        """`count` window start offsets drawn from `g` according to the mix."""
+        if self.extra_weight is None:
+            starts = torch.randint(0, self.main_starts + self.extra_starts, (count,), generator=g)
+            # Starts past the main group's move over the boundary, to the extra group's own.
+            return torch.where(starts < self.main_starts, starts, starts - self.main_starts + self.extra_start)
+        extra = torch.rand(count, generator=g, dtype=torch.float64) < self.extra_weight
+        where = torch.rand(count, generator=g, dtype=torch.float64)
+        size = torch.where(extra, self.extra_starts, self.main_starts)
+        return torch.where(extra, self.extra_start, 0) + (where * size).long()
 
     def windows(self, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and targets (B, context) for the windows starting at `offsets`."""
@@ -143,12 +212,12 @@ class BatchSampler:
     def step_batches(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's micro-batches for `step`."""
         per_rank = self.batch_size * self.grad_accum
-        offsets = global_batch_offsets(self.seed, step, per_rank * self.world_size, len(self.tokens) - self.context)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        offsets = self.offsets(g, per_rank * self.world_size)
         mine = offsets[self.rank * per_rank : (self.rank + 1) * per_rank]
         return [self.windows(chunk) for chunk in mine.split(self.batch_size)]
 
     def fixed_batches(self, count: int, salt: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The same `count` batches every time: used to evaluate comparably across steps."""
         g = torch.Generator().manual_seed(self.seed * 7_919 + salt)
-        high = len(self.tokens) - self.context
-        return [self.windows(torch.randint(0, high, (self.batch_size,), generator=g)) for _ in range(count)]
+        return [self.windows(self.offsets(g, self.batch_size)) for _ in range(count)]

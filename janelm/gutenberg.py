@@ -24,7 +24,8 @@ import janelm
 from janelm.errors import InputError, JaneLMError
 from janelm.files import write_failure
 
-__all__ = ["AUSTEN", "DEFAULT_MIRROR", "USER_AGENT", "book_url", "parse_books", "fetch_book", "sha256_file"]
+__all__ = ["AUSTEN", "AUTHORS", "DEFAULT_MIRROR", "TITLES", "USER_AGENT", "book_url", "parse_books", "fetch_book",
+           "sha256_file"]
 
 # Jane Austen's works on Project Gutenberg: eBook number -> title.
 AUSTEN: dict[int, str] = {
@@ -37,6 +38,22 @@ AUSTEN: dict[int, str] = {
     1212: "Love and Freindship",
     1342: "Pride and Prejudice",
 }
+# Novelists of the period, as extra training text (janelm prepare --extra-gutenberg dickens,eliot).
+DICKENS: dict[int, str] = {
+    98: "A Tale of Two Cities",
+    1400: "Great Expectations",
+    766: "David Copperfield",
+    786: "Hard Times",
+    564: "The Mystery of Edwin Drood",
+}
+ELIOT: dict[int, str] = {
+    145: "Middlemarch",
+    6688: "The Mill on the Floss",
+    550: "Silas Marner",
+}
+# The names --gutenberg and --extra-gutenberg take for a whole author.
+AUTHORS: dict[str, dict[int, str]] = {"austen": AUSTEN, "dickens": DICKENS, "eliot": ELIOT}
+TITLES: dict[int, str] = {number: title for works in AUTHORS.values() for number, title in works.items()}
 
 DEFAULT_MIRROR = "https://www.gutenberg.org"
 USER_AGENT = f"janelm/{janelm.__version__} (+https://github.com/janelm)"
@@ -52,19 +69,20 @@ def book_url(number: int, mirror: str = DEFAULT_MIRROR) -> str:
     return f"{mirror.rstrip('/')}/cache/epub/{number}/pg{number}.txt"
 
 
-def parse_books(spec: str) -> list[int]:
-    """Turn a --books value into eBook numbers: "austen" (the manifest) or "105,1342".
+def parse_books(spec: str, flag: str = "--gutenberg") -> list[int]:
+    """Turn a `flag` value into eBook numbers: an author ("austen", "dickens", "eliot") or "105,1342".
 
     Items may be mixed ("austen,1400"); duplicates are dropped, order is kept.
     """
-    fix = f"--books {spec!r}: use 'austen' or comma-separated eBook numbers such as 105,1342"
+    authors = ", ".join(f"'{name}'" for name in AUTHORS)
+    fix = f"{flag} {spec!r}: use an author ({authors}) or comma-separated eBook numbers such as 105,1342"
     numbers: list[int] = []
     items = [item.strip() for item in spec.split(",")]
     if not any(items):
         raise InputError(fix)
     for item in items:
-        if item.lower() == "austen":
-            numbers.extend(AUSTEN)
+        if item.lower() in AUTHORS:
+            numbers.extend(AUTHORS[item.lower()])
         elif item.isdigit() and int(item) > 0:
             numbers.append(int(item))
         else:
@@ -239,7 +257,7 @@ def fetch_book(
         return dest, False
 
     url = book_url(number, mirror)
-    title = AUSTEN.get(number)
+    title = TITLES.get(number)
     book = f"eBook {number} ({title})" if title else f"eBook {number}"
 
     def fail(reason: str) -> JaneLMError:

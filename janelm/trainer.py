@@ -25,7 +25,7 @@ import torch.nn as nn
 from janelm.checkpoint import BEST, LAST, build_model, checkpoint_tokenizer, save_checkpoint
 from janelm.config import ModelConfig, TrainConfig
 from janelm.console import note
-from janelm.data import BatchSampler, Corpus, tokenizer_fingerprint
+from janelm.data import BatchSampler, Corpus, Mix, tokenizer_fingerprint
 from janelm.device import autocast, peak_matmul_flops, pick_device, pick_dtype
 from janelm.distributed import Distributed
 from janelm.errors import InputError, Interrupted, JaneLMError
@@ -200,12 +200,14 @@ class Trainer:
             graphs = self.device.type == "cuda" and not self.dist.active
             self.step_model = torch.compile(self.step_model, mode="reduce-overhead" if graphs else None)
 
-        sampler = lambda tokens: BatchSampler(  # noqa: E731
+        sampler = lambda tokens, mix=Mix(): BatchSampler(  # noqa: E731
             tokens, model_cfg.context, cfg.batch_size, cfg.grad_accum, cfg.seed,
-            self.dist.rank, self.dist.world_size, self.device)
-        self.train_batches = sampler(corpus.train)
+            self.dist.rank, self.dist.world_size, self.device, mix)
+        # The mix draws training windows from the corpus's groups; val is the main sources' alone.
+        mix = corpus.mix(cfg.extra_weight)
+        self.train_batches = sampler(corpus.train, mix)
         # Every rank evaluates the same fixed batches, so all agree on early stopping.
-        self.eval_sets = {"train": sampler(corpus.train).fixed_batches(cfg.eval_batches, salt=1),
+        self.eval_sets = {"train": sampler(corpus.train, mix).fixed_batches(cfg.eval_batches, salt=1),
                           "val": sampler(corpus.val).fixed_batches(cfg.eval_batches, salt=2)}
         self.metrics = None
         if self.dist.is_main:

@@ -78,6 +78,16 @@ CASES = [
     row("prepare-out-read-only",        "prepare novel.txt --out rocorpus --force",        2, "cannot write to rocorpus/", "Permission denied", limit="read-only"),
     row("prepare-file-size-limit",      "prepare novel.txt --out deep/new",                1,
         "file too large (a file-size limit) writing deep/new/train.bin", "ulimit -f", limit="fsize"),
+    row("prepare-extra-without-main",   "prepare --extra novel.txt --out new",             2, "--extra sources are training text only", "main sources"),
+    row("prepare-extra-same-file",      "prepare novel.txt --extra novel.txt --out new",   2,
+        "--extra novel.txt is the same text as the main source novel.txt", "give it once"),
+    row("prepare-extra-holds-validation-text", "prepare novel.txt --extra novel-crlf.txt --out new", 2,
+        "--extra novel-crlf.txt holds a paragraph of novel.txt's validation split", "leave that text out"),
+    row("prepare-extra-weight-without-extra", "prepare novel.txt --extra-weight 0.5 --out new", 2, "--extra-weight needs extra sources"),
+    row("prepare-extra-weight-above-one", "prepare novel.txt --extra short.txt --extra-weight 1.5 --out new", 2,
+        "--extra-weight must be from 0 to 1", "1.5"),
+    row("prepare-extra-gutenberg-unknown-author", "prepare novel.txt --extra-gutenberg tolstoy --out new", 2,
+        "--extra-gutenberg 'tolstoy'", "'dickens'", "eBook numbers"),
     # --- train ---------------------------------------------------------------------------------
     row("train-missing-data",           "train --data nowhere --out newrun {tiny}",        2, "no prepared corpus at nowhere/", "janelm prepare"),
     row("train-empty-data-folder",      "train --data emptydir --out newrun {tiny}",       2, "emptydir/ is not a prepared corpus", "meta.json is missing"),
@@ -99,6 +109,10 @@ CASES = [
     row("train-folder-in-use-force",    "train --data corpus --out busyrun {tiny} --force", 1, "busyrun/ is in use by janelm process"),
     row("train-folder-in-use-resume",   "train --data corpus --out busyrun {tiny} --resume", 1, "busyrun/ is in use by janelm process"),
     row("train-run-folder-read-only",   "train --data corpus --out rorun {tiny} --resume", 2, "cannot write to rorun/", "Permission denied", limit="read-only"),
+    row("train-extra-weight-without-extras", "train --data corpus --out newrun {tiny} --extra-weight 0.5", 2,
+        "--extra-weight 0.5: corpus/ has no extra sources", "--extra PATH"),
+    row("train-extra-weight-above-one", "train --data corpus --out newrun {tiny} --extra-weight 1.5", 2,
+        "--extra-weight must be from 0 to 1", "1.5"),
     row("train-init-from-into-another-run", "train --data corpus --init-from run --out otherrun {tiny} --max-iters 1 --eval-interval 1", 2,
         "otherrun/ already holds a run", "--force"),
     # --- sample / eval: checkpoints ------------------------------------------------------------
@@ -177,6 +191,8 @@ def ws(tmp_path_factory, text_file, prepared, trained) -> Iterator[Path]:
     (ws / "latin1.txt").write_bytes("Café society: a naïve début.\n".encode("latin-1") * 50)
     (ws / "short.txt").write_text("A short line of text.\n")
     (ws / "emptydir").mkdir()
+    # The novel again with other bytes (Windows line ends): other sha256, the same paragraphs.
+    (ws / "novel-crlf.txt").write_bytes(text_file.read_bytes().replace(b"\n", b"\r\n"))
     (ws / "long_prompt.txt").write_text(LONG_PROMPT)
     (ws / "unknown.txt").write_text(UNKNOWN_CHARS)
     shutil.copytree(prepared, ws / "corpus")

@@ -388,6 +388,30 @@ def test_clean_ascii() -> None:
 
 
 # ------------------------------------------------------------------------------------------
+# clean_gutenberg: novels of the period as distributed (hard-wrapped; CRLF, a byte-order mark)
+# ------------------------------------------------------------------------------------------
+
+PERIOD = CORPUS / "period"
+
+
+@pytest.mark.skipif(not PERIOD.is_dir(), reason=f"no period novels at {PERIOD}")
+@pytest.mark.parametrize("name", ["eliot-silas-marner.txt",  # BOM and CRLF
+                                  "dickens-tale-of-two-cities.txt",  # CRLF
+                                  "dickens-hard-times.txt"])  # LF, opening with blank lines and centred titles
+def test_period_file_cleans_to_one_paragraph_per_line(name: str) -> None:
+    raw = read_text(PERIOD / name)
+    text = clean_gutenberg(raw)
+    assert "\r" not in text and "\ufeff" not in text
+    # The wrapped prose is joined: no line at the margin continues on the next, no block of
+    # wrap-width lines survives, and nearly all the text stands in paragraph-long lines.
+    assert [(a, b) for a, b in nonblank_pairs(text) if b[:1].islower()] == []
+    lines = text.split("\n")
+    assert not any(all(55 <= len(x.strip()) <= 80 for x in run) for run in zip(lines, lines[1:], lines[2:]))
+    assert sum(len(line) for line in lines if len(line) > 100) > 0.9 * len(text)
+    assert words(text) == words(raw)  # and not a word lost or gained
+
+
+# ------------------------------------------------------------------------------------------
 # clean_gutenberg: the real Gutenberg files
 # ------------------------------------------------------------------------------------------
 

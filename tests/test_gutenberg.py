@@ -19,7 +19,7 @@ import pytest
 import janelm
 from janelm.corpus import clean_gutenberg, read_text
 from janelm.errors import InputError, JaneLMError
-from janelm.gutenberg import AUSTEN, DEFAULT_MIRROR, book_url, fetch_book, parse_books, sha256_file
+from janelm.gutenberg import AUSTEN, AUTHORS, DEFAULT_MIRROR, TITLES, book_url, fetch_book, parse_books, sha256_file
 
 RAW = Path(__file__).resolve().parents[1] / ".." / "shared" / "corpus" / "gutenberg-raw"
 RAW_FILES = {1342: "1342-0.txt", 158: "158-0.txt", 161: "pg161.txt", 121: "121-0.txt"}
@@ -139,11 +139,25 @@ def test_parse_books() -> None:
     assert parse_books("austen,1400")[-1] == 1400
 
 
-@pytest.mark.parametrize("spec", ["", " , ", "dickens", "105;1342", "-5", "0", "1.5", "105,,x"])
+def test_author_sets() -> None:
+    assert parse_books("dickens") == [98, 1400, 766, 786, 564]
+    assert parse_books(" Eliot ") == [145, 6688, 550]
+    # Authors mix with each other and with numbers; a book named twice comes once, where first named.
+    assert parse_books("eliot,550,austen,1400") == [145, 6688, 550, *AUSTEN, 1400]
+    assert parse_books("austen,dickens,eliot") == list(TITLES)
+    assert [TITLES[n] for n in parse_books("dickens,eliot")] == [
+        "A Tale of Two Cities", "Great Expectations", "David Copperfield", "Hard Times", "The Mystery of Edwin Drood",
+        "Middlemarch", "The Mill on the Floss", "Silas Marner"]
+    assert set(AUTHORS) == {"austen", "dickens", "eliot"}
+
+
+@pytest.mark.parametrize("spec", ["", " , ", "tolstoy", "105;1342", "-5", "0", "1.5", "105,,x", "dickens eliot"])
 def test_parse_books_rejects(spec: str) -> None:
     with pytest.raises(InputError) as err:
-        parse_books(spec)
-    assert "austen" in str(err.value) and "105,1342" in str(err.value)
+        parse_books(spec, "--extra-gutenberg")
+    message = str(err.value)
+    assert message.startswith(f"--extra-gutenberg {spec!r}: ")
+    assert all(name in message for name in ("'austen'", "'dickens'", "'eliot'", "105,1342"))
     assert err.value.exit_code == 2
 
 

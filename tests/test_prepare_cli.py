@@ -18,6 +18,11 @@ from conftest import SHARED_CORPUS, janelm
 from test_gutenberg import RAW_FILES, Server, serve
 
 RAW = SHARED_CORPUS / "gutenberg-raw"
+PERIOD = SHARED_CORPUS / "period"
+# The period novels under their eBook numbers, in the order `dickens,eliot` names them.
+PERIOD_FILES = {98: "dickens-tale-of-two-cities.txt", 1400: "dickens-great-expectations.txt",
+                766: "dickens-david-copperfield.txt", 786: "dickens-hard-times.txt", 564: "dickens-edwin-drood.txt",
+                145: "eliot-middlemarch.txt", 6688: "eliot-mill-on-the-floss.txt", 550: "eliot-silas-marner.txt"}
 BOOKS = "1342,158,161,121"
 TITLES = {1342: "Pride and Prejudice", 158: "Emma", 161: "Sense and Sensibility", 121: "Northanger Abbey"}
 QUICK = ["--vocab-size", "300", "--tokenizer-sample", "200000"]  # a small BPE: seconds, not minutes
@@ -153,3 +158,33 @@ def test_char_vocabulary_covers_the_validation_split(tmp_path: Path) -> None:
     out = tmp_path / "corpus"
     janelm("prepare", str(text), "--out", str(out), "--tokenizer", "char", "--val-fraction", "0.1")
     assert "é" in json.loads((out / "tokenizer.json").read_text())["chars"]
+
+
+@pytest.mark.skipif(not all((PERIOD / name).is_file() for name in PERIOD_FILES.values()), reason=f"no novels in {PERIOD}")
+def test_author_sets_download_as_extra_sources(mirror: Server, tmp_path: Path) -> None:
+    """`--extra-gutenberg dickens,eliot` fetches the eight period novels as training-only text."""
+    from janelm.gutenberg import TITLES
+
+    def opening(path: Path, size: int = 60_000) -> bytes:
+        """The file as distributed (BOM, CRLF, wrapping), cut after a line near `size` bytes: a quick test."""
+        data = path.read_bytes()
+        return data[: data.index(b"\n", size) + 1]
+
+    mirror.books.update({n: opening(PERIOD / name) for n, name in PERIOD_FILES.items()})
+    out = tmp_path / "corpus"
+    janelm("prepare", "--gutenberg", "121", "--extra-gutenberg", "dickens,eliot", "--extra-weight", "0.4",
+           "--mirror", mirror.url, "--out", str(out), *QUICK)
+    meta = json.loads((out / "meta.json").read_text())
+    assert [(s["gutenberg"], s["title"], s["group"]) for s in meta["sources"]] == [
+        (121, "Northanger Abbey", "main"), *((n, TITLES[n], "extra") for n in PERIOD_FILES)]
+    main, *extras = meta["sources"]
+    for source in extras:
+        assert source["raw_sha256"] == hashlib.sha256(mirror.books[source["gutenberg"]]).hexdigest()
+        assert source["val_chars"] == source["val_tokens"] == 0 and source["train_tokens"] > 5_000
+    # train.bin: Northanger Abbey's training tenths, then the extras; val.bin is Northanger Abbey's alone.
+    total = meta["tokens"]["train"]
+    assert meta["train_ranges"] == {"main": [0, main["train_tokens"]], "extra": [main["train_tokens"], total]}
+    assert meta["tokens"]["val"] == main["val_tokens"] > 1_000
+    assert meta["extra_weight"] == 0.4
+    assert sorted(p.name for p in (out / "raw").iterdir() if p.suffix == ".txt") == sorted(
+        f"pg{n}.txt" for n in [121, *PERIOD_FILES])

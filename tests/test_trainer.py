@@ -17,7 +17,7 @@ import torch
 from conftest import REPO, TINY, janelm
 from janelm.checkpoint import load_checkpoint
 from janelm.config import ModelConfig, TrainConfig
-from janelm.data import BatchSampler, load_corpus
+from janelm.data import BatchSampler, Mix, load_corpus
 from janelm.errors import JaneLMError
 from janelm.trainer import Trainer
 
@@ -124,10 +124,13 @@ def test_nonfinite_loss_stops_and_keeps_good_checkpoints(tmp_path, prepared, mon
     assert load_checkpoint(tmp_path / "last.pt")["state"]["step"] == 10
 
 
-def test_batches_depend_only_on_seed_and_step_and_not_on_world_size():
+@pytest.mark.parametrize("mix", [Mix(), Mix(extra_start=3_000), Mix(extra_start=3_000, extra_weight=0.3)],
+                         ids=["one-group", "plain-mix", "weighted-mix"])
+def test_batches_depend_only_on_seed_and_step_and_not_on_world_size(mix):
     tokens = torch.arange(10_000, dtype=torch.int32)
-    one = BatchSampler(tokens, context=8, batch_size=4, grad_accum=2, seed=1)
-    halves = [BatchSampler(tokens, context=8, batch_size=4, grad_accum=1, seed=1, rank=r, world_size=2) for r in range(2)]
+    one = BatchSampler(tokens, context=8, batch_size=4, grad_accum=2, seed=1, mix=mix)
+    halves = [BatchSampler(tokens, context=8, batch_size=4, grad_accum=1, seed=1, rank=r, world_size=2, mix=mix)
+              for r in range(2)]
     for step in (0, 5, 17):
         x_one = torch.cat([x for x, _ in one.step_batches(step)])
         x_two = torch.cat([x for h in halves for x, _ in h.step_batches(step)])

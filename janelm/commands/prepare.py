@@ -35,10 +35,20 @@ def check_flags(args: argparse.Namespace) -> None:
     from janelm.tokenizer import MAX_BPE_VOCAB_SIZE, MIN_BPE_VOCAB_SIZE
 
     if not args.paths and not args.gutenberg:
+        if args.extra or args.extra_gutenberg:
+            raise InputError("--extra sources are training text only: give the main sources too, which the "
+                             "validation split comes from (`janelm prepare austen/ --extra period/`)")
         raise InputError(
             "nothing to prepare: give text files or folders (`janelm prepare austen/`, `-` for stdin), "
             "or download with `--gutenberg austen` (or eBook numbers like 105,1342)"
         )
+    if args.extra_weight is not None:
+        if not (args.extra or args.extra_gutenberg):
+            raise InputError("--extra-weight needs extra sources to weigh: add --extra PATH... or --extra-gutenberg "
+                             "BOOKS, or drop it")
+        if not 0.0 <= args.extra_weight <= 1.0:
+            raise InputError(f"--extra-weight must be from 0 to 1 (the share of training windows drawn from the "
+                             f"extra sources), got {args.extra_weight}")
     if not 0.0 < args.val_fraction < 0.5:
         raise InputError(f"--val-fraction must be between 0 and 0.5, got {args.val_fraction}")
     if args.tokenizer == "bpe" and not args.tokenizer_from:
@@ -55,40 +65,41 @@ def check_flags(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from janelm.corpus import iter_sources
     from janelm.files import locked_folder, remove_created
-    from janelm.preparation import check_out_dir
+    from janelm.gutenberg import parse_books
+    from janelm.preparation import EXTRA, MAIN, check_out_dir
 
     check_flags(args)
-    backoff = download_backoff() if args.gutenberg else DEFAULT_BACKOFF
+    # Per group: eBook numbers to download, then local sources; all checked before anything is fetched.
+    groups = {MAIN: (parse_books(args.gutenberg) if args.gutenberg else [], iter_sources(args.paths) if args.paths else []),
+              EXTRA: (parse_books(args.extra_gutenberg, "--extra-gutenberg") if args.extra_gutenberg else [],
+                      iter_sources(args.extra) if args.extra else [])}
+    backoff = download_backoff() if args.gutenberg or args.extra_gutenberg else DEFAULT_BACKOFF
     out = Path(args.out)
-    sources = iter_sources(args.paths) if args.paths else []
     # One prepare per folder; a failed one removes the folders it created.
     with locked_folder(out, "prepare"):
         check_out_dir(out, args.force)
         try:
-            return prepare(args, out, sources, backoff)
+            return prepare(args, out, groups, backoff)
         except BaseException:
             remove_created(out / "raw", out / "raw")  # an empty download cache; one with books stays
             raise
 
 
-def prepare(args: argparse.Namespace, out: Path, sources: list, backoff: float) -> int:
-    from janelm.preparation import Work, load_work, write_corpus
+def prepare(args: argparse.Namespace, out: Path, groups: dict[str, tuple[list[int], list]], backoff: float) -> int:
+    from janelm.preparation import Work, check_no_leaks, download_work, load_work, write_corpus
 
     works: list[Work] = []
     options = {"clean": args.clean, "ascii": args.ascii, "val_fraction": args.val_fraction}
-    if args.gutenberg:
-        from janelm.gutenberg import AUSTEN, fetch_book, parse_books, sha256_file
-
-        for number in parse_books(args.gutenberg):
-            path, _ = fetch_book(number, out / "raw", args.mirror, backoff=backoff, progress=sys.stderr.isatty())
-            extra = {"gutenberg": number, "title": AUSTEN.get(number), "raw_sha256": sha256_file(path)}
-            works.append(load_work(path, **options, extra=extra))
-    works += [load_work(source, **options) for source in sources]
+    for group, (books, sources) in groups.items():
+        works += [download_work(number, out / "raw", args.mirror, backoff, **options, group=group) for number in books]
+        works += [load_work(source, **options, group=group) for source in sources]
+    check_no_leaks(works)
 
     tokenizer = make_tokenizer(args, works)
     settings = {**options, "tokenizer": args.tokenizer, "vocab_size": args.vocab_size,
                 "tokenizer_from": args.tokenizer_from, "tokenizer_sample_chars": args.tokenizer_sample}
-    meta = write_corpus(out, works, tokenizer, settings, min_tokens=min(ModelConfig().context, 64) + 2)
+    meta = write_corpus(out, works, tokenizer, settings, min_tokens=min(ModelConfig().context, 64) + 2,
+                        extra_weight=args.extra_weight)
     show_summary(out, meta)
     return 0
 
@@ -101,6 +112,7 @@ def make_tokenizer(args: argparse.Namespace, works):
 
         path = resolve_checkpoint(args.tokenizer_from)
         return checkpoint_tokenizer(load_checkpoint(path), path)
+    # All training text, main and extra: the sample bound takes the same leading share of every work.
     texts = [w.train for w in works]
     if args.tokenizer == "char":
         # Every character must have an id, or encoding the validation split fails on a letter
@@ -114,14 +126,19 @@ def make_tokenizer(args: argparse.Namespace, works):
 def show_summary(out: Path, meta: dict) -> None:
     from rich.table import Table
 
+    grouped = "train_ranges" in meta
     table = Table(title=f"prepared corpus in {out}/", title_justify="left")
-    for col in ("source", "train chars", "val chars", "train tokens", "val tokens"):
-        table.add_column(col, justify="left" if col == "source" else "right")
+    for col in ("source", *(("group",) if grouped else ()), "train chars", "val chars", "train tokens", "val tokens"):
+        table.add_column(col, justify="left" if col in ("source", "group") else "right")
     for s in meta["sources"]:
-        table.add_row(Path(s["source"]).name, f"{s['train_chars']:,}", f"{s['val_chars']:,}",
-                      f"{s['train_tokens']:,}", f"{s['val_tokens']:,}")
+        table.add_row(Path(s["source"]).name, *((s["group"],) if grouped else ()), f"{s['train_chars']:,}",
+                      f"{s['val_chars']:,}", f"{s['train_tokens']:,}", f"{s['val_tokens']:,}")
     tok = meta["tokenizer"]
     cpt = meta["chars_per_token"]["train"]
     table.caption = (f"tokenizer {tok['kind']}, vocabulary {tok['vocab_size']:,}, "
                      f"{cpt:.2f} characters per token" if cpt else f"tokenizer {tok['kind']}")
+    if grouped:
+        weight = meta["extra_weight"]
+        table.caption += ("; training mixes all text plainly" if weight is None else
+                          f"; {weight:.0%} of training windows from the extra sources")
     stderr().print(table)
