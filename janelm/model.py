@@ -65,16 +65,28 @@ class Rotary(nn.Module):
         cos, sin = self.cos[start : start + T].view(shape), self.sin[start : start + T].view(shape)
         return self.rotate(x, cos.to(x.dtype), sin.to(x.dtype))
 
-    def rows(self, position: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """The (1, D) cosines and sines of the position held in a 0-d tensor, for a decode step: no
-        Python integer, so a compiled step is traced once for every position; looked up once per
-        step for all blocks."""
+    def matrix(self, position: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The rotation of the position held in a 0-d tensor as a (D, D) matrix: `x @ R` rotates x.
+        For a decode step, where one product per block costs less than the four operations of
+        `rotate`; made once per step, and with no Python integer, so a compiled step is traced
+        once for every position."""
         index = position.view(1)
-        return self.cos.index_select(0, index).to(dtype), self.sin.index_select(0, index).to(dtype)
+        cos, sin = self.cos.index_select(0, index), self.sin.index_select(0, index)
+        half = cos.size(-1) // 2
+        # Row i of R holds cos on the diagonal, and sin where feature i lands after the roll.
+        eye = torch.eye(cos.size(-1), dtype=cos.dtype, device=cos.device)
+        return (eye * cos + eye.roll(half, dims=1) * sin).to(dtype)
 
     @staticmethod
     def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         return x * cos + x.roll(x.size(-1) // 2, dims=-1) * sin
+
+
+def normalize(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`norm(x)` without the module call's Python overhead, for the decode step."""
+    if isinstance(norm, nn.RMSNorm):
+        return F.rms_norm(x, norm.normalized_shape, norm.weight, norm.eps)
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
 def make_norm(config: ModelConfig) -> nn.Module:
@@ -154,20 +166,22 @@ class CausalSelfAttention(nn.Module):
         return F.dropout(y, self.dropout, training=True) if self.dropout and self.training else y
 
     def decode(self, x: torch.Tensor, cache: KVCache, layer: int, position: torch.Tensor,
-               rope: tuple[torch.Tensor, torch.Tensor] | None, bias: torch.Tensor) -> torch.Tensor:
+               rotation: torch.Tensor | None, bias: torch.Tensor) -> torch.Tensor:
         """One new position per row, x (B, 1, C), written into the cache at `position`. Attention
         spans the whole preallocated cache, with `bias` (0, or -inf past `position`) added to the
-        scores, so every shape is fixed. `rope` is the position's (cos, sin), looked up once per step.
+        scores, so every shape is fixed. `rotation` is the position's rotary matrix (made once per
+        step).
 
-        At batch 1 each operation here costs more in dispatch than in arithmetic, so it is written
-        for few operations: queries and keys rotated together, the query heads of a group
-        (n_head / n_kv_head) multiplied by their shared cache at once, scale and mask in one
-        product, and attention in float32 (a no-op where activations already are)."""
+        At batch 1 each operation here costs more than its arithmetic (on a CPU, ~10 µs each
+        between the weight products, which flush the caches), so it is written for few operations:
+        queries and keys rotated by one product, the query heads of a group (n_head / n_kv_head)
+        multiplied by their shared cache at once, scale and mask folded into that product, and
+        attention in float32 (a no-op where activations already are)."""
         B, group = x.size(0), self.n_head // self.n_kv_head
         qkv = self.qkv(x).view(B, self.n_head + 2 * self.n_kv_head, self.head_dim)
         qk = qkv[:, : self.n_head + self.n_kv_head]
-        if rope is not None:
-            qk = Rotary.rotate(qk, *rope)
+        if rotation is not None:
+            qk = qk @ rotation
         keys, values = cache.keys[layer], cache.values[layer]  # (B, n_kv_head, context, D)
         keys.index_copy_(2, position.view(1), qk[:, self.n_head :, None])
         values.index_copy_(2, position.view(1), qkv[:, self.n_head + self.n_kv_head :, None])
@@ -191,9 +205,13 @@ class MLP(nn.Module):
         self.up = nn.Linear(config.n_embed, hidden, bias=config.bias)
         self.down = nn.Linear(hidden, config.n_embed, bias=config.bias)
         self.dropout = config.dropout
+        self.gate_up: nn.Module | None = None  # gate and up as one matrix, for generation (janelm.quantize)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kind == "swiglu":
+        if self.gate_up is not None:  # one product instead of two
+            gate, up = self.gate_up(x).chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        elif self.kind == "swiglu":
             h = F.silu(self.gate(x)) * self.up(x)
         elif self.kind == "relu2":
             h = F.relu(self.up(x)).square()
@@ -218,9 +236,9 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
     def decode(self, x: torch.Tensor, cache: KVCache, layer: int, position: torch.Tensor,
-               rope: tuple[torch.Tensor, torch.Tensor] | None, bias: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn.decode(self.norm1(x), cache, layer, position, rope, bias)
-        return x + self.mlp(self.norm2(x))
+               rotation: torch.Tensor | None, bias: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn.decode(normalize(self.norm1, x), cache, layer, position, rotation, bias)
+        return x + self.mlp(normalize(self.norm2, x))
 
 
 class GPT(nn.Module):
@@ -321,11 +339,11 @@ class GPT(nn.Module):
             x = x + self.pos_embed(position.view(1))
         # Once per step for every block: the position's rotation, and the scores' mask over the cache.
         rotary = self.blocks[0].attn.rotary
-        rope = rotary.rows(position, x.dtype) if rotary is not None else None
+        rotation = rotary.matrix(position, x.dtype) if rotary is not None else None
         bias = torch.where(cache.slots <= position, 0.0, float("-inf")).view(1, 1, -1)
         for i, block in enumerate(self.blocks):
-            x = block.decode(x, cache, i, position, rope, bias)
-        return self.head(self.norm(x))[:, -1]
+            x = block.decode(x, cache, i, position, rotation, bias)
+        return self.head(normalize(self.norm, x))[:, -1]
 
     def new_cache(self, batch_size: int) -> KVCache:
         p = self.tok_embed.weight
