@@ -18,8 +18,9 @@ is still Austen's own. The recipes differ in how training draws from that one co
     python3 benchmarks/period.py                                  # every recipe, ten minutes each
     python3 benchmarks/period.py austen mix-0.3 --seed 2
     python3 benchmarks/period.py --preset cpu-long                # the hour-long preset (its own budget)
-    python3 benchmarks/period.py --device cuda --flags "--compile --dropout 0.1"   # the gpu preset
+    python3 benchmarks/period.py --device cuda           # the gpu preset (see benchmarks/gpu_session.sh)
     python3 benchmarks/period.py --budget 20 --preset tiny --results /tmp/smoke.jsonl   # the script itself
+    python3 benchmarks/period.py mix --corpora DIR    # DIR/corpus-austen, DIR/corpus-mixed made earlier
     python3 benchmarks/period.py --table
 
 Run it on an otherwise idle machine: any other load makes the budget buy less. Results are appended
@@ -68,11 +69,13 @@ RECIPES: dict[str, tuple[Stage, ...]] = {
 }
 
 
-def prepare_corpora(work: Path) -> dict[str, Path]:
-    """Both corpora, checked to hold no held-out text."""
-    corpora = {AUSTEN: work / "corpus-austen", MIXED: work / "corpus-mixed"}
-    janelm("prepare", *training_works(), "--out", str(corpora[AUSTEN]), "--force")
-    janelm("prepare", *training_works(), "--extra", str(PERIOD), "--out", str(corpora[MIXED]), "--force")
+def prepare_corpora(work: Path, prepared: Path | None = None) -> dict[str, Path]:
+    """Both corpora, made in `work`, or taken from `prepared` (where an earlier run or another machine
+    made them); checked to hold no held-out text."""
+    corpora = {AUSTEN: (prepared or work) / "corpus-austen", MIXED: (prepared or work) / "corpus-mixed"}
+    if prepared is None:
+        janelm("prepare", *training_works(), "--out", str(corpora[AUSTEN]), "--force")
+        janelm("prepare", *training_works(), "--extra", str(PERIOD), "--out", str(corpora[MIXED]), "--force")
     for corpus in corpora.values():
         check_held_out(corpus)
     return corpora
@@ -141,6 +144,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1337, help="training seed (default: 1337)")
     parser.add_argument("--device", default="cpu", help="device to train and score on: cpu or cuda (default: cpu)")
     parser.add_argument("--flags", default="", help="train flags added to every recipe, e.g. \"--dropout 0.1\" (default: none)")
+    parser.add_argument("--corpora", type=Path, default=None,
+                        help="folder holding corpus-austen/ and corpus-mixed/ made as this script makes them, to "
+                             "use instead of preparing both again (default: prepare them)")
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"file to append results to (default: {RESULTS})")
     parser.add_argument("--list", action="store_true", help="list the recipes and exit")
     parser.add_argument("--table", action="store_true", help="print the markdown tables of all recorded results")
@@ -161,7 +167,7 @@ def main() -> None:
     budget = args.budget or preset_train_config(preset).max_time or 600.0  # the preset's own: cpu-long's hour
     args.results.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="janelm-period-") as tmp:
-        corpora = prepare_corpora(Path(tmp))
+        corpora = prepare_corpora(Path(tmp), args.corpora)
         for name in args.recipes or list(RECIPES):
             row = run_recipe(name, corpora, budget, args.seed, Path(tmp), preset, args.device, shlex.split(args.flags))
             with open(args.results, "a") as f:

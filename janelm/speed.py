@@ -19,12 +19,13 @@ from janelm.generate import INFERENCE_COMPILE_OPTIONS, SamplingOptions, generate
 GREEDY = SamplingOptions(temperature=0)
 
 
-def _timed_generation(model, prompt: list[int], n: int, use_cache: bool, compile: bool = False,
-                      batch_size: int = 1) -> float:
+def timed_generation(model, prompt: list[int], n: int, use_cache: bool, compile: bool = False,
+                     batch_size: int = 1, cuda_graphs: bool = True) -> float:
     """Tokens per second (all samples together) of generating `n` tokens for each of `batch_size`
     samples (greedy, so every run does the same work)."""
     start = time.perf_counter()
-    for _ in generate_tokens(model, prompt, n, GREEDY, use_cache=use_cache, compile=compile, batch_size=batch_size):
+    for _ in generate_tokens(model, prompt, n, GREEDY, use_cache=use_cache, compile=compile, batch_size=batch_size,
+                             cuda_graphs=cuda_graphs):
         pass
     synchronize(model.tok_embed.weight.device)
     return n * batch_size / (time.perf_counter() - start)
@@ -110,19 +111,24 @@ def measure_sampling(model, dtype: torch.dtype | None = None, new_tokens: int = 
     prefill = repeats * context / (time.perf_counter() - start)
 
     cacheless = torch.compile(model, dynamic=True, options=INFERENCE_COMPILE_OPTIONS) if compile else model  # acts as the model
-    _timed_generation(cacheless, prompt, min(32, new_tokens), False)  # warm-up (and compilation)
-    recompute = max(_timed_generation(cacheless, prompt, new_tokens, False) for _ in range(max(1, repeats - 1)))
+    timed_generation(cacheless, prompt, min(32, new_tokens), False)  # warm-up (and compilation)
+    recompute = max(timed_generation(cacheless, prompt, new_tokens, False) for _ in range(max(1, repeats - 1)))
 
     if quantize == "int8":
         quantize_int8(model)
-    _timed_generation(model, prompt, min(32, new_tokens), True, compile)  # warm-up (and compilation)
-    decode = max(_timed_generation(model, prompt, new_tokens, True, compile) for _ in range(repeats))
-    long = _timed_generation(model, prompt, 3 * context, True, compile)
+    timed_generation(model, prompt, min(32, new_tokens), True, compile)  # warm-up (and compilation)
+    decode = max(timed_generation(model, prompt, new_tokens, True, compile) for _ in range(repeats))
+    long = timed_generation(model, prompt, 3 * context, True, compile)
+    eager = {}
+    if device.type == "cuda" and not compile:  # what the CUDA graph saves: the same steps launched one by one
+        timed_generation(model, prompt, min(32, new_tokens), True, cuda_graphs=False)  # warm-up
+        eager = {"eager_decode_tokens_per_s": max(timed_generation(model, prompt, new_tokens, True, cuda_graphs=False)
+                                                   for _ in range(repeats))}
     batched = {}
     if samples > 1:
-        _timed_generation(model, prompt, min(32, new_tokens), True, compile, samples)  # warm-up
+        timed_generation(model, prompt, min(32, new_tokens), True, compile, samples)  # warm-up
         batched = {"samples": samples,
-                   "batched_decode_tokens_per_s": _timed_generation(model, prompt, new_tokens, True, compile, samples)}
+                   "batched_decode_tokens_per_s": timed_generation(model, prompt, new_tokens, True, compile, samples)}
     best = max(floors[name] for name in FLOOR_DTYPES)
     return {
         "dtype": precision,
@@ -139,6 +145,7 @@ def measure_sampling(model, dtype: torch.dtype | None = None, new_tokens: int = 
         "matmul_floor_tokens_per_s": floors[precision],
         "matmul_floors_tokens_per_s": floors,
         "floor_fraction": decode / best,
+        **eager,
         **batched,
     }
 

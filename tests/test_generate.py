@@ -67,6 +67,9 @@ def test_cuda_graph_decoding_gives_the_eager_tokens(model):
         graphed = [t.tolist() for t in generate_tokens(gpu, [1, 2], 80, GREEDY, batch_size=batch)]
         eager = [t.tolist() for t in generate_tokens(model, [1, 2], 80, GREEDY, batch_size=batch)]
         assert graphed == eager
+        # The same GPU without the graph: the same kernels launched one by one.
+        assert graphed == [t.tolist() for t in generate_tokens(gpu, [1, 2], 80, GREEDY, batch_size=batch,
+                                                               cuda_graphs=False)]
     opts = SamplingOptions(temperature=1.0)
     runs = [[t.tolist() for t in generate_tokens(gpu, [3], 40, opts, rng=torch.Generator("cuda").manual_seed(5))]
             for _ in range(2)]

@@ -72,6 +72,8 @@ def show(result: dict, what: str) -> None:
         table.add_row("device, weights", f"{result['device']}, {weights}{', compiled' if result['compiled'] else ''}")
         table.add_row("prefill", f"{result['prefill_tokens_per_s']:,.0f} tokens/s")
         table.add_row(f"decode, KV cache ({result['new_tokens']} tokens)", f"{result['decode_tokens_per_s']:,.1f} tokens/s")
+        if "eager_decode_tokens_per_s" in result:
+            table.add_row("decode, KV cache, no CUDA graph", f"{result['eager_decode_tokens_per_s']:,.1f} tokens/s")
         table.add_row("decode, recompute each step", f"{result['recompute_tokens_per_s']:,.1f} tokens/s")
         table.add_row("speedup (cache ÷ recompute)", f"{result['speedup']:.2f}×")
         table.add_row(f"decode {result['long_tokens']} tokens (3× context)", f"{result['long_decode_tokens_per_s']:,.1f} tokens/s")
