@@ -53,6 +53,7 @@ VARIANTS: dict[str, tuple[list[str], list[str]]] = {
     "2x384": ([], ["--n-embed", "384", "--n-head", "6", "--n-block", "2"]),
     "4x256": ([], ["--n-embed", "256", "--n-head", "4", "--n-block", "4"]),
     "3x256": ([], ["--n-embed", "256", "--n-head", "4", "--n-block", "3"]),
+    "2x256": ([], ["--n-embed", "256", "--n-head", "4", "--n-block", "2"]),
     "batch-8": ([], ["--batch-size", "8"]),
     "3x512": ([], ["--n-embed", "512", "--n-head", "8", "--n-block", "3"]),
     "small": ([], ["--n-embed", "192", "--n-head", "3", "--n-block", "4"]),

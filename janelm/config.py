@@ -174,13 +174,18 @@ PRESETS: dict[str, Preset] = {
     "cpu": Preset("about 10 minutes on a 2-core CPU with native bf16 (AVX-512 BF16)"),
     "cpu-fp32": Preset(
         "about 10 minutes on a 2-core CPU without native bf16 (AVX2): float32, a smaller model",
+        # 3 × 256 won the float32 study (docs/quality.md); ~1.03 s a step on a 2-core AVX2 EPYC, so
+        # 560 steps end near 9.7 minutes and the time guard only takes over on a slower machine.
         model={"n_block": 3, "n_embed": 256, "n_head": 4},
-        train={"max_iters": 700, "max_time": 600.0},
+        train={"max_iters": 560, "max_time": 600.0},
     ),
     "gpu": Preset(
-        "about 10 minutes on one CUDA GPU",
-        model=SEED_MODEL,
-        train={"batch_size": 32, "lr": 3e-4, "max_iters": 0, "max_time": 570.0, "warmup_iters": 500},
+        "about 6 minutes on one CUDA GPU, compiled; best with period novels as extra text (docs/quality.md)",
+        # Today's architecture at the seed's width, with the context of the CPU presets: the time-bound
+        # cosine always anneals, and dropout 0.1 suits Austen with the period novels (issue 17's runs).
+        model={"n_block": 6, "n_embed": 512, "n_head": 8, "context": 256, "dropout": 0.1},
+        train={"batch_size": 32, "lr": 1e-3, "max_iters": 0, "max_time": 360.0, "warmup_iters": 200,
+               "eval_interval": 200, "save_interval": 1000, "compile": True},
     ),
     "cpu-long": Preset(
         "about an hour on a 2-core CPU",

@@ -170,8 +170,22 @@ def peak_matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 2048
     # A generator of its own: the probe must not move the global RNG, or a resumed run with a
     # progress bar would draw other dropout masks than an uninterrupted one.
     g = torch.Generator(device).manual_seed(0)
-    a = torch.randn(size, size, device=device, generator=g).to(dtype)
-    b = torch.randn(size, size, device=device, generator=g).to(dtype)
+
+    def operands(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.randn(n, n, device=device, generator=g).to(dtype),
+                torch.randn(n, n, device=device, generator=g).to(dtype))
+
+    if device.type == "cpu":
+        # Emulated bf16 runs at ~0.3 GFLOP/s, a minute for one 2048² product: time a small product
+        # first and shrink the probe until one product fits in the time asked.
+        a, b = operands(256)
+        torch.mm(a, b)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        rate = 2 * 256**3 / max(time.perf_counter() - start, 1e-9)
+        while size > 256 and 2 * size**3 / rate > seconds:
+            size //= 2
+    a, b = operands(size)
     for _ in range(2):
         torch.mm(a, b)
     synchronize(device)
