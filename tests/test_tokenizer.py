@@ -7,7 +7,7 @@ import random
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from janelm.errors import InputError
@@ -22,6 +22,7 @@ from janelm.tokenizer import (
     tokenizer_from_dict,
     train_tokenizer,
 )
+from janelm.tokenizer.base import _valid_unicode
 
 # Original sentences (not Austen's) in a period style, so the BPE has English-like text.
 SENTENCES = [
@@ -137,6 +138,7 @@ def test_bpe_round_trips_any_text(bpe: BPETokenizer, text: str) -> None:
 
 @settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.text(alphabet=st.sampled_from(" \n\t’'“”.,;—-eatsnohrldEATSNI0123é") | st.characters()))
+@example(text="a\ud800b c")  # a lone surrogate: newer hypothesis versions draw these
 def test_bpe_tokens_never_cross_pretokenization_chunks(bpe: BPETokenizer, text: str) -> None:
     # Training merges within the Python-side chunks; they are only usable if tiktoken's
     # split never joins two of them. Every chunk boundary must be a token boundary.
@@ -151,7 +153,8 @@ def test_bpe_tokens_never_cross_pretokenization_chunks(bpe: BPETokenizer, text: 
         offset += len(bpe.token_bytes([i]))
         token_ends.add(offset)
     assert chunk_ends <= token_ends
-    assert "".join(split_chunks(text)) == text
+    # Nothing is lost or added; a lone surrogate (no UTF-8 form) becomes U+FFFD, as in encoding.
+    assert "".join(split_chunks(text)) == _valid_unicode(text)
 
 
 def tiktoken_pieces(texts: list[str]) -> list[list[str]]:
