@@ -57,6 +57,11 @@ def greedy_tokens(model, n: int, cuda_graphs: bool) -> list[int]:
     return [t.item() for t in generate_tokens(model, [0], n, GREEDY, cuda_graphs=cuda_graphs)]
 
 
+def agreeing_prefix(a: list[int], b: list[int]) -> int:
+    """How many tokens two generations share before they first differ."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 def transformers_tokens_per_s(model: GPT, dtype: torch.dtype) -> tuple[float, list[int]]:
     """Greedy `generate` of NEW_TOKENS after one prompt token, best of three, and its tokens."""
     from transformers import AutoModelForCausalLM
@@ -104,8 +109,7 @@ def main() -> None:
         hf_speed, hf_tokens = transformers_tokens_per_s(reference_model(), dtype)
         row["transformers_tokens_per_s"] = hf_speed
         row["graph_vs_transformers"] = ours["decode_tokens_per_s"] / hf_speed
-        same = next((i for i, (a, b) in enumerate(zip(graphed, hf_tokens)) if a != b), min(len(hf_tokens), n))
-        row["transformers_same_first_tokens"] = same
+        row["transformers_same_first_tokens"] = agreeing_prefix(graphed, hf_tokens)
     except Exception as e:  # noqa: BLE001 - the comparison is optional; our figures still count
         row["transformers_error"] = f"{type(e).__name__}: {e}"[:300]
     # --compile: the step's kernels fused by torch.compile, then captured in the same CUDA graph.
@@ -114,7 +118,7 @@ def main() -> None:
         row["compiled_decode_tokens_per_s"] = max(timed_generation(gpu, [0], NEW_TOKENS, True, compile=True)
                                                   for _ in range(3))
         compiled = [t.item() for t in generate_tokens(gpu, [0], n, GREEDY, compile=True)]
-        row["compiled_same_first_tokens"] = next((i for i, (a, b) in enumerate(zip(compiled, eager)) if a != b), n)
+        row["compiled_same_first_tokens"] = agreeing_prefix(compiled, eager)
     except Exception as e:  # noqa: BLE001 - recorded, so the other figures still land
         row["compiled_error"] = f"{type(e).__name__}: {e}"[:300]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
