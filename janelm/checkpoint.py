@@ -246,7 +246,7 @@ def build_model(ckpt: dict[str, Any], file: Path | str = "checkpoint"):
     first, so a damaged config cannot make us allocate a huge model before failing."""
     import torch
 
-    from janelm.model import GPT
+    from janelm.model import GPT, weights_uninitialised
 
     def unfit(detail: str) -> InputError:
         return InputError(f"{file} holds weights that do not fit its model config ({detail[:160]})")
@@ -261,7 +261,7 @@ def build_model(ckpt: dict[str, Any], file: Path | str = "checkpoint"):
         if not isinstance(config.context, int) or config.context > MAX_CONTEXT:
             # Rotary tables grow with the context but hold no weights: the shapes cannot catch it.
             raise unfit(f"a context of {config.context!r} positions (at most {MAX_CONTEXT:,})")
-        with torch.device("meta"):
+        with torch.device("meta"), weights_uninitialised():
             shell = GPT(config)
         expected = {k: tuple(v.shape) for k, v in shell.state_dict().items()}
         found = {k: tuple(v.shape) for k, v in state.items()}
@@ -272,7 +272,8 @@ def build_model(ckpt: dict[str, Any], file: Path | str = "checkpoint"):
             detail = (f"missing {missing[0]}" if missing else f"unexpected {extra[0]}" if extra else
                       f"{wrong[0]} is {list(found[wrong[0]])}, expected {list(expected[wrong[0]])}")
             raise unfit(detail)
-        model = GPT(config)
+        with weights_uninitialised():  # every weight is loaded next
+            model = GPT(config)
         model.load_state_dict(state)
     except InputError as e:
         if str(e).startswith(str(file)):

@@ -254,6 +254,26 @@ def test_the_current_version_loads(tmp_path: Path) -> None:
     assert ckpt["version"] == VERSION and tokenizer.vocab_size == model.config.vocab_size
 
 
+def test_loading_is_quick_to_start(tmp_path: Path) -> None:
+    """Loading builds the model without initialising it (its weights come from the file) and
+    without the compiler, whose import alone took ~2 s of every `janelm sample`'s start-up."""
+    path = tmp_path / "ok.pt"
+    payload = small_payload(seed=3)
+    save_checkpoint(path, payload)
+    code = ("import sys, torch; from janelm.checkpoint import load_model; "
+            f"model = load_model({str(path)!r})[0]; "
+            "print(sorted(m for m in ('torch._dynamo', 'sympy') if m in sys.modules)); "
+            "print(float(model.tok_embed.weight.sum()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "[]"
+    assert float(out[1]) == pytest.approx(float(payload["model"]["tok_embed.weight"].sum()), rel=1e-6)
+    model = load_model(path)[0]  # in this process, where the rotary tables must still be right
+    fresh = GPT(ModelConfig.from_dict(payload["model_config"]))
+    assert torch.equal(model.blocks[0].attn.rotary.cos, fresh.blocks[0].attn.rotary.cos)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, payload["model"][name]), name
+
+
 def test_weights_that_do_not_fit_the_config(tmp_path: Path) -> None:
     payload = small_payload()
     payload["model_config"] = {**payload["model_config"], "n_embed": 16}
