@@ -14,8 +14,8 @@ import traceback
 from dataclasses import fields
 
 from janelm import __version__
-from janelm.config import (AUTO, DEFAULT_PRESET, DTYPES, MLPS, NORMS, OPTIMIZERS, POSITIONS, PRESET_CHOICES,
-                           PRESETS, PrepareDefaults, preset_configs)
+from janelm.config import (AUTO, AUTO_COMPILE_TOKENS, DEFAULT_PRESET, DTYPES, MLPS, NORMS, OPTIMIZERS, POSITIONS,
+                           PRESET_CHOICES, PRESETS, PrepareDefaults, preset_configs)
 from janelm.device import auto_preset
 from janelm.errors import JaneLMError
 
@@ -116,8 +116,11 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
 
 def add_decoding_flags(p: argparse.ArgumentParser) -> None:
     """How the model runs when generating: both change speed only, apart from int8's rounding."""
-    p.add_argument("--compile", action="store_true",
-                   help="compile the decoding step with torch.compile: faster per token after a one-off compilation of seconds (default: off)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="compile the decoding step. On the CPU it is compiled once per model (about a minute) and kept "
+                        "in ~/.cache/janelm ($JANELM_CACHE), and later runs use it without the flag; --no-compile never "
+                        "does. On a GPU it is compiled in every run (default: on the CPU, a cached step if there is one, "
+                        f"and compiled for -n {AUTO_COMPILE_TOKENS:,} or more; on a GPU, off)")
     p.add_argument("--quantize", choices=QUANTIZE, default=None,
                    help="store the weight matrices as int8 for generation: fewer bytes per token, slightly different outputs (default: off)")
 

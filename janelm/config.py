@@ -19,6 +19,12 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 
 
+# Without --compile, sampling on the CPU compiles its decode step for outputs of at least this many
+# tokens (janelm.decode_step): compiling costs ~45 s on a 2-core AVX2 CPU and saves ~2.5 ms a token
+# there (docs/speed.md), so it repays itself after ~18,000 tokens; from then on every run of the
+# same model starts with it at once.
+AUTO_COMPILE_TOKENS = 20_000
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The shape of the transformer. Stored in every checkpoint."""

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import codecs
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 
+from janelm.decode_step import decode_step_for
 from janelm.errors import InputError
 
 
@@ -74,78 +75,15 @@ def pick_next(logits: torch.Tensor, opts: SamplingOptions, rng: torch.Generator 
     return torch.multinomial(probs, 1, generator=rng).squeeze(1)
 
 
-# Generation never changes the weights, so the compiler may treat them as constants ("freezing")
-# and fold the work done on them into the compiled code once (about 1.3× the decode speed here).
-INFERENCE_COMPILE_OPTIONS = {"freezing": True}
-# The decode step also gets a C++ wrapper, calling its kernels without Python in between: 404
-# against 339 tokens/s at the reference shape on an AVX2 CPU, for the same compile time (8.5 s
-# with a warm compile cache) (docs/speed.md).
-DECODE_COMPILE_OPTIONS = {**INFERENCE_COMPILE_OPTIONS, "cpp_wrapper": True}
-
-
-class GraphedDecodeStep:
-    """A decode step captured once in a CUDA graph for one cache and batch size.
-
-    At batch 1 a small model's step is a few hundred tiny kernels, and a GPU spends its time
-    waiting for the CPU to launch them (docs/speed.md): replaying a graph launches them all at
-    once. The graph reads the token from a static tensor and the position from the caller's own
-    tensor, writes the cache in place, and leaves the logits in a static tensor that the next
-    replay overwrites. Capturing runs the step on slot `position` of the cache, so it must happen
-    before the prompt is processed."""
-
-    def __init__(self, step: Callable, position: torch.Tensor, cache, batch_size: int):
-        device = position.device
-        self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):  # warm-up: lazy initialisation must not happen while capturing
-            for _ in range(2):
-                step(self.token, position, cache)
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.logits = step(self.token, position, cache)
-
-    def __call__(self, token: torch.Tensor, position: torch.Tensor, cache) -> torch.Tensor:
-        self.token.copy_(token)
-        self.graph.replay()
-        return self.logits
-
-
-def decode_step_for(model, cache, position: torch.Tensor, batch_size: int, compile: bool,
-                    cuda_graphs: bool = True) -> Callable:
-    """The single-token step for this generation: compiled or not, and on a GPU replayed from a
-    CUDA graph (captured here, so call it before the prompt's pass) unless `cuda_graphs` is off."""
-    step = compiled_decode_step(model) if compile else model.decode_step
-    if position.device.type == "cuda" and cuda_graphs:
-        step = GraphedDecodeStep(step, position, cache, batch_size)
-    return step
-
-
-def compiled_decode_step(model) -> Callable:
-    """`model.decode_step` compiled with torch.compile, made once per model. Its shapes never
-    change during generation, so it is traced on the first token (seconds) and then runs without
-    Python's per-operation overhead, which dominates decoding at batch 1. On a GPU it fuses the
-    step's small kernels into fewer, and GraphedDecodeStep captures those: 3,661 tokens/s at the
-    reference shape on an H100, where torch.compile's own "reduce-overhead" graphs gave 575."""
-    step = getattr(model, "_compiled_decode_step", None)
-    if step is None:
-        cuda = model.tok_embed.weight.device.type == "cuda"
-        step = torch.compile(model.decode_step, dynamic=False, fullgraph=True,
-                             options=INFERENCE_COMPILE_OPTIONS if cuda else DECODE_COMPILE_OPTIONS)
-        model._compiled_decode_step = step
-    return step
-
-
 @torch.inference_mode()  # cheaper than no_grad: no autograd bookkeeping at all
 def generate_tokens(model, prompt: Sequence[int], max_new: int, opts: SamplingOptions, *,
                     rng: torch.Generator | None = None, batch_size: int = 1,
-                    use_cache: bool = True, compile: bool = False, cuda_graphs: bool = True) -> Iterator[torch.Tensor]:
+                    use_cache: bool = True, compile: bool | None = None, cuda_graphs: bool = True) -> Iterator[torch.Tensor]:
     """Yield the next token of every sample, (batch_size,) per step, `max_new` times.
 
-    `prompt` must hold at least one token; only its last `context` tokens are seen. `compile`
-    runs each cached single-token step through `compiled_decode_step`; on a GPU, steps are replayed
-    from a CUDA graph unless `cuda_graphs` is off (the eager path, for comparisons).
+    `prompt` must hold at least one token; only its last `context` tokens are seen. `compile` and
+    `cuda_graphs` choose how each cached single-token step runs (`janelm.decode_step.decode_step_for`:
+    by default a compiled step cached on disk where there is one).
     """
     if not prompt:
         raise ValueError("generation needs at least one prompt token")
@@ -154,7 +92,7 @@ def generate_tokens(model, prompt: Sequence[int], max_new: int, opts: SamplingOp
     window = torch.tensor(list(prompt)[-context:], device=device).repeat(batch_size, 1)
     cache = model.new_cache(batch_size) if use_cache else None
     position = torch.zeros((), dtype=torch.long, device=device)  # where the next token goes in the cache
-    step = decode_step_for(model, cache, position, batch_size, compile, cuda_graphs) if use_cache else None
+    step = decode_step_for(model, cache, position, batch_size, compile, cuda_graphs, max_new) if use_cache else None
 
     def full_pass() -> torch.Tensor:
         if cache is None:

@@ -14,12 +14,13 @@ import torch
 
 from janelm.config import ModelConfig, TrainConfig
 from janelm.device import peak_matmul_flops, pick_device, pick_dtype, synchronize
-from janelm.generate import INFERENCE_COMPILE_OPTIONS, SamplingOptions, generate_tokens
+from janelm.decode_step import INFERENCE_COMPILE_OPTIONS
+from janelm.generate import SamplingOptions, generate_tokens
 
 GREEDY = SamplingOptions(temperature=0)
 
 
-def timed_generation(model, prompt: list[int], n: int, use_cache: bool, compile: bool = False,
+def timed_generation(model, prompt: list[int], n: int, use_cache: bool, compile: bool | None = False,
                      batch_size: int = 1, cuda_graphs: bool = True) -> float:
     """Tokens per second (all samples together) of generating `n` tokens for each of `batch_size`
     samples (greedy, so every run does the same work)."""
@@ -77,16 +78,21 @@ def matmul_floor(shapes: list[tuple[int, int]], weights: str, device: torch.devi
 
 @torch.inference_mode()
 def measure_sampling(model, dtype: torch.dtype | None = None, new_tokens: int = 255, repeats: int = 3,
-                     compile: bool = False, quantize: str | None = None, samples: int = 1) -> dict[str, Any]:
+                     compile: bool | None = None, quantize: str | None = None, samples: int = 1) -> dict[str, Any]:
     """Prefill, cached decode, cache-less decode, and decode far past the context, in tokens/s, with
     the matmul floors of the model's own matrices measured in the same process.
 
+    The floors are timed before and after the decode timings, and the faster of the two kept.
     `model` is float32; its weights are set here as generation sets them (`dtype`, `quantize`;
-    janelm.quantize.inference_weights). `compile` times the compiled decoding step (`janelm sample
-    --compile`) and, so the ratio stays fair, a compiled forward for the cache-less loop. With
-    `quantize` ("int8") prefill and the cache-less loop keep the `dtype` weights, which are faster
-    for them, so the speedup compares each side's fastest weights. `samples` > 1 also times that
-    many samples decoded as one batch (`janelm sample --num-samples`).
+    janelm.quantize.inference_weights). `compile` is sample's flag: decode is timed on the path
+    `janelm sample` takes with it. On the CPU that is, unless `compile` is False, the compiled step
+    from the cache (compiled first if missing: `compile_s`); the uncompiled steps are timed too
+    (`eager_decode_tokens_per_s`). On a GPU, `compile` True compiles the step, and the steps are
+    replayed from a CUDA graph, timed against launching them one by one. `compile` True also times
+    a compiled forward for the cache-less loop, so the speedup stays fair. With `quantize` ("int8")
+    prefill and the cache-less loop keep the `dtype` weights, which are faster for them, so the
+    speedup compares each side's fastest weights. `samples` > 1 also times that many samples
+    decoded as one batch (`janelm sample --num-samples`).
     """
     from janelm.quantize import inference_weights, quantize_int8
 
@@ -116,36 +122,47 @@ def measure_sampling(model, dtype: torch.dtype | None = None, new_tokens: int = 
 
     if quantize == "int8":
         quantize_int8(model)
-    timed_generation(model, prompt, min(32, new_tokens), True, compile)  # warm-up (and compilation)
-    decode = max(timed_generation(model, prompt, new_tokens, True, compile) for _ in range(repeats))
-    long = timed_generation(model, prompt, 3 * context, True, compile)
+    compiled = compile if device.type == "cuda" else compile is not False
+
+    def decode(n: int, batch: int = 1, compile: bool = compiled, cuda_graphs: bool = True) -> float:
+        timed_generation(model, prompt, min(32, n), True, compile, batch, cuda_graphs)  # warm-up
+        return max(timed_generation(model, prompt, n, True, compile, batch, cuda_graphs) for _ in range(repeats))
+
+    start = time.perf_counter()
+    timed_generation(model, prompt, 1, True, compiled)  # compiles, or loads a cached compiled step
+    ready = {"compile_s": time.perf_counter() - start} if compiled else {}
+    fastest = decode(new_tokens)
+    long = timed_generation(model, prompt, 3 * context, True, compiled)
     eager = {}
     if device.type == "cuda" and not compile:  # what the CUDA graph saves: the same steps launched one by one
-        timed_generation(model, prompt, min(32, new_tokens), True, cuda_graphs=False)  # warm-up
-        eager = {"eager_decode_tokens_per_s": max(timed_generation(model, prompt, new_tokens, True, cuda_graphs=False)
-                                                   for _ in range(repeats))}
+        eager = {"eager_decode_tokens_per_s": decode(new_tokens, cuda_graphs=False)}
+    elif device.type == "cpu" and compiled:  # a first run, before the step is compiled; and --no-compile
+        eager = {"eager_decode_tokens_per_s": decode(new_tokens, compile=False)}
+    # The floors again, the better kept: decode keeps its best repeat, and a busy moment of the
+    # machine must not flatter the ratio either way.
+    floors = {name: max(floor, matmul_floor(shapes, name, device)) for name, floor in floors.items()}
     batched = {}
     if samples > 1:
-        timed_generation(model, prompt, min(32, new_tokens), True, compile, samples)  # warm-up
-        batched = {"samples": samples,
-                   "batched_decode_tokens_per_s": timed_generation(model, prompt, new_tokens, True, compile, samples)}
+        batched = {"samples": samples, "batched_decode_tokens_per_s": decode(new_tokens, samples)}
     best = max(floors[name] for name in FLOOR_DTYPES)
     return {
         "dtype": precision,
         "quantize": quantize,
-        "compiled": compile,
+        "compiled": compiled,
+        **ready,
         "new_tokens": new_tokens,
         "prefill_tokens_per_s": prefill,
-        "decode_tokens_per_s": decode,
+        "decode_tokens_per_s": fastest,
         "recompute_tokens_per_s": recompute,
-        "speedup": decode / recompute,
+        "speedup": fastest / recompute,
         "long_tokens": 3 * context,
         "long_decode_tokens_per_s": long,
-        "long_vs_in_context": long / decode,
+        "long_vs_in_context": long / fastest,
         "matmul_floor_tokens_per_s": floors[precision],
         "matmul_floors_tokens_per_s": floors,
-        "floor_fraction": decode / best,
+        "floor_fraction": fastest / best,
         **eager,
+        **({"eager_floor_fraction": eager["eager_decode_tokens_per_s"] / best} if eager else {}),
         **batched,
     }
 

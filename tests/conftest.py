@@ -20,6 +20,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CORPUS = REPO.parent / "shared" / "corpus"
 
+# Compiled decode steps go to a folder of this test session (this process and every janelm it runs),
+# never the user's cache: shared by the tests, so each model and batch size compiles once.
+DECODE_CACHE = tempfile.TemporaryDirectory(prefix="janelm-test-cache-")
+os.environ["JANELM_CACHE"] = DECODE_CACHE.name
+
 WORDS = ("the a an her his their young lady gentleman sister mother house garden letter ball evening "
          "morning visit walk conversation fortune marriage regard opinion feeling heart manner "
          "was were had could would should must might said replied thought felt saw knew "

@@ -70,7 +70,7 @@ def test_num_samples_are_separated(trained):
 
 
 def test_broken_pipe_is_quiet(trained):
-    proc = subprocess.run(f"{sys.executable} -m janelm sample -c {trained} -n 100000 | head -c 100",
+    proc = subprocess.run(f"{sys.executable} -m janelm sample -c {trained} -n 100000 --no-compile | head -c 100",
                           shell=True, capture_output=True, cwd=REPO, timeout=120)
     assert len(proc.stdout) == 100  # bytes: head may cut a character in two
     stderr = proc.stderr.decode()
@@ -85,18 +85,39 @@ def test_chat_answers_one_line_per_turn(trained):
     assert "”" not in proc.stdout and '"' not in proc.stdout
 
 
+def test_compiled_sampling_is_kept_for_later_runs(trained, tmp_path, monkeypatch):
+    """`--compile` compiles once; later runs (and bench) use it by default and print the same text
+    as uncompiled decoding; --no-compile never compiles."""
+    monkeypatch.setenv("JANELM_CACHE", str(tmp_path))  # empty, whatever other tests compiled
+    args = ("sample", "-c", str(trained), "-n", "60", "--seed", "2")
+    first = janelm(*args, "--compile")
+    assert "compiling the decode step" in first.stderr and "compiled in" in first.stderr
+    later = janelm(*args)
+    assert later.stderr == "" and later.stdout == first.stdout
+    assert janelm(*args, "--no-compile").stdout == first.stdout
+    assert janelm(*args, "--compile").stderr == ""  # already compiled
+    bench = json.loads(janelm("bench", "sample", "-c", str(trained), "--steps", "20", "--json").stdout)
+    assert bench["compiled"] and bench["compile_s"] < 5  # loaded, not compiled again
+    assert len(list((tmp_path / "decode").glob("*.pt2"))) == 1
+
+
 def test_bench_sample_json(trained):
-    result = json.loads(janelm("bench", "sample", "-c", str(trained), "--steps", "20", "--num-samples", "3",
-                               "--json").stdout)
+    result = json.loads(janelm("bench", "sample", "-c", str(trained), "--steps", "20", "--json").stdout)
     for key in ("prefill_tokens_per_s", "decode_tokens_per_s", "recompute_tokens_per_s", "speedup",
-                "matmul_floor_tokens_per_s", "floor_fraction", "batched_decode_tokens_per_s"):
+                "matmul_floor_tokens_per_s", "floor_fraction", "eager_decode_tokens_per_s", "eager_floor_fraction"):
         assert result[key] > 0
     floors = result["matmul_floors_tokens_per_s"]
     assert set(floors) == {"float32", "bfloat16", "float16"}
-    assert result["dtype"] == "float16"  # sampling's default weights on the CPU
-    assert result["samples"] == 3
+    assert result["dtype"] == "float16" and result["compiled"]  # sampling's defaults on the CPU
+    assert result["compile_s"] >= 0
     assert result["matmul_floor_tokens_per_s"] == floors["float16"]
     assert result["floor_fraction"] == pytest.approx(result["decode_tokens_per_s"] / max(floors.values()))
+    assert result["eager_floor_fraction"] == pytest.approx(result["eager_decode_tokens_per_s"] / max(floors.values()))
+
+    batched = json.loads(janelm("bench", "sample", "-c", str(trained), "--steps", "20", "--num-samples", "3",
+                                "--no-compile", "--json").stdout)
+    assert batched["samples"] == 3 and batched["batched_decode_tokens_per_s"] > 0
+    assert not batched["compiled"] and "compile_s" not in batched and "eager_decode_tokens_per_s" not in batched
 
 
 def test_quantized_sampling_and_eval(trained):

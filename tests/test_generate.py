@@ -44,21 +44,12 @@ def test_generation_past_the_context_keeps_going(model):
     assert len(tokens) == 48
 
 
-def test_compiled_decoding_gives_the_same_tokens(model):
-    """`sample --compile`: the compiled step is traced once and changes no token, in and past the context."""
-    eager = [t.tolist() for t in generate_tokens(model, [1, 2], 40, GREEDY, batch_size=2)]
-    compiled = [t.tolist() for t in generate_tokens(model, [1, 2], 40, GREEDY, batch_size=2, compile=True)]
-    again = [t.tolist() for t in generate_tokens(model, [5], 20, GREEDY, batch_size=2, compile=True)]
-    assert compiled == eager
-    assert again == [t.tolist() for t in generate_tokens(model, [5], 20, GREEDY, batch_size=2)]
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
 def test_cuda_graph_decoding_gives_the_eager_tokens(model):
     """On a GPU each step is replayed from a CUDA graph: the same greedy tokens as eager steps, in and
     past the context (where the prompt is processed again into the same cache), at batch 1 and 3;
     sampling on the device with a device generator is reproducible."""
-    from janelm.generate import GraphedDecodeStep, decode_step_for
+    from janelm.decode_step import GraphedDecodeStep, decode_step_for
 
     gpu = copy.deepcopy(model).cuda()
     position = torch.zeros((), dtype=torch.long, device="cuda")

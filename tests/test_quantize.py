@@ -38,10 +38,12 @@ def test_quantized_model_stays_close(cfg):
     assert model.tok_embed.weight.dtype == torch.float32  # the (tied) table stays as it was
     after, _ = model(idx)
     assert (after.softmax(-1) - before.softmax(-1)).abs().max() < 0.02
-    # Generation (cached, compiled or not) runs on the quantized matrices.
-    eager = [t.tolist() for t in generate_tokens(model, [1, 2], 40, SamplingOptions(temperature=0))]
-    compiled = [t.tolist() for t in generate_tokens(model, [1, 2], 40, SamplingOptions(temperature=0), compile=True)]
-    assert len(eager) == 40 and compiled == eager
+    # Generation (cached, compiled or not) runs on the quantized matrices; compiling once is enough.
+    eager = [t.tolist() for t in generate_tokens(model, [1, 2], 40, SamplingOptions(temperature=0), compile=False)]
+    assert len(eager) == 40
+    if cfg == SMALL:
+        compiled = [t.tolist() for t in generate_tokens(model, [1, 2], 40, SamplingOptions(temperature=0), compile=True)]
+        assert compiled == eager
 
 
 def test_unaligned_input_views_are_safe():

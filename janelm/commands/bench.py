@@ -51,7 +51,7 @@ def bench_sample(args: argparse.Namespace, model_cfg, train_cfg) -> dict:
         model = GPT(replace(model_cfg, vocab_size=args.vocab_size)).to(device).eval()
     params = model.num_params()  # before the matrices become buffers
     result = measure_sampling(model, pick_weight_dtype(train_cfg.dtype, device), new_tokens=args.steps or 255,
-                              compile=train_cfg.compile, quantize=args.quantize, samples=args.num_samples)
+                              compile=args.compile, quantize=args.quantize, samples=args.num_samples)
     c = model.config
     return {"device": device.type, "n_block": c.n_block, "n_embed": c.n_embed, "n_head": c.n_head,
             "context": c.context, "vocab_size": c.vocab_size, "params": params, **result}
@@ -70,17 +70,21 @@ def show(result: dict, what: str) -> None:
                       f"context {result['context']}, vocab {result['vocab_size']} ({result['params'] / 1e6:.1f}M)")
         weights = result["dtype"] + (f"; decode with {result['quantize']} matrices" if result["quantize"] else "")
         table.add_row("device, weights", f"{result['device']}, {weights}{', compiled' if result['compiled'] else ''}")
+        if "compile_s" in result:
+            table.add_row("compiled step ready in (compiled, or loaded from the cache)", f"{result['compile_s']:.2f} s")
         table.add_row("prefill", f"{result['prefill_tokens_per_s']:,.0f} tokens/s")
         table.add_row(f"decode, KV cache ({result['new_tokens']} tokens)", f"{result['decode_tokens_per_s']:,.1f} tokens/s")
         if "eager_decode_tokens_per_s" in result:
-            table.add_row("decode, KV cache, no CUDA graph", f"{result['eager_decode_tokens_per_s']:,.1f} tokens/s")
+            what = "no CUDA graph" if result["device"] == "cuda" else "uncompiled (--no-compile)"
+            table.add_row(f"decode, KV cache, {what}", f"{result['eager_decode_tokens_per_s']:,.1f} tokens/s")
         table.add_row("decode, recompute each step", f"{result['recompute_tokens_per_s']:,.1f} tokens/s")
         table.add_row("speedup (cache ÷ recompute)", f"{result['speedup']:.2f}×")
         table.add_row(f"decode {result['long_tokens']} tokens (3× context)", f"{result['long_decode_tokens_per_s']:,.1f} tokens/s")
         table.add_row("past-context ÷ in-context speed", f"{result['long_vs_in_context']:.2f}")
         floors = ", ".join(f"{k} {v:,.0f}" for k, v in result["matmul_floors_tokens_per_s"].items())
         table.add_row("matmul floor (tokens/s, weights)", floors)
-        table.add_row("decode ÷ best floor", f"{result['floor_fraction']:.2f}")
+        table.add_row("decode ÷ best floor", f"{result['floor_fraction']:.2f}" + (
+            f" (uncompiled {result['eager_floor_fraction']:.2f})" if "eager_floor_fraction" in result else ""))
         if "samples" in result:
             table.add_row(f"decode, {result['samples']} samples as one batch",
                           f"{result['batched_decode_tokens_per_s']:,.1f} tokens/s (all samples)")

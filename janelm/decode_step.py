@@ -1,0 +1,248 @@
+"""How one decode step runs: eager, compiled ahead of time and cached on disk (CPU), or compiled and
+replayed from a CUDA graph (GPU).
+
+At batch 1 a step is ~25 matrix-vector products and ~150 small operations, and eager PyTorch
+spends more time between the products than in them (docs/speed.md). Compiling removes that:
+
+- **CPU**: AOTInductor compiles `GPT.decode_step`, weights included, into a shared library, once
+  per model, shape, batch size, precision, PyTorch version and instruction set, and keeps it in
+  the cache folder (`cache_root`). Loading it takes ~0.04 s, where `torch.compile` traces the model
+  again in every process (9 s with its own cache warm, 35 s cold, on 2 cores). By default a cached
+  step is used when there is one, and one is compiled (about a minute) only when asked for
+  (`--compile`) or when the output is long enough to repay it (`AUTO_COMPILE_TOKENS`).
+- **GPU**: the step (compiled with `--compile`) is captured in a CUDA graph: a small model's step
+  is a few hundred tiny kernels, and the GPU otherwise waits for the CPU to launch them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import warnings
+from contextlib import suppress
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from janelm import __version__
+from janelm.config import AUTO_COMPILE_TOKENS
+from janelm.console import note
+from janelm.files import WRITE_FAILURES
+
+# Generation never changes the weights, so the compiler may treat them as constants ("freezing")
+# and fold the work done on them into the compiled code once (about 1.3× the decode speed).
+INFERENCE_COMPILE_OPTIONS = {"freezing": True}
+CACHE_LIMIT_BYTES = 2 << 30  # the cache keeps its most recently used files within this size
+SOURCES = ("model.py", "quantize.py", "decode_step.py")  # the code a compiled step is made from
+
+
+def cache_root() -> Path:
+    """Where compiled steps are kept: $JANELM_CACHE, else $XDG_CACHE_HOME/janelm, else ~/.cache/janelm."""
+    root = os.environ.get("JANELM_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "janelm"
+    return Path(root) / "decode"
+
+
+class GraphedDecodeStep:
+    """A decode step captured once in a CUDA graph for one cache and batch size.
+
+    Replaying a graph launches all its kernels at once. The graph reads the token from a static
+    tensor and the position from the caller's own tensor, writes the cache in place, and leaves
+    the logits in a static tensor that the next replay overwrites. Capturing runs the step on slot
+    `position` of the cache, so it must happen before the prompt is processed."""
+
+    def __init__(self, step: Callable, position: torch.Tensor, cache, batch_size: int):
+        device = position.device
+        self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm-up: lazy initialisation must not happen while capturing
+            for _ in range(2):
+                step(self.token, position, cache)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = step(self.token, position, cache)
+
+    def __call__(self, token: torch.Tensor, position: torch.Tensor, cache) -> torch.Tensor:
+        self.token.copy_(token)
+        self.graph.replay()
+        return self.logits
+
+
+def compiled_decode_step(model) -> Callable:
+    """`model.decode_step` compiled with torch.compile (for a GPU), made once per model. Its shapes
+    never change during generation, so it is traced on the first token; it fuses the step's small
+    kernels into fewer, and GraphedDecodeStep captures those: 3,661 tokens/s at the reference shape
+    on an H100, where torch.compile's own "reduce-overhead" graphs gave 575."""
+    step = getattr(model, "_compiled_decode_step", None)
+    if step is None:
+        step = torch.compile(model.decode_step, dynamic=False, fullgraph=True, options=INFERENCE_COMPILE_OPTIONS)
+        model._compiled_decode_step = step
+    return step
+
+
+class _StepModule(torch.nn.Module):
+    """`model.decode_step` with the cache's tensors as inputs: what AOTInductor compiles. The
+    cache is written in place, as by the eager step."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.register_buffer("slots", torch.arange(model.config.context), persistent=False)
+
+    def forward(self, idx: torch.Tensor, position: torch.Tensor, *keys_values: torch.Tensor) -> torch.Tensor:
+        n = len(keys_values) // 2
+        return self.model.decode_step(idx, position, _CacheTensors(list(keys_values[:n]), list(keys_values[n:]), self.slots))
+
+
+class _CacheTensors:
+    """What `GPT.decode_step` reads of a KVCache."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], slots: torch.Tensor):
+        self.keys, self.values, self.slots = keys, values, slots
+
+
+class CachedCompiledStep:
+    """A decode step compiled by AOTInductor, loaded from its package file."""
+
+    def __init__(self, path: Path):
+        # The loader itself, not torch._inductor.aoti_load_package: importing torch._inductor
+        # would add ~3 s to start-up, and the loader needs none of it.
+        self.runner = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
+
+    def __call__(self, token: torch.Tensor, position: torch.Tensor, cache) -> torch.Tensor:
+        return self.runner.boxed_run([token, position, *cache.keys, *cache.values])[0]
+
+
+class _Loaded(dict):
+    """Compiled steps loaded for a model, by batch size. A copy of the model starts without them:
+    it may be changed, and a loaded library cannot be copied."""
+
+    def __deepcopy__(self, memo) -> "_Loaded":
+        return _Loaded()
+
+
+def step_key(model, batch_size: int) -> str:
+    """What a compiled step depends on, hashed: the weights as decoding stores them, the config,
+    the batch size, the code that defines the step, PyTorch's version and the CPU's instruction set."""
+    digest = hashlib.sha256()
+    code = Path(__file__).parent
+    about = {"janelm": __version__, "code": [hashlib.sha256((code / name).read_bytes()).hexdigest() for name in SOURCES],
+             "torch": torch.__version__, "isa": torch.backends.cpu.get_cpu_capability(), "batch": batch_size,
+             "config": asdict(model.config), "activations": str(model.tok_embed.weight.dtype)}
+    digest.update(json.dumps(about, sort_keys=True).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()[:32]
+
+
+def compile_ahead(model, batch_size: int, path: Path) -> None:
+    """Compile `model.decode_step` for `batch_size` with AOTInductor into the package `path`,
+    written under a temporary name and renamed, so a reader never sees half a file."""
+    import torch._inductor as inductor  # imported only to compile: ~3 s
+
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    cache = model.new_cache(batch_size)
+    inputs = (torch.zeros(batch_size, 1, dtype=torch.long), torch.zeros((), dtype=torch.long), *cache.keys, *cache.values)
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp.pt2")  # AOTInductor wants the suffix
+    try:
+        with warnings.catch_warnings():  # PyTorch's own deprecation notices, not the user's business
+            warnings.simplefilter("ignore")
+            exported = torch.export.export(_StepModule(model).eval(), inputs, strict=False)
+            inductor.aoti_compile_and_package(exported, package_path=str(temporary),
+                                              inductor_configs=INFERENCE_COMPILE_OPTIONS)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _trim_cache(folder: Path, keep: Path) -> None:
+    """Delete the least recently used compiled steps until the folder fits CACHE_LIMIT_BYTES, and
+    what compilations killed half-way left behind (temporary files a day old)."""
+    now = time.time()
+    for f in folder.glob(".*.tmp.pt2"):
+        with suppress(OSError):
+            if now - f.stat().st_mtime > 86_400:
+                f.unlink()
+    files = sorted((f for f in folder.glob("*.pt2") if not f.name.startswith(".")),
+                   key=lambda f: f.stat().st_mtime, reverse=True)
+    total = 0
+    for f in files:
+        total += f.stat().st_size
+        if total > CACHE_LIMIT_BYTES and f != keep:
+            f.unlink(missing_ok=True)
+
+
+def cpu_compiled_step(model, batch_size: int, compile: bool) -> Callable | None:
+    """The model's compiled decode step from the cache; with `compile`, compiled now if missing.
+    None when there is none and `compile` is off, or where it cannot be made (a note says why)."""
+    if not hasattr(torch._C, "_aoti"):  # PyTorch before 2.6, or built without AOTInductor
+        if compile:
+            note(f"note: compiling the decode step needs PyTorch 2.6 or later (this is {torch.__version__}): decoding uncompiled")
+        return None
+    steps = model.__dict__.setdefault("_compiled_steps", _Loaded())  # one load per model and batch size (chat's turns)
+    if batch_size in steps:
+        return steps[batch_size]
+    step = _cached_or_compiled(model, batch_size, compile)
+    if step is not None:
+        steps[batch_size] = step
+    return step
+
+
+def _cached_or_compiled(model, batch_size: int, compile: bool) -> Callable | None:
+    path = cache_root() / f"{step_key(model, batch_size)}.pt2"
+    if path.is_file():
+        try:
+            step = CachedCompiledStep(path)
+            os.utime(path)  # recently used: the last to be trimmed
+            return step
+        except Exception as e:  # noqa: BLE001 - a damaged or foreign file: make it again, or go without
+            note(f"note: the compiled decode step {path} could not be loaded ({str(e).splitlines()[0][:120]}): "
+                 f"{'compiling it again' if compile else 'decoding uncompiled'}")
+            path.unlink(missing_ok=True)
+    if not compile:
+        return None
+    note(f"compiling the decode step for this model, once (about a minute on 2 cores); kept in {path.parent}")
+    start = time.monotonic()
+    try:
+        compile_ahead(model, batch_size, path)
+        step = CachedCompiledStep(path)
+    except Exception as e:  # noqa: BLE001 - a read-only cache, no C++ compiler, an operation the compiler lacks...
+        note(f"note: {_why_not_compiled(e, path.parent)}: decoding uncompiled")
+        return None
+    note(f"compiled in {time.monotonic() - start:.0f} s")
+    _trim_cache(path.parent, path)
+    return step
+
+
+def _why_not_compiled(error: Exception, folder: Path) -> str:
+    if isinstance(error, OSError) and error.errno in WRITE_FAILURES:
+        return f"cannot write {folder} ({error.strerror}; set JANELM_CACHE to a writable folder)"
+    detail = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
+    return f"could not compile the decode step ({type(error).__name__}: {detail})"
+
+
+def decode_step_for(model, cache, position: torch.Tensor, batch_size: int, compile: bool | None,
+                    cuda_graphs: bool = True, new_tokens: int = 0) -> Callable:
+    """The single-token step for this generation of `new_tokens` tokens (call it before the
+    prompt's pass: a CUDA graph is captured here).
+
+    `compile`: True compiles (on the CPU once per model, cached on disk); False never does; None
+    (the default) uses a cached compiled step on the CPU if there is one, and compiles one for
+    outputs of AUTO_COMPILE_TOKENS or more. On a GPU, None means eager steps, replayed from a CUDA
+    graph unless `cuda_graphs` is off."""
+    if position.device.type == "cpu":
+        if compile is not False:
+            step = cpu_compiled_step(model, batch_size, compile=bool(compile) or new_tokens >= AUTO_COMPILE_TOKENS)
+            if step is not None:
+                return step
+        return model.decode_step
+    step = compiled_decode_step(model) if compile else model.decode_step
+    if position.device.type == "cuda" and cuda_graphs:
+        step = GraphedDecodeStep(step, position, cache, batch_size)
+    return step

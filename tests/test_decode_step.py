@@ -1,0 +1,107 @@
+"""The decode step compiled ahead of time on the CPU: kept on disk, found again by later runs,
+the same tokens as the eager step, and every failure a note and uncompiled decoding."""
+
+from __future__ import annotations
+
+import copy
+import errno
+import os
+import time
+
+import pytest
+import torch
+
+import janelm.decode_step as decode_step
+from janelm.config import ModelConfig
+from janelm.decode_step import CachedCompiledStep, decode_step_for
+from janelm.generate import SamplingOptions, generate_tokens
+from janelm.model import GPT
+from janelm.quantize import inference_weights
+
+GREEDY = SamplingOptions(temperature=0)
+
+
+@pytest.fixture(scope="module")
+def model():
+    """Float32 with float16 matrices: what sampling runs on the CPU by default."""
+    torch.manual_seed(0)
+    gpt = GPT(ModelConfig(vocab_size=40, context=16, n_block=2, n_embed=32, n_head=4)).eval()
+    return inference_weights(gpt, "cpu", torch.float16)
+
+
+def tokens(model, compile, batch: int = 2, n: int = 40) -> list:
+    """Greedy tokens in and past the context (16), where the window slides and the prompt is redone."""
+    return [t.tolist() for t in generate_tokens(model, [1, 2], n, GREEDY, batch_size=batch, compile=compile)]
+
+
+def step_of(model, batch: int, compile):
+    return decode_step_for(model, model.new_cache(batch), torch.zeros((), dtype=torch.long), batch, compile)
+
+
+def test_a_compiled_step_is_kept_and_found_again(model, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("JANELM_CACHE", str(tmp_path))
+    eager = tokens(model, compile=False)
+    assert tokens(model, compile=True) == eager
+    files = list((tmp_path / "decode").glob("*.pt2"))
+    assert len(files) == 1 and "compiling the decode step" in capsys.readouterr().err
+
+    fresh = copy.deepcopy(model)  # as a later run would load it: nothing compiled in memory
+    assert isinstance(step_of(fresh, 2, compile=None), CachedCompiledStep)  # the default finds it
+    assert tokens(fresh, compile=None) == eager
+    assert "compiling" not in capsys.readouterr().err
+    assert step_of(fresh, 2, compile=False) == fresh.decode_step  # --no-compile never uses it
+    assert step_of(fresh, 1, compile=None) == fresh.decode_step  # another batch size: not compiled
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        changed.blocks[0].mlp.down.weight[0, 0] += 1  # other weights: another step
+    assert step_of(changed, 2, compile=None) == changed.decode_step
+    assert list((tmp_path / "decode").glob("*.pt2")) == files
+
+    files[0].write_bytes(b"not a compiled model")  # damaged: a note, the file goes, decoding goes on
+    damaged = copy.deepcopy(model)
+    assert step_of(damaged, 2, compile=None) == damaged.decode_step
+    assert "could not be loaded" in capsys.readouterr().err and not files[0].exists()
+    assert tokens(damaged, compile=None) == eager
+
+
+@pytest.mark.parametrize("error, words", [
+    (OSError(errno.EROFS, "Read-only file system"), "cannot write"),
+    (FileNotFoundError(errno.ENOENT, "No such file or directory", "g++"), "could not compile the decode step (FileNotFoundError"),
+    (RuntimeError("unsupported operation\nmore"), "could not compile the decode step (RuntimeError: unsupported operation)"),
+])
+def test_a_step_that_cannot_be_compiled_decodes_uncompiled(model, tmp_path, monkeypatch, capsys, error, words):
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setenv("JANELM_CACHE", str(tmp_path))
+    monkeypatch.setattr(decode_step, "compile_ahead", fail)
+    fresh = copy.deepcopy(model)
+    assert tokens(fresh, compile=True, n=20) == tokens(fresh, compile=False, n=20)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[-1].startswith("note: ") and words in lines[-1] and lines[-1].endswith("decoding uncompiled")
+    if getattr(error, "errno", None) == errno.EROFS:
+        assert "JANELM_CACHE" in lines[-1]
+
+
+def test_the_cache_keeps_the_recently_used(tmp_path, monkeypatch):
+    monkeypatch.setattr(decode_step, "CACHE_LIMIT_BYTES", 150)
+    now = time.time()
+    ages = {"old.pt2": 300, "middle.pt2": 200, "new.pt2": 100, ".x.1.tmp.pt2": 2 * 86_400, ".y.2.tmp.pt2": 10}
+    for name, age in ages.items():
+        (tmp_path / name).write_bytes(b"x" * 100)
+        os.utime(tmp_path / name, (now - age, now - age))
+    decode_step._trim_cache(tmp_path, keep=tmp_path / "old.pt2")
+    # newest first: new (100 bytes) fits, middle would pass the limit, old is the one just made;
+    # a compilation's temporary file goes once it is a day old (its process is long gone).
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".y.2.tmp.pt2", "new.pt2", "old.pt2"]
+
+
+def test_the_default_compiles_only_long_outputs(model, tmp_path, monkeypatch):
+    made = []
+    monkeypatch.setenv("JANELM_CACHE", str(tmp_path))
+    monkeypatch.setattr(decode_step, "_cached_or_compiled", lambda model, batch, compile: made.append(compile))
+    fresh = copy.deepcopy(model)
+    position = torch.zeros((), dtype=torch.long)
+    for n, compile in ((500, None), (decode_step.AUTO_COMPILE_TOKENS, None), (10, True), (10**6, False)):
+        decode_step_for(fresh, fresh.new_cache(1), position, 1, compile, new_tokens=n)
+    assert made == [False, True, True]  # --no-compile does not even look
