@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from janelm import __version__
-from janelm.corpus import clean_gutenberg, normalise, read_text, split_work
+from janelm.cleaning import clean_gutenberg
+from janelm.corpus import normalise, read_text, split_work
 from janelm.errors import InputError
 from janelm.files import reporting_write_failures
 from janelm.tokenizer import Tokenizer

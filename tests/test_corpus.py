@@ -1,4 +1,4 @@
-"""Tests for janelm.corpus: finding, reading, normalising, cleaning and splitting texts.
+"""Tests for janelm.corpus and janelm.cleaning: finding, reading, normalising, cleaning and splitting texts.
 
 The real-file tests read the Austen corpus beside the repository at run time (never copy the
 novels into the repo) and skip when it is absent.
@@ -17,7 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from janelm.corpus import clean_gutenberg, iter_sources, normalise, read_text, split_work
+from janelm.cleaning import clean_gutenberg
+from janelm.corpus import iter_sources, normalise, read_text, split_work
 from janelm.errors import InputError
 
 CORPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "corpus"

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 import janelm
-from janelm.corpus import clean_gutenberg, read_text
+from janelm.cleaning import clean_gutenberg
+from janelm.corpus import read_text
 from janelm.errors import InputError, JaneLMError
 from janelm.gutenberg import AUSTEN, AUTHORS, DEFAULT_MIRROR, TITLES, book_url, fetch_book, parse_books, sha256_file
 

@@ -13,7 +13,8 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
     from janelm.checkpoint import check_checkpoint_file, load_model, resolve_checkpoint
-    from janelm.corpus import clean_gutenberg, read_text
+    from janelm.cleaning import clean_gutenberg
+    from janelm.corpus import read_text
 
     # The texts and the checkpoint file first: a mistyped, empty or foreign file fails at once,
     # before torch is imported and the model loaded.
