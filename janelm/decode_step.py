@@ -6,9 +6,9 @@ spends more time between the products than in them (docs/speed.md). Compiling re
 
 - **CPU**: AOTInductor compiles `GPT.decode_step`, weights included, into a shared library, once
   per model, shape, batch size, precision, PyTorch version and instruction set, and keeps it in
-  the cache folder (`cache_root`). Loading it takes ~0.04 s, where `torch.compile` traces the model
+  the cache folder (`cache_root`). Loading it takes ~0.05 s, where `torch.compile` traces the model
   again in every process (9 s with its own cache warm, 35 s cold, on 2 cores). By default a cached
-  step is used when there is one, and one is compiled (about a minute) only when asked for
+  step is used when there is one, and one is compiled (~30 s on 2 cores) only when asked for
   (`--compile`) or when the output is long enough to repay it (`AUTO_COMPILE_TOKENS`).
 - **GPU**: the step (compiled with `--compile`) is captured in a CUDA graph: a small model's step
   is a few hundred tiny kernels, and the GPU otherwise waits for the CPU to launch them.
@@ -207,7 +207,7 @@ def _cached_or_compiled(model, batch_size: int, compile: bool) -> Callable | Non
             path.unlink(missing_ok=True)
     if not compile:
         return None
-    note(f"compiling the decode step for this model, once (about a minute on 2 cores); kept in {path.parent}")
+    note(f"compiling the decode step for this model, once (about 30 s on 2 cores); kept in {path.parent}")
     start = time.monotonic()
     try:
         compile_ahead(model, batch_size, path)
