@@ -118,12 +118,17 @@ class CachedCompiledStep:
         return self.runner.boxed_run([token, position, *cache.keys, *cache.values])[0]
 
 
-class _Loaded(dict):
-    """Compiled steps loaded for a model, by batch size. A copy of the model starts without them:
-    it may be changed, and a loaded library cannot be copied."""
+class _Found:
+    """What a model has learnt of its compiled steps, by batch size: their keys (hashing the
+    weights once) and the steps loaded (once: chat's turns). A copy of the model starts afresh: it
+    may be changed, and a loaded library cannot be copied."""
 
-    def __deepcopy__(self, memo) -> "_Loaded":
-        return _Loaded()
+    def __init__(self):
+        self.keys: dict[int, str] = {}
+        self.steps: dict[int, CachedCompiledStep] = {}
+
+    def __deepcopy__(self, memo) -> "_Found":
+        return _Found()
 
 
 def step_key(model, batch_size: int) -> str:
@@ -185,17 +190,18 @@ def cpu_compiled_step(model, batch_size: int, compile: bool) -> Callable | None:
         if compile:
             note(f"note: compiling the decode step needs PyTorch 2.6 or later (this is {torch.__version__}): decoding uncompiled")
         return None
-    steps = model.__dict__.setdefault("_compiled_steps", _Loaded())  # one load per model and batch size (chat's turns)
-    if batch_size in steps:
-        return steps[batch_size]
-    step = _cached_or_compiled(model, batch_size, compile)
-    if step is not None:
-        steps[batch_size] = step
-    return step
+    found = model.__dict__.setdefault("_compiled_steps", _Found())
+    if batch_size not in found.steps:
+        if batch_size not in found.keys:
+            found.keys[batch_size] = step_key(model, batch_size)
+        step = _cached_or_compiled(model, batch_size, cache_root() / f"{found.keys[batch_size]}.pt2", compile)
+        if step is None:
+            return None
+        found.steps[batch_size] = step
+    return found.steps[batch_size]
 
 
-def _cached_or_compiled(model, batch_size: int, compile: bool) -> Callable | None:
-    path = cache_root() / f"{step_key(model, batch_size)}.pt2"
+def _cached_or_compiled(model, batch_size: int, path: Path, compile: bool) -> CachedCompiledStep | None:
     if path.is_file():
         try:
             step = CachedCompiledStep(path)

@@ -99,7 +99,7 @@ def test_the_cache_keeps_the_recently_used(tmp_path, monkeypatch):
 def test_the_default_compiles_only_long_outputs(model, tmp_path, monkeypatch):
     made = []
     monkeypatch.setenv("JANELM_CACHE", str(tmp_path))
-    monkeypatch.setattr(decode_step, "_cached_or_compiled", lambda model, batch, compile: made.append(compile))
+    monkeypatch.setattr(decode_step, "_cached_or_compiled", lambda model, batch, path, compile: made.append(compile))
     fresh = copy.deepcopy(model)
     position = torch.zeros((), dtype=torch.long)
     for n, compile in ((500, None), (decode_step.AUTO_COMPILE_TOKENS, None), (10, True), (10**6, False)):
