@@ -97,6 +97,12 @@ def test_compiled_sampling_is_kept_for_later_runs(trained, tmp_path, monkeypatch
     assert janelm(*args, "--no-compile").stdout == first.stdout
     assert janelm(*args, "--compile").stderr == ""  # already compiled
     assert len(list((tmp_path / "decode").glob("*.pt2"))) == 1
+    # --stop and chat run on the compiled step as well, and say the same.
+    stopped = ("sample", "-c", str(trained), "-n", "200", "--seed", "3", "--stop", "e", "--no-echo")
+    assert janelm(*stopped).stdout == janelm(*stopped, "--no-compile").stdout
+    chat = ("chat", "-c", str(trained), "--seed", "1", "--as", "Elizabeth", "--with", "Darcy")
+    said = janelm(*chat, input="Good morning.\nHow do you do?\n")
+    assert said.stderr == "" and said.stdout == janelm(*chat, "--no-compile", input="Good morning.\nHow do you do?\n").stdout
 
     # bench sample times the same default: the compiled step, loaded, and the uncompiled steps beside it.
     result = json.loads(janelm("bench", "sample", "-c", str(trained), "--steps", "20", "--json").stdout)
