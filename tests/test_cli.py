@@ -164,4 +164,4 @@ def test_ci_installs_exactly_what_the_readme_tells_a_user():
     readme_lines = set(re.findall(r"^pip install -e (\S+)", readme, re.M))
     ci_lines = re.findall(r"pip install .*-e (\S+)$", ci, re.M)
     assert readme_lines == {"'.[test]'"} and ci_lines == ["'.[test]'"], (readme_lines, ci_lines)
-    assert "python3 -m pytest -q" in readme and ci.rstrip().endswith("python3 -m pytest -q")
+    assert "python3 -m pytest -q -n auto" in readme and ci.rstrip().endswith("python3 -m pytest -q -n auto")
