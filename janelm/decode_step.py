@@ -208,7 +208,7 @@ def _cached_or_compiled(model, batch_size: int, path: Path, compile: bool) -> Ca
             os.utime(path)  # recently used: the last to be trimmed
             return step
         except Exception as e:  # noqa: BLE001 - a damaged or foreign file: make it again, or go without
-            note(f"note: the compiled decode step {path} could not be loaded ({str(e).splitlines()[0][:120]}): "
+            note(f"note: the compiled decode step {path} could not be loaded ({_first_line(e)}): "
                  f"{'compiling it again' if compile else 'decoding uncompiled'}")
             path.unlink(missing_ok=True)
     if not compile:
@@ -229,8 +229,12 @@ def _cached_or_compiled(model, batch_size: int, path: Path, compile: bool) -> Ca
 def _why_not_compiled(error: Exception, folder: Path) -> str:
     if isinstance(error, OSError) and error.errno in WRITE_FAILURES:
         return f"cannot write {folder} ({error.strerror}; set JANELM_CACHE to a writable folder)"
-    detail = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
-    return f"could not compile the decode step ({type(error).__name__}: {detail})"
+    return f"could not compile the decode step ({type(error).__name__}: {_first_line(error)})"
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:160] if text else ""
 
 
 def decode_step_for(model, cache, position: torch.Tensor, batch_size: int, compile: bool | None,
