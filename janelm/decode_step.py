@@ -155,6 +155,7 @@ def compile_ahead(model, batch_size: int, path: Path) -> None:
     cache = model.new_cache(batch_size)
     inputs = (torch.zeros(batch_size, 1, dtype=torch.long), torch.zeros((), dtype=torch.long), *cache.keys, *cache.values)
     temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp.pt2")  # AOTInductor wants the suffix
+    temporary.touch()  # a folder that cannot be written fails now, in words, not after compiling
     try:
         with warnings.catch_warnings():  # PyTorch's own deprecation notices, not the user's business
             warnings.simplefilter("ignore")
@@ -205,12 +206,15 @@ def _cached_or_compiled(model, batch_size: int, path: Path, compile: bool) -> Ca
     if path.is_file():
         try:
             step = CachedCompiledStep(path)
-            os.utime(path)  # recently used: the last to be trimmed
-            return step
         except Exception as e:  # noqa: BLE001 - a damaged or foreign file: make it again, or go without
             note(f"note: the compiled decode step {path} could not be loaded ({_first_line(e)}): "
                  f"{'compiling it again' if compile else 'decoding uncompiled'}")
-            path.unlink(missing_ok=True)
+            with suppress(OSError):
+                path.unlink()
+        else:
+            with suppress(OSError):  # a read-only cache still serves
+                os.utime(path)  # recently used: the last to be trimmed
+            return step
     if not compile:
         return None
     note(f"compiling the decode step for this model, once (about 30 s on 2 cores); kept in {path.parent}")

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 
-from conftest import REPO, janelm
+from conftest import REPO, janelm, obey_permissions, read_only_folders_work
 
 
 def test_help_does_not_import_torch():
@@ -103,6 +103,16 @@ def test_compiled_sampling_is_kept_for_later_runs(trained, tmp_path, monkeypatch
     chat = ("chat", "-c", str(trained), "--seed", "1", "--as", "Elizabeth", "--with", "Darcy")
     said = janelm(*chat, input="Good morning.\nHow do you do?\n")
     assert said.stderr == "" and said.stdout == janelm(*chat, "--no-compile", input="Good morning.\nHow do you do?\n").stdout
+    if read_only_folders_work():  # a read-only cache still serves; compiling into it is refused in words
+        (tmp_path / "decode").chmod(0o555)
+        try:
+            assert janelm(*args, preexec_fn=obey_permissions).stdout == first.stdout
+            batch = janelm(*args, "--num-samples", "2", "--compile", preexec_fn=obey_permissions)
+            assert batch.stdout and batch.stderr.splitlines()[-1] == (
+                f"note: cannot write {tmp_path / 'decode'} (Permission denied; set JANELM_CACHE to a writable folder): "
+                f"decoding uncompiled")
+        finally:
+            (tmp_path / "decode").chmod(0o755)
 
     # bench sample times the same default: the compiled step, loaded, and the uncompiled steps beside it.
     result = json.loads(janelm("bench", "sample", "-c", str(trained), "--steps", "20", "--json").stdout)
