@@ -20,9 +20,9 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 # Without --compile, sampling on the CPU compiles its decode step for outputs of at least this many
-# tokens (janelm.decode_step): compiling costs ~45 s on a 2-core AVX2 CPU and saves ~2.5 ms a token
-# there (docs/speed.md), so it repays itself after ~18,000 tokens; from then on every run of the
-# same model starts with it at once.
+# tokens (janelm.decode_step): compiling takes 28-37 s on a 2-core AVX2 CPU and saves ~2.5 ms a
+# token there (docs/speed.md), so this run alone already gains from it; from then on every run of
+# the same model starts with it at once.
 AUTO_COMPILE_TOKENS = 20_000
 
 @dataclass(frozen=True)
