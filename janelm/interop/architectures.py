@@ -233,8 +233,8 @@ def expected_shapes(arch, cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     the meta device: no memory)."""
     import torch
 
-    from janelm.model import GPT
+    from janelm.model import GPT, weights_uninitialised
 
-    with torch.device("meta"):
+    with torch.device("meta"), weights_uninitialised():
         model = GPT(cfg)
     return {name: tuple(t.shape) for name, t in weights_to_hf(arch, cfg, model.state_dict()).items()}
