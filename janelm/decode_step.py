@@ -126,6 +126,7 @@ class _Found:
     def __init__(self):
         self.keys: dict[int, str] = {}
         self.steps: dict[int, CachedCompiledStep] = {}
+        self.failed: set[int] = set()  # compiling failed: not tried again (chat's turns), said once
 
     def __deepcopy__(self, memo) -> "_Found":
         return _Found()
@@ -195,8 +196,11 @@ def cpu_compiled_step(model, batch_size: int, compile: bool) -> Callable | None:
     if batch_size not in found.steps:
         if batch_size not in found.keys:
             found.keys[batch_size] = step_key(model, batch_size)
+        compile = compile and batch_size not in found.failed
         step = _cached_or_compiled(model, batch_size, cache_root() / f"{found.keys[batch_size]}.pt2", compile)
         if step is None:
+            if compile:
+                found.failed.add(batch_size)
             return None
         found.steps[batch_size] = step
     return found.steps[batch_size]

@@ -14,7 +14,7 @@ import torch
 
 from janelm.config import ModelConfig, TrainConfig
 from janelm.device import peak_matmul_flops, pick_device, pick_dtype, synchronize
-from janelm.decode_step import INFERENCE_COMPILE_OPTIONS
+from janelm.decode_step import INFERENCE_COMPILE_OPTIONS, cpu_compiled_step
 from janelm.generate import SamplingOptions, generate_tokens
 
 GREEDY = SamplingOptions(temperature=0)
@@ -124,13 +124,17 @@ def measure_sampling(model, dtype: torch.dtype | None = None, new_tokens: int = 
         quantize_int8(model)
     compiled = compile if device.type == "cuda" else compile is not False
 
-    def decode(n: int, batch: int = 1, compile: bool = compiled, cuda_graphs: bool = True) -> float:
+    start = time.perf_counter()
+    if device.type == "cpu" and compiled:  # compiles, or loads the cached step; None where it cannot be made
+        compiled = cpu_compiled_step(model, 1, compile=True) is not None
+    else:
+        timed_generation(model, prompt, 1, True, compiled)  # a GPU's compilation and graph capture
+    ready = {"compile_s": time.perf_counter() - start} if compiled else {}
+
+    def decode(n: int, batch: int = 1, compile: bool | None = compiled, cuda_graphs: bool = True) -> float:
         timed_generation(model, prompt, min(32, n), True, compile, batch, cuda_graphs)  # warm-up
         return max(timed_generation(model, prompt, n, True, compile, batch, cuda_graphs) for _ in range(repeats))
 
-    start = time.perf_counter()
-    timed_generation(model, prompt, 1, True, compiled)  # compiles, or loads a cached compiled step
-    ready = {"compile_s": time.perf_counter() - start} if compiled else {}
     fastest = decode(new_tokens)
     long = timed_generation(model, prompt, 3 * context, True, compiled)
     eager = {}
@@ -143,7 +147,9 @@ def measure_sampling(model, dtype: torch.dtype | None = None, new_tokens: int = 
     floors = {name: max(floor, matmul_floor(shapes, name, device)) for name, floor in floors.items()}
     batched = {}
     if samples > 1:
-        batched = {"samples": samples, "batched_decode_tokens_per_s": decode(new_tokens, samples)}
+        # As `sample --num-samples` would run: on the CPU by default a batch uses a step only if one is cached.
+        batch_compile = compile if device.type == "cpu" else compiled
+        batched = {"samples": samples, "batched_decode_tokens_per_s": decode(new_tokens, samples, batch_compile)}
     best = max(floors[name] for name in FLOOR_DTYPES)
     return {
         "dtype": precision,

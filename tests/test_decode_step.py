@@ -81,6 +81,25 @@ def test_a_step_that_cannot_be_compiled_decodes_uncompiled(model, tmp_path, monk
     assert lines[-1].startswith("note: ") and words in lines[-1] and lines[-1].endswith("decoding uncompiled")
     if getattr(error, "errno", None) == errno.EROFS:
         assert "JANELM_CACHE" in lines[-1]
+    tokens(fresh, compile=True, n=5)  # the same model again (chat's next turn): not tried, not said again
+    assert capsys.readouterr().err == ""
+
+
+def test_bench_says_when_it_could_not_compile(model, tmp_path, monkeypatch, capsys):
+    """bench sample reports the path it really timed: uncompiled, where compiling failed."""
+    from janelm.speed import measure_sampling
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setenv("JANELM_CACHE", str(tmp_path))
+    monkeypatch.setattr(decode_step, "compile_ahead", fail)
+    torch.manual_seed(0)
+    fresh = GPT(ModelConfig(vocab_size=40, context=16, n_block=2, n_embed=32, n_head=4)).eval()
+    result = measure_sampling(fresh, torch.float16, new_tokens=8, repeats=1)
+    assert not result["compiled"] and "compile_s" not in result and "eager_decode_tokens_per_s" not in result
+    assert result["decode_tokens_per_s"] > 0
+    assert capsys.readouterr().err.count("could not compile") == 1
 
 
 def test_the_cache_keeps_the_recently_used(tmp_path, monkeypatch):
@@ -100,8 +119,8 @@ def test_the_default_compiles_only_long_outputs(model, tmp_path, monkeypatch):
     made = []
     monkeypatch.setenv("JANELM_CACHE", str(tmp_path))
     monkeypatch.setattr(decode_step, "_cached_or_compiled", lambda model, batch, path, compile: made.append(compile))
-    fresh = copy.deepcopy(model)
     position = torch.zeros((), dtype=torch.long)
     for n, compile in ((500, None), (decode_step.AUTO_COMPILE_TOKENS, None), (10, True), (10**6, False)):
+        fresh = copy.deepcopy(model)  # each its own: a failed compilation is not tried again on a model
         decode_step_for(fresh, fresh.new_cache(1), position, 1, compile, new_tokens=n)
     assert made == [False, True, True]  # --no-compile does not even look
