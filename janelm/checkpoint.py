@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from janelm import __version__
 from janelm.config import ModelConfig
-from janelm.errors import InputError
+from janelm.errors import InputError, first_line
 from janelm.files import atomic_write
 from janelm.tokenizer import Tokenizer, tokenizer_from_dict
 
@@ -101,16 +101,6 @@ def resolve_checkpoint(path: str | Path | None, default_dir: str = "checkpoints"
 
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive; JaneLM never wrote anything else
-
-
-def _first_line(e: BaseException, limit: int = 120) -> str:
-    """A short reason: the first line of the message, with the type where the message is bare."""
-    text = str(e).strip().splitlines()
-    if not text:
-        return type(e).__name__
-    if isinstance(e, (KeyError, IndexError, TypeError, AttributeError)) or len(text[0]) < 8:
-        return f"{type(e).__name__}: {text[0]}"[:limit]
-    return text[0][:limit]
 
 
 def _refused_global(message: str) -> str | None:
@@ -197,7 +187,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         if isinstance(e, RuntimeError) and "archive" in str(e) and "subdirectory" in str(e):
             raise InputError(f"{path} is a zip archive but not a PyTorch checkpoint: pass a .pt file written by "
                              f"`janelm train`, or its run folder") from None
-        raise InputError(f"{path} is a damaged or foreign checkpoint that cannot be read ({_first_line(e)}): "
+        raise InputError(f"{path} is a damaged or foreign checkpoint that cannot be read ({first_line(e)}): "
                          f"use another checkpoint (a run keeps best.pt and last.pt) or train again") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise InputError(f"{path} is not a JaneLM checkpoint (a PyTorch file without JaneLM's format marker)")
@@ -236,7 +226,7 @@ def checkpoint_tokenizer(ckpt: dict[str, Any], file: Path | str = "checkpoint") 
     except InputError as e:
         raise InputError(f"{file}: {e}") from None
     except Exception as e:  # noqa: BLE001 - damaged data can fail in any way
-        raise InputError(f"{file} holds a damaged tokenizer ({_first_line(e)}): use another checkpoint or train again") from None
+        raise InputError(f"{file} holds a damaged tokenizer ({first_line(e)}): use another checkpoint or train again") from None
 
 
 def build_model(ckpt: dict[str, Any], file: Path | str = "checkpoint"):
@@ -280,6 +270,6 @@ def build_model(ckpt: dict[str, Any], file: Path | str = "checkpoint"):
             raise
         raise unfit(str(e)) from None
     except Exception as e:  # noqa: BLE001 - damaged data can fail in any way
-        raise unfit(_first_line(e, 160)) from None
+        raise unfit(first_line(e, 160)) from None
     return model
 

@@ -31,6 +31,7 @@ import torch
 from janelm import __version__
 from janelm.config import AUTO_COMPILE_TOKENS
 from janelm.console import note
+from janelm.errors import first_line
 from janelm.files import WRITE_FAILURES
 
 # Generation never changes the weights, so the compiler may treat them as constants ("freezing")
@@ -211,7 +212,7 @@ def _cached_or_compiled(model, batch_size: int, path: Path, compile: bool) -> Ca
         try:
             step = CachedCompiledStep(path)
         except Exception as e:  # noqa: BLE001 - a damaged or foreign file: make it again, or go without
-            note(f"note: the compiled decode step {path} could not be loaded ({_first_line(e)}): "
+            note(f"note: the compiled decode step {path} could not be loaded ({first_line(e)}): "
                  f"{'compiling it again' if compile else 'decoding uncompiled'}")
             with suppress(OSError):
                 path.unlink()
@@ -237,12 +238,7 @@ def _cached_or_compiled(model, batch_size: int, path: Path, compile: bool) -> Ca
 def _why_not_compiled(error: Exception, folder: Path) -> str:
     if isinstance(error, OSError) and error.errno in WRITE_FAILURES:
         return f"cannot write {folder} ({error.strerror}; set JANELM_CACHE to a writable folder)"
-    return f"could not compile the decode step ({type(error).__name__}: {_first_line(error)})"
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:160] if text else ""
+    return f"could not compile the decode step ({first_line(error, 160)})"
 
 
 def decode_step_for(model, cache, position: torch.Tensor, batch_size: int, compile: bool | None,

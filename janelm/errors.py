@@ -24,3 +24,14 @@ class Interrupted(JaneLMError):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+def first_line(e: BaseException, limit: int = 120) -> str:
+    """A short reason for an error from elsewhere: the first line of its message, with the type
+    where the message is bare."""
+    text = str(e).strip().splitlines()
+    if not text:
+        return type(e).__name__
+    if isinstance(e, (KeyError, IndexError, TypeError, AttributeError)) or len(text[0]) < 8:
+        return f"{type(e).__name__}: {text[0]}"[:limit]
+    return text[0][:limit]

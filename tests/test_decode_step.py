@@ -34,6 +34,13 @@ def tokens(model, compile, batch: int = 2, n: int = 40) -> list:
     return [t.tolist() for t in generate_tokens(model, [1, 2], n, GREEDY, batch_size=batch, compile=compile)]
 
 
+def failing(error: Exception):
+    """A stand-in for compile_ahead that fails as compiling can."""
+    def compile_ahead(*args, **kwargs):
+        raise error
+    return compile_ahead
+
+
 def step_of(model, batch: int, compile):
     return decode_step_for(model, model.new_cache(batch), torch.zeros((), dtype=torch.long), batch, compile)
 
@@ -66,15 +73,14 @@ def test_a_compiled_step_is_kept_and_found_again(model, tmp_path, monkeypatch, c
 
 @pytest.mark.parametrize("error, words", [
     (OSError(errno.EROFS, "Read-only file system"), "cannot write"),
-    (FileNotFoundError(errno.ENOENT, "No such file or directory", "g++"), "could not compile the decode step (FileNotFoundError"),
-    (RuntimeError("unsupported operation\nmore"), "could not compile the decode step (RuntimeError: unsupported operation)"),
+    (FileNotFoundError(errno.ENOENT, "No such file or directory", "g++"),
+     "could not compile the decode step ([Errno 2] No such file or directory: 'g++')"),
+    (RuntimeError("unsupported operation\nmore"), "could not compile the decode step (unsupported operation)"),
+    (RuntimeError(""), "could not compile the decode step (RuntimeError)"),
 ])
 def test_a_step_that_cannot_be_compiled_decodes_uncompiled(model, tmp_path, monkeypatch, capsys, error, words):
-    def fail(*args, **kwargs):
-        raise error
-
     monkeypatch.setenv("JANELM_CACHE", str(tmp_path))
-    monkeypatch.setattr(decode_step, "compile_ahead", fail)
+    monkeypatch.setattr(decode_step, "compile_ahead", failing(error))
     fresh = copy.deepcopy(model)
     assert tokens(fresh, compile=True, n=20) == tokens(fresh, compile=False, n=20)
     lines = capsys.readouterr().err.splitlines()
@@ -89,11 +95,8 @@ def test_bench_says_when_it_could_not_compile(model, tmp_path, monkeypatch, caps
     """bench sample reports the path it really timed: uncompiled, where compiling failed."""
     from janelm.speed import measure_sampling
 
-    def fail(*args, **kwargs):
-        raise RuntimeError("no compiler")
-
     monkeypatch.setenv("JANELM_CACHE", str(tmp_path))
-    monkeypatch.setattr(decode_step, "compile_ahead", fail)
+    monkeypatch.setattr(decode_step, "compile_ahead", failing(RuntimeError("no compiler")))
     torch.manual_seed(0)
     fresh = GPT(ModelConfig(vocab_size=40, context=16, n_block=2, n_embed=32, n_head=4)).eval()
     result = measure_sampling(fresh, torch.float16, new_tokens=8, repeats=1)
