@@ -14,9 +14,8 @@ import traceback
 from dataclasses import fields
 
 from janelm import __version__
-from janelm.config import (AUTO, AUTO_COMPILE_TOKENS, DEFAULT_PRESET, DTYPES, MLPS, NORMS, OPTIMIZERS, POSITIONS,
-                           PRESET_CHOICES, PRESETS, PrepareDefaults, preset_configs)
-from janelm.device import auto_preset
+from janelm.config import (AUTO, AUTO_COMPILE_TOKENS, COMPUTE_TABLE, DEFAULT_BUDGET, DEFAULT_PRESET, DTYPES, MLPS, NORMS,
+                           OPTIMIZERS, POSITIONS, PRESET_CHOICES, PRESETS, PROBE_PRESET, PrepareDefaults, preset_configs)
 from janelm.errors import JaneLMError
 
 MODEL_HELP = {
@@ -28,7 +27,8 @@ MODEL_HELP = {
     "head_size": "features per head (0: n_embed / n_head)",
     "mlp_ratio": "MLP hidden width as a multiple of n_embed",
     "mlp_hidden": "MLP hidden width itself (0: from --mlp-ratio)",
-    "dropout": "dropout probability while training",
+    "dropout": "dropout probability while training, on the embeddings and residual branches",
+    "attention_dropout": "dropout probability on the attention weights while training (slow on the CPU)",
     "norm": f"normalisation layer ({', '.join(NORMS)})",
     "mlp": f"MLP kind ({', '.join(MLPS)})",
     "position": f"position information ({', '.join(POSITIONS)})",
@@ -43,8 +43,10 @@ TRAIN_HELP = {
     "lr": "peak learning rate",
     "min_lr_ratio": "final learning rate as a fraction of --lr",
     "warmup_iters": "steps of linear learning-rate warm-up",
-    "max_iters": "optimizer steps to train (0: until --max-time; the schedule then follows time)",
-    "max_time": "stop after this many seconds (0: no time limit)",
+    "max_iters": "optimizer steps to train; alone, the run has no time limit and replays bit for bit with the same "
+                 "seed (0: as many as --max-time fits, planned from the pace of the warm-up steps)",
+    "max_time": "the time budget in seconds, the measurements of auto included; with --max-iters, a limit that "
+                "ends the schedule on the clock if the steps would overrun it (0: no time limit)",
     "weight_decay": "AdamW weight decay on weight matrices",
     "beta1": "AdamW beta1",
     "beta2": "AdamW beta2",
@@ -163,18 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("train", "train a model on a prepared corpus")
     p.add_argument("--data", default=pd.out, help=f"prepared corpus folder (default: {pd.out})")
     p.add_argument("--out", default="checkpoints", help="run folder for checkpoints and metrics (default: checkpoints)")
-    # What auto picks here, as far as can be told without importing torch: the CPU's class.
-    cpu_preset, why = auto_preset(cuda=False)
+    table = ", ".join(f"{preset} from {threshold / 1e6:g}M" for threshold, preset in COMPUTE_TABLE)
     p.add_argument("--preset", choices=PRESET_CHOICES, default=DEFAULT_PRESET,
-                   help=f"named configuration; flags override it (default: {AUTO}: gpu when PyTorch sees a CUDA GPU, "
-                   f"else the CPU's preset; on this machine without a GPU: {cpu_preset}, as {why.removeprefix('no CUDA GPU; ')}). "
+                   help=f"named configuration; flags override it (default: {AUTO}: times a few training steps of the "
+                   f"{PROBE_PRESET} preset here (a few seconds of the budget), takes the budget × its tokens/s as the "
+                   f"run's compute in probe tokens, and picks by compute: {table}; the budget is --max-time, "
+                   f"{DEFAULT_BUDGET['cpu']:g} s on a CPU and {DEFAULT_BUDGET['cuda']:g} s on a GPU without it). "
                    + "; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()))
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt (default: off)")
     p.add_argument("--init-from", metavar="CKPT", help="start from a checkpoint's weights to fine-tune (default: none)")
     p.add_argument("--force", action="store_true", help="replace a run already in --out (default: refuse)")
     p.add_argument("--nproc", type=int, default=1, help="processes to launch with torchrun (default: 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar (default: off)")
-    add_config_flags(p, cpu_preset, f", auto's pick for this machine's CPU")
+    add_config_flags(p, PROBE_PRESET, ", the probe of auto, which may pick another")
 
     p = command("sample", "generate text; only the text goes to stdout")
     add_checkpoint_flag(p)

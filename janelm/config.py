@@ -40,7 +40,10 @@ class ModelConfig:
     head_size: int = 0  # 0 means n_embed // n_head
     mlp_ratio: float = 4.0  # hidden width of the MLP as a multiple of n_embed
     mlp_hidden: int = 0  # the MLP's hidden width itself (imported models); 0 derives it from mlp_ratio
-    dropout: float = 0.0
+    dropout: float = 0.0  # on the embeddings and each block's two residual branches
+    # On the attention weights. Separate because it is costly on the CPU: PyTorch's fused attention
+    # kernel there has no dropout, so the 4 × 384 training step ran 40% slower with 0.1 (docs/speed.md).
+    attention_dropout: float = 0.0
     norm: str = "rms"
     mlp: str = "swiglu"
     position: str = "rope"
@@ -88,8 +91,9 @@ class ModelConfig:
             )
         if self.position == "rope" and self.head_dim % 2:
             raise InputError(f"rotary positions need an even head size, got {self.head_dim}: change --n-embed/--n-head")
-        if not 0.0 <= self.dropout < 1.0:
-            raise InputError(f"--dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise InputError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
         if self.mlp_ratio <= 0:
             raise InputError(f"--mlp-ratio must be positive, got {self.mlp_ratio}")
         for name, allowed in (("norm", NORMS), ("mlp", MLPS), ("position", POSITIONS)):
@@ -172,7 +176,8 @@ class Preset:
 
 # The original research script's model: 6 × 512, 4 heads of 128, context 96, GPT-2's architecture.
 SEED_MODEL = {"n_block": 6, "n_embed": 512, "n_head": 4, "head_size": 128, "context": 96, "norm": "layer",
-              "mlp": "gelu", "position": "learned", "tie_embeddings": False, "dropout": 0.2}
+              "mlp": "gelu", "position": "learned", "tie_embeddings": False, "dropout": 0.2,
+              "attention_dropout": 0.2}
 
 # `janelm train` with no flags runs `--preset auto`: the preset for this machine's class
 # (janelm.device.auto_preset), each tuned for about ten minutes there (docs/quality.md).
@@ -189,7 +194,8 @@ PRESETS: dict[str, Preset] = {
         "about 6 minutes on one CUDA GPU, compiled; best with period novels as extra text (docs/quality.md)",
         # Today's architecture at the seed's width, with the context of the CPU presets: the time-bound
         # cosine always anneals, and dropout 0.1 suits Austen with the period novels (issue 17's runs).
-        model={"n_block": 6, "n_embed": 512, "n_head": 8, "context": 256, "dropout": 0.1},
+        model={"n_block": 6, "n_embed": 512, "n_head": 8, "context": 256, "dropout": 0.1,
+               "attention_dropout": 0.1},
         train={"batch_size": 32, "lr": 1e-3, "max_iters": 0, "max_time": 360.0, "warmup_iters": 200,
                "eval_interval": 200, "save_interval": 1000, "compile": True},
     ),
@@ -215,6 +221,13 @@ PRESETS: dict[str, Preset] = {
         train={"batch_size": 8, "max_iters": 50, "eval_interval": 25, "eval_batches": 2, "warmup_iters": 5},
     ),
 }
+# The probe of `--preset auto` (janelm.recipe): its tokens/s times the budget is a run's compute.
+PROBE_PRESET = "cpu"
+# (compute in probe tokens from which a row applies, preset): made by the study in docs/quality.md.
+COMPUTE_TABLE: tuple[tuple[float, str], ...] = ((0.0, "cpu-fp32"), (2.0e6, "cpu"))
+# `janelm train`'s time budget with no flags, in seconds: ten minutes on a CPU; on a GPU the budget of
+# the GPU study (docs/quality.md: the gpu recipe's validation loss stopped improving within it).
+DEFAULT_BUDGET = {"cpu": 600.0, "cuda": 360.0}
 AUTO = "auto"  # not a preset of its own: janelm.device.auto_preset names one for this machine
 DEFAULT_PRESET = AUTO
 PRESET_CHOICES = (AUTO, *PRESETS)

@@ -85,14 +85,21 @@ def cpu_class() -> str:
     return "this CPU has no native bf16" + (" (AVX2)" if "avx2" in cpu_flags() else "")
 
 
-def auto_preset(cuda: bool) -> tuple[str, str]:
-    """The preset `--preset auto` picks, and why: the best model each machine class trains in ten
-    minutes (docs/quality.md)."""
-    if cuda:
-        return "gpu", "a CUDA GPU is present"
+def describe_machine(device: torch.device, dtype: torch.dtype) -> str:
+    """The machine and precision in words, for `--preset auto`'s first line: `2 cores, bfloat16 (AMX)`."""
+    import torch
+
+    precision = str(dtype).removeprefix("torch.")
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, {precision}"
+    threads = torch.get_num_threads()
     if cpu_has_native_bf16():
-        return "cpu", f"no CUDA GPU; {cpu_class()}, so it trains in bf16"
-    return "cpu-fp32", f"no CUDA GPU; {cpu_class()}, so it trains in float32 with a model sized for that"
+        cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+        amx = "amx_bf16" in cpu_flags() and (cap in ("", "ALL", "DEFAULT") or "AMX" in cap)
+        isa = "AMX" if amx else "AVX-512 BF16"
+    else:
+        isa = torch.backends.cpu.get_cpu_capability()
+    return f"{threads} core{'' if threads == 1 else 's'}, {precision} ({isa})"
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -115,7 +115,7 @@ class CausalSelfAttention(nn.Module):
         inner = config.n_head * config.head_dim
         self.qkv = nn.Linear(config.n_embed, inner + 2 * self.n_kv_head * self.head_dim, bias=config.bias)
         self.proj = nn.Linear(inner, config.n_embed, bias=config.bias)
-        self.dropout = config.dropout
+        self.dropout, self.attention_dropout = config.dropout, config.attention_dropout
         self.rotary = rotary
 
     def _shared_kv(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,7 +126,7 @@ class CausalSelfAttention(nn.Module):
         return k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
 
     def _causal_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        dropout = self.dropout if self.training else 0.0
+        dropout = self.attention_dropout if self.training else 0.0
         k, v = self._shared_kv(k, v)
         if q.device.type == "cpu" and q.dtype == torch.bfloat16:
             # The CPU's bf16 attention kernel is slower than its float32 one (forward + backward at

@@ -6,6 +6,7 @@ from __future__ import annotations
 import resource
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -177,14 +178,56 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def measure_training(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int = 20, warmup: int = 3,
-                     vocab_size: int = 100, peak_seconds: float = 1.0) -> dict[str, Any]:
-    """Peak matmul FLOP/s for float32 and bf16, then `steps` real training steps (batch fetch,
-    forward, backward, clipping, optimizer step) on random tokens; tokens/s, FLOP/s and MFU."""
+@contextmanager
+def random_token_trainer(model_cfg: ModelConfig, train_cfg: TrainConfig, vocab_size: int):
+    """A Trainer of this recipe on random tokens in a temporary folder: what the speed probes time."""
     from janelm.data import Corpus
     from janelm.tokenizer import CharTokenizer
     from janelm.trainer import Trainer
 
+    tokenizer = CharTokenizer("".join(chr(33 + i) for i in range(vocab_size)))
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, vocab_size, (max(200_000, 4 * model_cfg.context),), generator=g, dtype=torch.int32)
+    corpus = Corpus(Path("<random tokens>"), {}, tokenizer, tokens, tokens[: 4 * model_cfg.context + 2])
+    with tempfile.TemporaryDirectory() as out:
+        yield Trainer(model_cfg, train_cfg, corpus, Path(out), progress=False)
+
+
+def time_steps(trainer, steps: int = 0, seconds: float = 0.0, warmup: int = 2) -> tuple[int, float]:
+    """(steps, seconds) of real training steps after `warmup` untimed ones: `steps` of them, or as
+    many as fit in `seconds` (at least two)."""
+    device = trainer.device
+    for _ in range(warmup):
+        trainer.train_step()
+    synchronize(device)
+    n, start = 0, time.perf_counter()
+    while (n < steps) if steps else (n < 2 or time.perf_counter() - start < seconds):
+        trainer.train_step()
+        trainer.state.step += 1
+        n += 1
+        synchronize(device)
+    return n, time.perf_counter() - start
+
+
+@torch.no_grad()
+def time_eval(trainer) -> float:
+    """Seconds of one evaluation (train and val, `eval_batches` each), from one timed batch."""
+    x, y = trainer.eval_sets["val"][0]
+    trainer.model.eval()
+    with trainer.ctx:
+        trainer.model(x, y)  # warm-up: the first pass of a shape picks its kernels
+        synchronize(trainer.device)
+        start = time.perf_counter()
+        trainer.model(x, y)
+        synchronize(trainer.device)
+    trainer.model.train()
+    return 2 * trainer.cfg.eval_batches * (time.perf_counter() - start)
+
+
+def measure_training(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int = 20, warmup: int = 3,
+                     vocab_size: int = 100, peak_seconds: float = 1.0) -> dict[str, Any]:
+    """Peak matmul FLOP/s for float32 and bf16, then `steps` real training steps (batch fetch,
+    forward, backward, clipping, optimizer step) on random tokens; tokens/s, FLOP/s and MFU."""
     device = pick_device(train_cfg.device)
     dtype = pick_dtype(train_cfg.dtype, device)
     peaks = {"float32": peak_matmul_flops(device, torch.float32, seconds=peak_seconds)}
@@ -193,24 +236,11 @@ def measure_training(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int 
     if dtype == torch.float16:
         peaks["float16"] = peak_matmul_flops(device, torch.float16, seconds=peak_seconds)
 
-    tokenizer = CharTokenizer("".join(chr(33 + i) for i in range(vocab_size)))
-    g = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, vocab_size, (max(200_000, 4 * model_cfg.context),), generator=g, dtype=torch.int32)
-    corpus = Corpus(Path("<random tokens>"), {}, tokenizer, tokens, tokens[: 4 * model_cfg.context + 2])
     train_cfg = replace(train_cfg, max_iters=steps + warmup + 1, eval_batches=1)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with tempfile.TemporaryDirectory() as out:
-        trainer = Trainer(model_cfg, train_cfg, corpus, Path(out), progress=False)
-        for _ in range(warmup):
-            trainer.train_step()
-        synchronize(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            trainer.train_step()
-            trainer.state.step += 1
-        synchronize(device)
-        elapsed = time.perf_counter() - start
+    with random_token_trainer(model_cfg, train_cfg, vocab_size) as trainer:
+        _, elapsed = time_steps(trainer, steps=steps, warmup=warmup)
     tokens_per_step = train_cfg.batch_size * train_cfg.grad_accum * trainer.model_cfg.context
     flops_per_token = trainer.model.flops_per_token()
     tokens_per_s = steps * tokens_per_step / elapsed

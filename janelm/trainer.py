@@ -32,6 +32,7 @@ from janelm.errors import InputError, Interrupted, JaneLMError
 from janelm.files import atomic_write_text, reporting_write_failures
 from janelm.model import GPT
 from janelm.optim import make_optimizer
+from janelm.recipe import PLAN_MIN_STEPS, Pace, plan_steps, with_steps
 from janelm.schedule import learning_rate, patience_counts, schedule_progress, update_time_bound
 
 METRICS_FILE = "metrics.csv"
@@ -146,11 +147,18 @@ class Trainer:
 
     def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, corpus: Corpus, out_dir: Path, *,
                  resume: dict[str, Any] | None = None, init: dict[str, Any] | None = None, force: bool = False,
-                 progress: bool = True, dist: Distributed | None = None, clock: Callable[[], float] = time.perf_counter):
+                 progress: bool = True, dist: Distributed | None = None, clock: Callable[[], float] = time.perf_counter,
+                 spent: float = 0.0):
         """`resume` is the run's last checkpoint to continue; `init` a checkpoint whose weights to
         fine-tune (fresh optimizer and schedule). Either fixes the model config. `clock` (seconds)
-        times the budget; tests pass a fake one."""
+        times the budget; tests pass a fake one. `spent`: seconds of the budget already used (the
+        measurements of `--preset auto`).
+
+        A time budget alone (`max_iters` 0) is planned: after warm-up, whose rates do not depend on
+        the run's length, the pace of the steps so far sets `max_iters` (`_plan`)."""
         cfg.validate()
+        if not cfg.max_iters and cfg.max_time:
+            cfg = replace(cfg, warmup_iters=max(cfg.warmup_iters, PLAN_MIN_STEPS))
         self.cfg, self.corpus, self.out_dir, self.clock = cfg, corpus, Path(out_dir), clock
         self.dist = dist or Distributed()
         self.progress = progress and self.dist.is_main
@@ -219,6 +227,8 @@ class Trainer:
             if not os.access(self.out_dir, os.W_OK):
                 raise InputError(f"cannot write to {self.out_dir}/: choose another --out")
         self.resumed = resume is not None
+        if not self.resumed:
+            self.state.elapsed = spent
 
     def _refuse_to_overwrite(self, force: bool) -> None:
         """A new run never silently replaces another run's checkpoints."""
@@ -265,6 +275,8 @@ class Trainer:
 
     def _done(self) -> bool:
         cfg, s = self.cfg, self.state
+        if not cfg.max_iters and s.step < cfg.warmup_iters:  # a time budget always buys its warm-up and plan
+            return False
         out_of_steps = bool(cfg.max_iters) and s.step >= cfg.max_iters
         out_of_time = bool(cfg.max_time) and s.elapsed >= cfg.max_time
         return out_of_steps or out_of_time
@@ -302,6 +314,8 @@ class Trainer:
         stop_reason = None
         last_loss = math.nan
         start, elapsed_before, step_before = self.clock(), s.elapsed, s.step
+        # The plan's pace leaves out the first steps of the process (allocation, compilation).
+        pace_mark, pace_t0 = step_before + max(1, (cfg.warmup_iters - step_before) // 5), None
         # The bar closes however the loop ends, so an error line never lands on the end of it.
         with catch_stop_signals() as signals, nullcontext() if bar is None else bar:
             while not self._done():
@@ -318,14 +332,24 @@ class Trainer:
                 dt = max(now - t0, 1e-9)
                 # Wall time, evaluations included: --max-time is what the user waits.
                 s.elapsed = elapsed_before + now - start
-                if update_time_bound(cfg, s, s.step - step_before, s.elapsed - elapsed_before):
+                if s.step == pace_mark:
+                    pace_t0 = now
+                planned_now = not cfg.max_iters and s.step >= cfg.warmup_iters
+                if planned_now:
+                    timed = pace_t0 is not None and s.step > pace_mark
+                    self._plan((now - pace_t0) / (s.step - pace_mark) if timed else dt, tokens_per_step)
+                    cfg = self.cfg
+                    s.elapsed = elapsed_before + self.clock() - start
+                    if bar is not None:
+                        bar.total = cfg.max_iters
+                elif update_time_bound(cfg, s, s.step - step_before, s.elapsed - elapsed_before):
                     self._say(f"step {s.step}: at this pace --max-time {cfg.max_time:g} s ends the run before "
                               f"step {cfg.max_iters}; the rest of the schedule now follows the clock")
                 if bar is not None:
                     mfu = flops_per_step / dt / peak if peak else 0.0
                     bar.set_postfix_str(f"loss {last_loss:.3f} | {tokens_per_step / dt:,.0f} tok/s | MFU {mfu:.0%}", refresh=False)
                     bar.update(1)
-                if s.step % cfg.eval_interval == 0 or self._done():
+                if (s.step % cfg.eval_interval == 0 or self._done()) and not planned_now:  # the plan evaluated
                     if self._eval_and_log():
                         stop_reason = "early stop"
                         break
@@ -346,6 +370,23 @@ class Trainer:
         return {"stop": stop_reason, "step": s.step, "tokens_seen": s.tokens_seen, "elapsed_s": s.elapsed,
                 "best_val_loss": s.best_val_loss, "last_train_loss": last_loss,
                 "tokens_per_s": s.tokens_seen / s.elapsed if s.elapsed else 0.0}
+
+    def _plan(self, step_s: float, tokens_per_step: int) -> None:
+        """Turn the time budget into steps, at the end of warm-up: an evaluation (logged, and timed),
+        then as many steps as the pace measured so far fits in the time left (janelm.recipe). From
+        here on the run is bound by steps, like `--max-iters N`, which replays it bit for bit."""
+        s, cfg = self.state, self.cfg
+        start = self.clock()
+        self._eval_and_log()
+        eval_s = self.clock() - start
+        # Every process must plan the same steps: they agree on the mean of what each measured.
+        measured = self.dist.mean(torch.tensor([step_s, eval_s, s.elapsed], dtype=torch.float64, device=self.device))
+        step_s, eval_s, elapsed = measured.tolist()
+        left = cfg.max_time - elapsed - eval_s
+        steps = s.step + plan_steps(left, Pace(step_s, eval_s, tokens_per_step)) if left > 0 else s.step
+        self.cfg = with_steps(cfg, steps)
+        self._say(f"step {s.step}: {step_s:.3g} s a step, {eval_s:.2g} s an evaluation → {steps:,} steps fill "
+                  f"--max-time {cfg.max_time:g} s (--max-iters {steps} replays this run)")
 
     def _eval_and_log(self) -> bool:
         """Evaluate, log a metrics row, keep `best`; True when early stopping says stop."""

@@ -1,5 +1,6 @@
 """The schedule always finishes: step-bound runs follow the step, time-bound ones anneal by the clock;
-early stopping waits for half the budget; `--preset auto` picks the machine's preset."""
+early stopping waits for half the budget; a time budget becomes steps; `--preset auto` follows the
+measured compute."""
 
 import argparse
 import csv
@@ -167,34 +168,128 @@ def test_native_bf16_follows_the_flags_and_the_isa_caps(flags, env, native):
     assert cpu_has_native_bf16(frozenset(flags), env) is native
 
 
-@pytest.mark.parametrize("cuda, flags, device, preset", [
-    (True, {"avx2"}, "auto", "gpu"),
-    (True, {"avx512_bf16"}, "cpu", "cpu"),
-    (False, {"avx512_bf16"}, "auto", "cpu"),
-    (False, {"avx2"}, "auto", "cpu-fp32"),
-    (True, {"avx2"}, "cpu", "cpu-fp32"),
-])
-def test_auto_picks_each_preset_on_faked_hardware(monkeypatch, capsys, cuda, flags, device, preset):
-    import janelm.device
-    from janelm.commands.train import configs_from_args
-
-    monkeypatch.setattr(janelm.device, "cpu_flags", lambda: frozenset(flags))
-    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
-    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    args = argparse.Namespace(preset="auto", device=None if device == "auto" else device, lr=None, max_time=None,
-                              max_iters=None, init_from=None)
-    model_cfg, train_cfg = configs_from_args(args)
-    assert args.preset == preset
-    assert (model_cfg, train_cfg) == preset_configs(preset) or device == "cpu"
-    first_line = capsys.readouterr().err.splitlines()[0]
-    assert first_line.startswith(f"preset {preset} (auto: ")
-
-
 def test_isa_caps_agree_with_pytorchs_own_reading():
     """Under ATEN_CPU_CAPABILITY=avx2 PyTorch runs its AVX2 kernels, and JaneLM's class follows."""
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "PYTHONPATH": str(REPO)}
-    code = ("import torch; from janelm.device import cpu_has_native_bf16, auto_preset; "
-            "print(torch.backends.cpu.get_cpu_capability(), cpu_has_native_bf16(), auto_preset(False)[0])")
+    code = ("import torch; from janelm.device import cpu_has_native_bf16, describe_machine, pick_dtype; "
+            "d = torch.device('cpu'); print(torch.backends.cpu.get_cpu_capability(), cpu_has_native_bf16(), "
+            "describe_machine(d, pick_dtype('auto', d)))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["AVX2", "False", "cpu-fp32"]
+    assert out.split()[:2] == ["AVX2", "False"]
+    assert out.strip().endswith("float32 (AVX2)")
+
+
+# --- a time budget becomes steps -----------------------------------------------------------------
+
+
+def run_planned(trainer: Trainer, clock: FakeClock, seconds_per_step, seconds_per_eval: float) -> list[float]:
+    """run_with_clock, with evaluations that take time too; `seconds_per_step(step)` may vary."""
+    real_evaluate = trainer.evaluate
+
+    def evaluate():
+        clock.now += seconds_per_eval
+        return real_evaluate()
+
+    trainer.evaluate = evaluate
+    lrs = []
+    real_step = trainer.train_step
+
+    def step() -> float:
+        loss = real_step()
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+        clock.now += seconds_per_step(trainer.state.step)
+        return loss
+
+    trainer.train_step = step
+    trainer.run()
+    return lrs
+
+
+PLANNED = replace(CFG, max_iters=0, max_time=60.0, warmup_iters=10)
+
+
+@pytest.mark.parametrize("pace", ["steady", "slows by a third half-way", "speeds up after warm-up"])
+def test_a_time_budget_ends_within_90_to_100_percent_of_it_annealed(tmp_path, prepared, pace):
+    """Steps of 0.1 s and evaluations of 0.5 s: the plan at the end of warm-up fills the budget, and
+    the rate reaches its floor at the end. When the machine slows down later, the time limit
+    finishes the schedule on the clock; when the warm-up was slower than the rest, the run ends
+    early but within the 90% the plan leaves for evaluations and noise."""
+    speeds = {"steady": lambda step: 0.1, "slows by a third half-way": lambda step: 0.1 if step < 250 else 0.133,
+              "speeds up after warm-up": lambda step: 0.1 if step < 10 else 0.095}
+    clock = FakeClock()
+    trainer = make_trainer(prepared, tmp_path, PLANNED, clock)
+    lrs = run_planned(trainer, clock, speeds[pace], seconds_per_eval=0.5)
+    assert 0.9 * PLANNED.max_time <= trainer.state.elapsed <= PLANNED.max_time + 0.2
+    assert lrs[-1] < 1.05 * PLANNED.lr * PLANNED.min_lr_ratio
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["train_config"]["max_iters"] > 400  # planned, recorded
+    assert ckpt["train_config"]["max_time"] == PLANNED.max_time
+
+
+def test_max_iters_replays_a_planned_run_bit_for_bit(tmp_path, prepared, capsys):
+    clock = FakeClock()
+    planned = Trainer(TINY_MODEL, replace(PLANNED, max_time=8.0), load_corpus(prepared), tmp_path / "a",
+                      progress=True, clock=clock)
+    run_planned(planned, clock, lambda step: 0.1, seconds_per_eval=0.2)
+    steps = load_checkpoint(tmp_path / "a" / "last.pt")["train_config"]["max_iters"]
+    assert f"--max-iters {steps} replays this run" in capsys.readouterr().err
+    # The replay: the same seed and steps, no time limit, a machine of another speed.
+    clock = FakeClock()
+    replay = make_trainer(prepared, tmp_path / "b", replace(PLANNED, max_iters=steps, max_time=0.0), clock)
+    run_planned(replay, clock, lambda step: 0.37, seconds_per_eval=3.0)
+    assert replay.state.step == planned.state.step == steps
+    for name, w in planned.model.state_dict().items():
+        assert torch.equal(w, replay.model.state_dict()[name]), name
+
+
+def test_a_budget_too_short_for_the_warm_up_still_trains_the_warm_up(tmp_path, prepared):
+    clock = FakeClock()
+    trainer = make_trainer(prepared, tmp_path, replace(PLANNED, max_time=0.5), clock)
+    run_planned(trainer, clock, lambda step: 0.1, seconds_per_eval=0.1)
+    assert trainer.state.step == PLANNED.warmup_iters
+
+
+# --- --preset auto: the recipe follows the measured compute --------------------------------------
+
+
+def fake_pace(tokens_per_s: float):
+    """measure_pace as on a machine where every recipe runs at `tokens_per_s` (batch × context per step)."""
+    from janelm.recipe import Pace
+
+    def measure(model_cfg, train_cfg, vocab_size, seconds=0.0):
+        tokens = train_cfg.batch_size * train_cfg.grad_accum * model_cfg.context
+        return Pace(tokens / tokens_per_s, 2.0 * tokens / tokens_per_s, tokens)
+
+    return measure
+
+
+@pytest.mark.parametrize("machine, tokens_per_s", [("one slow core", 900.0), ("a 2-core laptop", 2_500.0),
+                                                   ("an AMX Xeon", 10_000.0), ("a GPU", 2_000_000.0)])
+def test_auto_chooses_from_the_table_by_measured_compute(monkeypatch, capsys, machine, tokens_per_s):
+    import janelm.recipe
+    from janelm.cli import build_parser
+    from janelm.commands.train import choose_auto, configs_from_args
+    from janelm.config import COMPUTE_TABLE, DEFAULT_BUDGET
+
+    monkeypatch.setattr(janelm.recipe, "measure_pace", fake_pace(tokens_per_s))
+    args = build_parser().parse_args(["train", "--device", "cpu"])
+    choose_auto(args, vocab_size=2048)
+    compute = DEFAULT_BUDGET["cpu"] * tokens_per_s
+    expected = [preset for threshold, preset in COMPUTE_TABLE if compute >= threshold][-1]
+    assert args.preset == expected
+    line = capsys.readouterr().err.splitlines()[0]
+    assert line.startswith(f"auto: ") and f"≈ {tokens_per_s:,.0f} tokens/s at " in line and f"preset {expected}:" in line
+    model_cfg, train_cfg = configs_from_args(args)
+    assert (train_cfg.max_iters, train_cfg.max_time) == (0, DEFAULT_BUDGET["cpu"])  # planned by the trainer
+    assert model_cfg == preset_configs(expected)[0]
+
+
+def test_more_compute_never_chooses_a_worse_recipe():
+    from janelm.config import COMPUTE_TABLE, PRESETS
+    from janelm.recipe import choose_preset
+
+    rows = [preset for _, preset in COMPUTE_TABLE]
+    chosen = [rows.index(choose_preset(10 ** (4 + k / 10))) for k in range(60)]  # 10k to 10G probe tokens
+    assert chosen == sorted(chosen) and chosen[0] == 0 and chosen[-1] == len(rows) - 1
+    assert [t for t, _ in COMPUTE_TABLE] == sorted({t for t, _ in COMPUTE_TABLE})
+    assert all(name in PRESETS for name in rows)

@@ -11,26 +11,50 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from janelm.cli import flag
-from janelm.config import AUTO, ModelConfig, TrainConfig, preset_configs
+from janelm.config import AUTO, DEFAULT_BUDGET, PROBE_PRESET, ModelConfig, TrainConfig, preset_configs
 from janelm.errors import InputError
 
 FINE_TUNE_LR_FACTOR = 0.1  # fine-tuning starts from trained weights: a gentler default step
 
 
 def resolve_preset(args: argparse.Namespace) -> str:
-    """The preset to start from. `auto` asks janelm.device which one suits this machine, says so on
-    stderr, and is replaced in `args` by the answer (so it is asked once)."""
-    if args.preset == AUTO:
-        import torch
+    """The preset to start from. Until `auto` has measured this machine (`choose_auto`, once the
+    corpus is read), it stands for the probe's preset, against which flags are checked."""
+    return PROBE_PRESET if args.preset == AUTO else args.preset
 
-        from janelm.console import note
-        from janelm.device import auto_preset
 
-        cuda = torch.cuda.is_available() and getattr(args, "device", None) != "cpu"
-        args.preset, why = auto_preset(cuda)
-        if os.environ.get("RANK", "0") == "0":
-            note(f"preset {args.preset} (auto: {why}; --preset NAME picks another)")
-    return args.preset
+def choose_auto(args: argparse.Namespace, vocab_size: int) -> float:
+    """Resolve `--preset auto` by measuring this machine (janelm.recipe), say what it measured and
+    chose on the run's first line, and return the seconds that took (spent from the budget).
+    Under a torchrun started by hand every process would measure alone and might choose apart,
+    so there auto takes the probe's preset."""
+    from janelm.console import note
+    from janelm.recipe import choose_by_measuring
+
+    if os.environ.get("RANK") is not None:
+        args.preset = PROBE_PRESET
+        if os.environ["RANK"] == "0":
+            note(f"preset {PROBE_PRESET} (auto does not measure under torchrun: pass --preset NAME, or use --nproc)")
+        return 0.0
+    budget = args.max_time or default_budget(args)
+    if args.max_iters is None:
+        args.max_time = budget  # the chosen recipe trains for the budget: the trainer plans its steps
+    choice = choose_by_measuring(budget, vocab_size, lambda preset: configs_for_preset(args, preset))
+    note(choice.message)
+    args.preset = choice.preset
+    return choice.spent
+
+
+def default_budget(args: argparse.Namespace) -> float:
+    import torch
+
+    cuda = torch.cuda.is_available() and getattr(args, "device", None) != "cpu"
+    return DEFAULT_BUDGET["cuda" if cuda else "cpu"]
+
+
+def configs_for_preset(args: argparse.Namespace, preset: str) -> tuple[ModelConfig, TrainConfig]:
+    """The run's configs had `--preset` been `preset`."""
+    return configs_from_args(argparse.Namespace(**{**vars(args), "preset": preset}))
 
 
 def configs_from_args(args: argparse.Namespace, base: dict | None = None, source: str = "--resume"
@@ -59,7 +83,9 @@ def configs_from_args(args: argparse.Namespace, base: dict | None = None, source
     if getattr(args, "init_from", None) and args.lr is None:
         train_cfg = replace(train_cfg, lr=train_cfg.lr * FINE_TUNE_LR_FACTOR)
     if getattr(args, "max_time", None) and args.max_iters is None:
-        train_cfg = replace(train_cfg, max_iters=0)  # a time budget alone: the schedule follows the clock
+        train_cfg = replace(train_cfg, max_iters=0)  # a time budget alone: the trainer plans its steps
+    elif getattr(args, "max_iters", None) and args.max_time is None:
+        train_cfg = replace(train_cfg, max_time=0.0)  # a step budget alone: replays a run bit for bit
     model_cfg.validate()
     train_cfg.validate()
     return model_cfg, train_cfg
@@ -90,6 +116,11 @@ def launch_torchrun(args: argparse.Namespace) -> int:
             skip = True
         elif not a.startswith("--nproc="):
             argv.append(a)
+    if args.preset == AUTO and not (args.resume or args.init_from):  # measured here, once, for every process
+        from janelm.data import load_corpus
+
+        choose_auto(args, load_corpus(args.data).tokenizer.vocab_size)
+        argv += ["--preset", args.preset] + ([] if args.max_iters else ["--max-time", str(args.max_time)])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
            "-m", "janelm", "train", *argv]
     return subprocess.call(cmd)
@@ -123,12 +154,13 @@ def train(args: argparse.Namespace) -> int:
 
     resume = load_checkpoint(last) if args.resume else None
     init = load_checkpoint(resolve_checkpoint(args.init_from)) if args.init_from else None
+    corpus = load_corpus(args.data)
+    spent = choose_auto(args, corpus.tokenizer.vocab_size) if args.preset == AUTO and not (resume or init) else 0.0
     model_cfg, train_cfg = configs_from_args(args, resume or init, "--resume" if resume else "--init-from")
     dist = Distributed.from_environment(train_cfg.device)
     try:
-        corpus = load_corpus(args.data)
         trainer = Trainer(model_cfg, train_cfg, corpus, Path(args.out), resume=resume, init=init,
-                          force=args.force, progress=not args.quiet, dist=dist)
+                          force=args.force, progress=not args.quiet, dist=dist, spent=spent)
         if dist.is_main:
             m = trainer.model
             note(f"model: {m.num_params() / 1e6:.2f}M parameters ({m.num_params(embeddings=False) / 1e6:.2f}M "

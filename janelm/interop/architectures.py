@@ -55,7 +55,7 @@ class Llama:
             "max_position_embeddings": cfg.context, "rms_norm_eps": cfg.norm_eps or FLOAT32_EPS,
             # rope_theta for transformers 4, rope_parameters for 5.
             "rope_theta": cfg.rope_base, "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_base},
-            "hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "attention_dropout": cfg.dropout,
+            "hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "attention_dropout": cfg.attention_dropout,
             "tie_word_embeddings": cfg.tie_embeddings,
         }
 
@@ -78,7 +78,7 @@ class Llama:
             n_block=_get(hf, "num_hidden_layers"), n_embed=n_embed, n_head=n_head,
             n_kv_head=0 if n_kv_head == n_head else n_kv_head,
             head_size=0 if head_dim * n_head == n_embed else head_dim,
-            mlp_hidden=_get(hf, "intermediate_size"), dropout=_get(hf, "attention_dropout", float, 0.0),
+            mlp_hidden=_get(hf, "intermediate_size"), attention_dropout=_get(hf, "attention_dropout", float, 0.0),
             norm="rms", mlp="swiglu", position="rope", tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
             bias=False, norm_eps=_get(hf, "rms_norm_eps", float, 1e-6),
             rope_base=_get(rope, "rope_theta", float, hf.get("rope_theta", 10000.0)),
@@ -125,8 +125,8 @@ class GPT2:
             "n_positions": cfg.context, "n_embd": cfg.n_embed, "n_layer": cfg.n_block, "n_head": cfg.n_head,
             "n_inner": cfg.mlp_width, "activation_function": GELU[cfg.mlp],
             "layer_norm_epsilon": cfg.norm_eps or LAYER_NORM_EPS,
-            # JaneLM drops out exactly where GPT-2 does: embeddings, attention weights, residual branches.
-            "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout, "resid_pdrop": cfg.dropout,
+            # JaneLM drops out where GPT-2 does: embeddings and residual branches, and attention weights.
+            "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.attention_dropout, "resid_pdrop": cfg.dropout,
             "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
             "tie_word_embeddings": cfg.tie_embeddings,
         }
@@ -144,7 +144,8 @@ class GPT2:
         return ModelConfig(
             vocab_size=_get(hf, "vocab_size"), context=_get(hf, "n_positions"), n_block=_get(hf, "n_layer"),
             n_embed=n_embed, n_head=_get(hf, "n_head"), mlp_hidden=_get(hf, "n_inner", default=4 * n_embed),
-            dropout=_get(hf, "resid_pdrop", float, 0.1), norm="layer", mlp=GELU_FROM_HF[activation],
+            dropout=_get(hf, "resid_pdrop", float, 0.1), attention_dropout=_get(hf, "attn_pdrop", float, 0.1),
+            norm="layer", mlp=GELU_FROM_HF[activation],
             position="learned", tie_embeddings=bool(hf.get("tie_word_embeddings", True)), bias=True,
             norm_eps=_get(hf, "layer_norm_epsilon", float, LAYER_NORM_EPS),
         )

@@ -1,0 +1,128 @@
+"""`--preset auto`: the recipe this machine's compute buys in the time budget, and the steps that fill it.
+
+A time budget means different compute on different machines: ten minutes on one core, on a 2-core
+AVX2 laptop, on an AMX Xeon or on a GPU differ by orders of magnitude in tokens trained. So `auto`
+measures before it trains:
+
+1. The *probe*: a few real training steps of one fixed shape (3 blocks × 384, batch 16, context
+   256) in the precision the run will use. Budget × its tokens/s is the run's compute, counted in
+   probe tokens, a unit that means the same on every machine.
+2. The table (`janelm.config.COMPUTE_TABLE`, made by the study in docs/quality.md) maps compute to
+   the recipe that scored best there: shape, batch, learning rate, dropout.
+3. The chosen recipe's own pace (measured the same way; the probe's, when it is the probe's shape)
+   turns the budget into a step count. The cosine then follows steps, so `--max-iters N` with the
+   same seed replays the run bit for bit; the trainer checks the plan against the pace of its real
+   steps once warm-up ends, before the count matters to the schedule (`replan_steps`).
+
+Pure Python apart from `measure_pace`, which imports torch inside: `janelm train --help` reads this.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+from typing import Callable
+
+from janelm.config import COMPUTE_TABLE, PROBE_PRESET, ModelConfig, TrainConfig
+
+# The share of the budget the planned steps fill: evaluations, checkpoint writes and the machine's
+# noise take the rest, and the time limit itself (a guard at 100%) catches a slower stretch.
+FILL = 0.96
+EVALS_PER_RUN = 8  # evaluations in a planned run: the log's resolution, and the best.pt checkpoints
+PROBE_SECONDS = 2.5  # of timed steps per measured recipe, after two untimed ones
+PLAN_MIN_STEPS = 5  # a planned run warms up for at least this many steps: the pace they show sets its length
+
+
+@dataclass(frozen=True)
+class Pace:
+    """What one recipe costs on this machine."""
+
+    step_s: float  # seconds per optimizer step
+    eval_s: float  # seconds per evaluation (train and val batches)
+    tokens_per_step: int
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens_per_step / self.step_s
+
+
+def choose_preset(compute: float) -> str:
+    """The table's recipe for `compute` probe tokens: the last row whose threshold it reaches. The
+    rows are ordered by compute and each scored better at its own compute than the rows before it
+    did at theirs, so more compute never chooses a worse recipe."""
+    chosen = COMPUTE_TABLE[0][1]
+    for threshold, preset in COMPUTE_TABLE:
+        if compute >= threshold:
+            chosen = preset
+    return chosen
+
+
+def plan_steps(seconds: float, pace: Pace, evals: int = EVALS_PER_RUN) -> int:
+    """Optimizer steps that fill FILL of `seconds` at `pace`, with `evals` evaluations among them."""
+    usable = seconds * FILL - evals * pace.eval_s
+    return max(1, math.floor(usable / pace.step_s))
+
+
+def with_steps(cfg: TrainConfig, steps: int) -> TrainConfig:
+    """A train config for `steps` planned steps: its evaluations and saves spread over the run."""
+    every = max(1, math.ceil(steps / EVALS_PER_RUN))
+    return replace(cfg, max_iters=steps, eval_interval=every, save_interval=every)
+
+
+def measure_pace(model_cfg: ModelConfig, train_cfg: TrainConfig, vocab_size: int,
+                 seconds: float = PROBE_SECONDS) -> Pace:
+    """Time real training steps and one evaluation of this recipe on random tokens, here and now."""
+    from janelm.speed import random_token_trainer, time_eval, time_steps
+
+    probe_cfg = replace(train_cfg, max_iters=1_000_000, max_time=0.0)
+    with random_token_trainer(model_cfg, probe_cfg, vocab_size) as trainer:
+        steps, elapsed = time_steps(trainer, seconds=seconds)
+        eval_s = time_eval(trainer)
+    tokens = train_cfg.batch_size * train_cfg.grad_accum * model_cfg.context
+    return Pace(elapsed / steps, eval_s, tokens)
+
+
+@dataclass(frozen=True)
+class AutoChoice:
+    """What `--preset auto` measured and chose."""
+
+    preset: str
+    compute: float  # probe tokens the budget buys here
+    steps: int  # the estimate; the trainer plans the real count after warm-up
+    message: str  # the run's first line
+    spent: float  # seconds the measurements took, out of the budget
+
+
+def choose_by_measuring(budget: float, vocab_size: int, configs_for: Callable[[str], tuple[ModelConfig, TrainConfig]]
+                        ) -> AutoChoice:
+    """Measure the probe here, choose the table's recipe for the compute `budget` seconds buy, and
+    estimate its steps from its own pace. `configs_for(preset)` is the run's configs with that
+    preset (the user's flags applied), on the run's device and in its precision."""
+    from janelm.device import describe_machine, pick_device, pick_dtype
+
+    start = time.perf_counter()
+    probe_model, probe_train = configs_for(PROBE_PRESET)
+    probe = measure_pace(probe_model, probe_train, vocab_size)
+    compute = budget * probe.tokens_per_s
+    preset = choose_preset(compute)
+    model_cfg, train_cfg = configs_for(preset)
+    same = (model_cfg, replace(train_cfg, max_iters=0, max_time=0)) == (probe_model, replace(probe_train, max_iters=0, max_time=0))
+    pace = probe if same else measure_pace(model_cfg, train_cfg, vocab_size)
+    spent = time.perf_counter() - start
+    steps = plan_steps(budget - spent, pace)
+    device = pick_device(train_cfg.device)
+    machine = describe_machine(device, pick_dtype(train_cfg.dtype, device))
+    message = (f"auto: {machine} ≈ {probe.tokens_per_s:,.0f} tokens/s at {describe_shape(probe_model)} → "
+               f"{budget:g} s ≈ {tokens_text(compute)} tokens → preset {preset}: {describe_shape(model_cfg)}, "
+               f"batch {train_cfg.batch_size}, ≈ {steps:,} steps (--preset NAME picks another)")
+    return AutoChoice(preset, compute, steps, message, spent)
+
+
+def describe_shape(model_cfg: ModelConfig) -> str:
+    return f"{model_cfg.n_block} blocks × {model_cfg.n_embed}"
+
+
+def tokens_text(n: float) -> str:
+    """4.2M, 830k: a token count for a one-line message."""
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
