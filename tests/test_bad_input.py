@@ -61,8 +61,9 @@ def row(id: str, command: str, code: int, *says: str, **extra) -> Case:
 # fmt: off
 CASES = [
     # --- prepare -------------------------------------------------------------------------------
-    row("prepare-nothing-given",        "prepare --out new",                               2, "nothing to prepare"),
     row("prepare-missing-path",         "prepare missing.txt --out new",                   2, "missing.txt", "no such file"),
+    row("prepare-unknown-bundled-work", "prepare austen:persuasion --out new",             2,
+        "austen:persuasion: no such work bundled with JaneLM", "austen:emma", "--gutenberg NUMBER"),
     row("prepare-empty-file",           "prepare empty.txt --out new",                     2, "empty.txt", "is empty"),
     row("prepare-folder-without-txt",   "prepare notext --out new",                        2, "notext", "no .txt files"),
     row("prepare-binary-file",          "prepare binary.txt --out new",                    2, "binary.txt", "binary file"),
@@ -78,7 +79,6 @@ CASES = [
     row("prepare-out-read-only",        "prepare novel.txt --out rocorpus --force",        2, "cannot write to rocorpus/", "Permission denied", limit="read-only"),
     row("prepare-file-size-limit",      "prepare novel.txt --out deep/new",                1,
         "file too large (a file-size limit) writing deep/new/train.bin", "ulimit -f", limit="fsize"),
-    row("prepare-extra-without-main",   "prepare --extra novel.txt --out new",             2, "--extra sources are training text only", "main sources"),
     row("prepare-extra-same-file",      "prepare novel.txt --extra novel.txt --out new",   2,
         "--extra novel.txt is the same text as the main source novel.txt", "give it once"),
     row("prepare-extra-holds-validation-text", "prepare novel.txt --extra novel-crlf.txt --out new", 2,
@@ -136,6 +136,7 @@ CASES = [
     row("eval-empty-file",              "eval -c run empty.txt",                           2, "empty.txt", "is empty"),
     row("eval-empty-file-char-run",     "eval -c charrun empty.txt",                       2, "empty.txt", "is empty"),
     row("eval-unknown-characters",      "eval -c charrun unknown.txt",                     2, "unknown.txt", "never saw", "'漢'"),
+    row("eval-unknown-bundled-work",    "eval -c run austen:persuasion",                   2, "austen:persuasion: no such work bundled"),
     # --- any command: usage --------------------------------------------------------------------
     row("prepare-unknown-flag",         "prepare novel.txt --out new --bogus",             2, "unrecognized arguments: --bogus"),
     row("train-unknown-flag",           "train --data corpus --bogus",                     2, "unrecognized arguments: --bogus"),
