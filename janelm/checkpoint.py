@@ -92,11 +92,13 @@ def resolve_checkpoint(path: str | Path | None, default_dir: str = "checkpoints"
 
         if is_model_folder(p):
             return p
+    if p == Path(default_dir) and (p.is_dir() or not p.exists()):  # the first `sample`, before any `train`
+        raise InputError(f"no trained model in {p}/ yet: run `janelm train` first, or pass -c CKPT")
+    if p.is_dir():
         raise InputError(f"no checkpoint in {p}/ (looked for {BEST}, {LAST} and a transformers config.json): "
-                         f"train one with `janelm train --out {p}`, or pass -c FILE")
+                         f"train one with `janelm train --out {p}`, or pass -c CKPT")
     if not p.exists():
-        hint = "train one with `janelm train`" if not path else "check the path"
-        raise InputError(f"checkpoint {p} does not exist: {hint}, or pass -c FILE")
+        raise InputError(f"checkpoint {p} does not exist: check the path, or pass -c CKPT")
     return p
 
 

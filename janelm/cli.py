@@ -127,6 +127,16 @@ def add_decoding_flags(p: argparse.ArgumentParser) -> None:
                    help="store the weight matrices as int8 for generation: fewer bytes per token, slightly different outputs (default: off)")
 
 
+def bundled_names() -> str:
+    """The bundled works' names for --help (which must not fail on a damaged install)."""
+    from janelm.bundled import PREFIX, bundled_works
+
+    try:
+        return ", ".join(PREFIX + name for name in bundled_works())
+    except JaneLMError as e:
+        return str(e)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors (default: off)")
@@ -144,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pd = PrepareDefaults()
     p = command("prepare", "clean text, train a tokenizer and write token files")
-    p.add_argument("paths", nargs="*", metavar="PATH", help=".txt files, folders of them, or - for standard input")
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help=".txt files, folders of them, - for standard input, or austen:NAME for a work of Jane Austen bundled "
+                   f"with JaneLM ({bundled_names()}) (default: all the bundled works)")
     p.add_argument("--gutenberg", metavar="BOOKS", help="download from Project Gutenberg: an author (austen, dickens, eliot) or eBook numbers like 105,1342 (default: none)")
     p.add_argument("--extra", nargs="+", action="extend", default=[], metavar="PATH",
                    help="extra sources: training text only, no validation split taken from them (after the main PATHs) (default: none)")

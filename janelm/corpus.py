@@ -12,6 +12,7 @@ import sys
 import unicodedata
 from pathlib import Path
 
+from janelm.bundled import find_work, is_bundled, read_bundled
 from janelm.errors import InputError
 
 __all__ = [
@@ -32,8 +33,9 @@ def iter_sources(paths: list[str]) -> list[Path | str]:
     """Expand paths into the list of sources to read, in a stable order.
 
     A file is taken as given (the user named it), a folder contributes its `.txt` files
-    recursively in sorted order (hidden files and folders skipped), and "-" stands for stdin.
-    A file reached twice is listed once, so a work is never counted double.
+    recursively in sorted order (hidden files and folders skipped), "-" stands for stdin and
+    austen:NAME for a work bundled with JaneLM (`janelm.bundled`). A file or work reached twice
+    is listed once, so a work is never counted double.
     """
     if not paths:
         raise InputError("no input given; name a .txt file, a folder of .txt files, or - for stdin")
@@ -47,9 +49,11 @@ def iter_sources(paths: list[str]) -> list[Path | str]:
             sources.append(path)
 
     for raw in paths:
-        if raw == STDIN:
-            if STDIN not in sources:
-                sources.append(STDIN)
+        if raw == STDIN or is_bundled(raw):
+            if is_bundled(raw):
+                find_work(raw)  # an unknown name fails here, before anything is read
+            if raw not in sources:
+                sources.append(raw)
             continue
         path = Path(raw)
         if path.is_dir():
@@ -88,7 +92,8 @@ _MAX_CONTROL_SHARE = 0.01
 
 
 def read_text(source: Path | str) -> str:
-    """Read one source as UTF-8 text, refusing binary, non-UTF-8 and empty input.
+    """Read one source (a file, "-" for stdin, austen:NAME for a bundled work) as UTF-8 text,
+    refusing binary, non-UTF-8 and empty input.
 
     A UTF-8 byte-order mark is dropped. Errors name the file and say how to fix it.
     """
@@ -96,6 +101,8 @@ def read_text(source: Path | str) -> str:
     try:
         if source == STDIN:
             data = sys.stdin.buffer.read()
+        elif is_bundled(source):
+            data = read_bundled(str(source))
         else:
             data = Path(source).read_bytes()
     except OSError as exc:

@@ -26,6 +26,7 @@ from typing import Any, Iterable
 
 import torch
 
+from janelm.config import PrepareDefaults
 from janelm.errors import InputError
 from janelm.tokenizer import Tokenizer, tokenizer_from_dict
 
@@ -117,15 +118,25 @@ class Corpus:
         return Mix(self.extra_start, self.meta.get("extra_weight") if extra_weight is None else extra_weight)
 
 
-def load_corpus(path: str | Path) -> Corpus:
-    """Open a folder written by `janelm prepare`, with a clear error for anything missing."""
-    path = Path(path)
-    fix = f"run `janelm prepare TEXT... --out {path}` first, or pass --data FOLDER"
+def check_corpus_folder(path: Path) -> str:
+    """Refuse a folder that holds no prepared corpus, before anything is loaded; returns the fix
+    that errors about the folder give: the `janelm prepare` that writes it."""
+    if path == Path(PrepareDefaults.out):  # the newcomer's case: a bare `janelm prepare` writes it
+        fix = "run `janelm prepare` first (the Austen bundled with JaneLM, or text you give it), or pass --data FOLDER"
+    else:
+        fix = f"run `janelm prepare TEXT... --out {path}` first, or pass --data FOLDER"
     if not path.is_dir():
         raise InputError(f"no prepared corpus at {path}/: {fix}")
     for name in (META_FILE, TOKENIZER_FILE, "train.bin", "val.bin"):
         if not (path / name).is_file():
             raise InputError(f"{path}/ is not a prepared corpus ({name} is missing): {fix}")
+    return fix
+
+
+def load_corpus(path: str | Path) -> Corpus:
+    """Open a folder written by `janelm prepare`, with a clear error for anything missing."""
+    path = Path(path)
+    fix = check_corpus_folder(path)
     try:
         meta = json.loads((path / META_FILE).read_text())
         tokenizer = tokenizer_from_dict(json.loads((path / TOKENIZER_FILE).read_text()))

@@ -22,7 +22,8 @@ def have_matplotlib() -> bool:
 def read_metrics(run: Path) -> list[dict[str, float]]:
     path = run / "metrics.csv" if run.is_dir() else run
     if not path.is_file():
-        raise InputError(f"no metrics.csv in {run}: pass a run folder written by `janelm train`")
+        raise InputError(f"no metrics.csv in {run}/: train a run there with `janelm train --out {run}` first, "
+                         f"or pass a run folder it wrote")
     with open(path, newline="") as f:
         try:
             return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]

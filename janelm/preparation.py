@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from janelm import __version__
+from janelm.bundled import find_work, is_bundled
 from janelm.cleaning import clean_gutenberg
 from janelm.corpus import normalise, read_text, split_work
 from janelm.errors import InputError
@@ -52,7 +53,10 @@ class Work:
 def load_work(source: Path | str, *, clean: bool, ascii: bool, val_fraction: float,
               info: dict[str, Any] | None = None, group: str = MAIN) -> Work:
     """Read, clean and split one source (an extra one is all training text); `info` records where
-    it came from and its sizes."""
+    it came from and its sizes (and a bundled work's title and eBook number)."""
+    if is_bundled(source):
+        work = find_work(str(source))
+        info = {"gutenberg": work.gutenberg, "title": work.title, **(info or {})}
     raw = read_text(source)
     text = clean_gutenberg(raw, ascii=ascii) if clean else normalise(raw)
     name = "stdin" if source == "-" else str(source)

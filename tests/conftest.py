@@ -1,6 +1,8 @@
 """Shared fixtures: a small synthetic text, a corpus prepared from it, and a tiny trained model.
 
-Unit tests never need the real novels; tests that do read ../shared/corpus and skip without it.
+Unit tests never need the real novels; tests that do read the Austen bundled with JaneLM
+(janelm.bundled), and raw Gutenberg files are made from it (gutenberg_like.py): nothing beside the
+repository is read.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_CORPUS = REPO.parent / "shared" / "corpus"
 
 # Compiled decode steps go to a folder of this test session (this process and every janelm it runs),
 # never the user's cache: shared by the tests, so each model and batch size compiles once.

@@ -52,6 +52,7 @@ class Case:
     xfail: str = ""  # why this row is expected to fail for now (and what change it needs)
     needs: str = ""  # "no-cuda": only meaningful on a machine without a GPU; "hf": needs the hf extra
     limit: str = ""  # "fsize": under a 3,000-byte file-size limit; "read-only": folder permissions apply
+    cwd: str = ""  # a folder of the workspace to run in (the first-contact rows)
 
 
 def row(id: str, command: str, code: int, *says: str, **extra) -> Case:
@@ -61,8 +62,9 @@ def row(id: str, command: str, code: int, *says: str, **extra) -> Case:
 # fmt: off
 CASES = [
     # --- prepare -------------------------------------------------------------------------------
-    row("prepare-nothing-given",        "prepare --out new",                               2, "nothing to prepare"),
     row("prepare-missing-path",         "prepare missing.txt --out new",                   2, "missing.txt", "no such file"),
+    row("prepare-unknown-bundled-work", "prepare austen:persuasion --out new",             2,
+        "austen:persuasion: no such work bundled with JaneLM", "austen:emma", "--gutenberg NUMBER"),
     row("prepare-empty-file",           "prepare empty.txt --out new",                     2, "empty.txt", "is empty"),
     row("prepare-folder-without-txt",   "prepare notext --out new",                        2, "notext", "no .txt files"),
     row("prepare-binary-file",          "prepare binary.txt --out new",                    2, "binary.txt", "binary file"),
@@ -78,7 +80,6 @@ CASES = [
     row("prepare-out-read-only",        "prepare novel.txt --out rocorpus --force",        2, "cannot write to rocorpus/", "Permission denied", limit="read-only"),
     row("prepare-file-size-limit",      "prepare novel.txt --out deep/new",                1,
         "file too large (a file-size limit) writing deep/new/train.bin", "ulimit -f", limit="fsize"),
-    row("prepare-extra-without-main",   "prepare --extra novel.txt --out new",             2, "--extra sources are training text only", "main sources"),
     row("prepare-extra-same-file",      "prepare novel.txt --extra novel.txt --out new",   2,
         "--extra novel.txt is the same text as the main source novel.txt", "give it once"),
     row("prepare-extra-holds-validation-text", "prepare novel.txt --extra novel-crlf.txt --out new", 2,
@@ -136,6 +137,25 @@ CASES = [
     row("eval-empty-file",              "eval -c run empty.txt",                           2, "empty.txt", "is empty"),
     row("eval-empty-file-char-run",     "eval -c charrun empty.txt",                       2, "empty.txt", "is empty"),
     row("eval-unknown-characters",      "eval -c charrun unknown.txt",                     2, "unknown.txt", "never saw", "'漢'"),
+    row("eval-unknown-bundled-work",    "eval -c run austen:persuasion",                   2, "austen:persuasion: no such work bundled"),
+    # --- first contact: each command of the README's first block too early, in a new folder ----------
+    # (`empty/`: nothing at all; `clone/`: what a clone holds, corpus/ and checkpoints/ with a README each)
+    row("first-train-before-prepare",   "train",                                           2,
+        "no prepared corpus at corpus/", "run `janelm prepare` first", "--data FOLDER", cwd="empty"),
+    row("first-train-in-a-clone",       "train",                                           2,
+        "corpus/ is not a prepared corpus (meta.json is missing)", "run `janelm prepare` first", cwd="clone"),
+    row("first-train-resume",           "train --resume",                                  2, "run `janelm prepare` first", cwd="empty"),
+    row("first-sample-before-train",    "sample",                                          2,
+        "no trained model in checkpoints/ yet: run `janelm train` first, or pass -c CKPT", cwd="empty"),
+    row("first-sample-in-a-clone",      "sample -n 50",                                    2,
+        "no trained model in checkpoints/ yet: run `janelm train` first, or pass -c CKPT", cwd="clone"),
+    row("first-eval-before-train",      "eval",                                            2, "no trained model in checkpoints/ yet", "janelm train", cwd="empty"),
+    row("first-eval-a-work-before-train", "eval austen:northanger-abbey",                  2, "no trained model in checkpoints/ yet", cwd="empty"),
+    row("first-chat-before-train",      "chat",                                            2, "no trained model in checkpoints/ yet", "janelm train", cwd="empty"),
+    row("first-export-before-train",    "export austen-llama",                             2, "no trained model in checkpoints/ yet", "janelm train", cwd="empty"),
+    row("first-bench-before-train",     "bench sample -c checkpoints",                     2, "no trained model in checkpoints/ yet", cwd="empty"),
+    row("first-plot-before-train",      "plot checkpoints",                                2,
+        "no metrics.csv in checkpoints/", "`janelm train --out checkpoints` first", cwd="clone"),
     # --- any command: usage --------------------------------------------------------------------
     row("prepare-unknown-flag",         "prepare novel.txt --out new --bogus",             2, "unrecognized arguments: --bogus"),
     row("train-unknown-flag",           "train --data corpus --bogus",                     2, "unrecognized arguments: --bogus"),
@@ -191,6 +211,10 @@ def ws(tmp_path_factory, text_file, prepared, trained) -> Iterator[Path]:
     (ws / "latin1.txt").write_bytes("Café society: a naïve début.\n".encode("latin-1") * 50)
     (ws / "short.txt").write_text("A short line of text.\n")
     (ws / "emptydir").mkdir()
+    (ws / "empty").mkdir()
+    for name in ("corpus", "checkpoints"):  # as a clone has them: a README.md in each, nothing else
+        (ws / "clone" / name).mkdir(parents=True)
+        (ws / "clone" / name / "README.md").write_text(f"{name}/ is written by janelm.\n")
     # The novel again with other bytes (Windows line ends): other sha256, the same paragraphs.
     (ws / "novel-crlf.txt").write_bytes(text_file.read_bytes().replace(b"\n", b"\r\n"))
     (ws / "long_prompt.txt").write_text(LONG_PROMPT)
@@ -311,7 +335,7 @@ def test_bad_input(case: Case, ws: Path) -> None:
     preexec_fn = {"fsize": file_size_limit(3000), "read-only": obey_permissions}.get(case.limit)
     before = snapshot(ws)
     with one_thread():
-        proc = janelm(*shlex.split(case.command.format(tiny=TINY_FLAGS)), cwd=ws, check=False, timeout=180,
+        proc = janelm(*shlex.split(case.command.format(tiny=TINY_FLAGS)), cwd=ws / case.cwd, check=False, timeout=180,
                       preexec_fn=preexec_fn)
     after = snapshot(ws)
 

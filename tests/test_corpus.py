@@ -1,7 +1,7 @@
 """Tests for janelm.corpus and janelm.cleaning: finding, reading, normalising, cleaning and splitting texts.
 
-The real-file tests read the Austen corpus beside the repository at run time (never copy the
-novels into the repo) and skip when it is absent.
+The novels are the Austen bundled with JaneLM; the raw Gutenberg files the cleaner is tested on
+are made from them at test time (tests/gutenberg_like.py), so nothing beside the repository is read.
 """
 
 from __future__ import annotations
@@ -17,28 +17,23 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gutenberg_like import ASCII, LICENCE, RAW_BOOKS, bundled_text, period_novel, raw_book
+from janelm.bundled import bundled_works
 from janelm.cleaning import clean_gutenberg
 from janelm.corpus import iter_sources, normalise, read_text, split_work
 from janelm.errors import InputError
 
-CORPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "corpus"
-RAW = CORPUS / "gutenberg-raw"
-CLEAN = CORPUS / "austen"
-
-needs_corpus = pytest.mark.skipif(not (RAW.is_dir() and CLEAN.is_dir()), reason=f"no corpus at {CORPUS}")
-
-# raw file -> already-cleaned file of the same work
-WORKS = {
-    "1342-0.txt": "pride-and-prejudice.txt",
-    "158-0.txt": "emma.txt",
-    "pg161.txt": "sense-and-sensibility.txt",
-    "121-0.txt": "northanger-abbey.txt",
-}
-
-
 @lru_cache(maxsize=None)
-def cleaned(raw_name: str, ascii: bool = False) -> str:
-    return clean_gutenberg(read_text(RAW / raw_name), ascii=ascii)
+def cleaned(number: int, ascii: bool = False) -> str:
+    """The cleaned raw file of a bundled work (RAW_BOOKS: eBook number -> work)."""
+    return clean_gutenberg(raw_book(number), ascii=ascii)
+
+
+def reference(number: int) -> str:
+    """The work as bundled, in the raw file's typography: what cleaning should give back."""
+    book = RAW_BOOKS[number]
+    text = normalise(bundled_text(book.name))
+    return text.translate(ASCII) if book.ascii else text
 
 
 def words(text: str) -> list[str]:
@@ -190,19 +185,6 @@ JOINED = (
     "down and their minds on the fire they would sit by when they came back.\n\n"
     "Mary, who liked the rain, took the long way round by the mill.\n"
 )
-
-LICENCE = """\
-Updated editions will replace the previous one--the old editions will
-be renamed.
-
-Section 1.  General Terms of Use and Redistributing Project Gutenberg-tm
-electronic works
-
-1.A.  By reading or using any part of this Project Gutenberg-tm
-electronic work, you indicate that you have read, understand, agree to
-and accept all the terms of this license and intellectual property
-(trademark/copyright) agreement.
-"""
 
 HEADER_NEW = """\
 The Project Gutenberg eBook of A Wet Day, by A. Writer
@@ -392,17 +374,17 @@ def test_clean_ascii() -> None:
 # clean_gutenberg: novels of the period as distributed (hard-wrapped; CRLF, a byte-order mark)
 # ------------------------------------------------------------------------------------------
 
-PERIOD = CORPUS / "period"
+PERIOD_FILES = {"bom-and-crlf": {"bom": True, "crlf": True}, "crlf": {"crlf": True}, "lf": {}}
 
 
-@pytest.mark.skipif(not PERIOD.is_dir(), reason=f"no period novels at {PERIOD}")
-@pytest.mark.parametrize("name", ["eliot-silas-marner.txt",  # BOM and CRLF
-                                  "dickens-tale-of-two-cities.txt",  # CRLF
-                                  "dickens-hard-times.txt"])  # LF, opening with blank lines and centred titles
-def test_period_file_cleans_to_one_paragraph_per_line(name: str) -> None:
-    raw = read_text(PERIOD / name)
+@pytest.mark.parametrize("kind", sorted(PERIOD_FILES))  # each opens with blank lines and a centred title
+def test_period_file_cleans_to_one_paragraph_per_line(kind: str, tmp_path: Path) -> None:
+    path = tmp_path / "novel.txt"
+    path.write_bytes(period_novel(seed=len(kind), **PERIOD_FILES[kind]))
+    raw = read_text(path)
     text = clean_gutenberg(raw)
     assert "\r" not in text and "\ufeff" not in text
+    assert text.startswith("A NOVEL OF THE FOG\n\nBY A. WRITER")  # the centring was layout
     # The wrapped prose is joined: no line at the margin continues on the next, no block of
     # wrap-width lines survives, and nearly all the text stands in paragraph-long lines.
     assert [(a, b) for a, b in nonblank_pairs(text) if b[:1].islower()] == []
@@ -413,56 +395,61 @@ def test_period_file_cleans_to_one_paragraph_per_line(name: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------
-# clean_gutenberg: the real Gutenberg files
+# clean_gutenberg: raw Gutenberg files of the bundled novels (tests/gutenberg_like.py)
 # ------------------------------------------------------------------------------------------
 
 LICENCE_WORDS = re.compile(r"gutenberg|\blicense\b|trademark|pglaf|\bdonations?\b|https?:|www\.|\be-?book|\be-?text\b", re.I)
 
 
-@needs_corpus
-@pytest.mark.parametrize("raw_name", sorted(WORKS))
-def test_real_file_has_no_gutenberg_matter(raw_name: str) -> None:
-    text = cleaned(raw_name)
+def test_the_raw_files_carry_what_the_cleaner_removes() -> None:
+    """Each made-up raw file has the matter its real one has, so the tests below are not vacuous."""
+    raws = {number: raw_book(number) for number in RAW_BOOKS}
+    assert all(LICENCE_WORDS.search(raw) and "*** END OF THIS PROJECT GUTENBERG EBOOK" in raw for raw in raws.values())
+    assert raws[1342].count("_") > 500 and raws[158].count("_") > 500  # _italics_
+    assert not set(raws[161]) & set("‘’“”—")  # the ASCII edition
+    assert "\nContents\n" in raws[121] and "[Transcriber's Note:" in raws[121] and "A NOTE ON THE TEXT" in raws[121]
+    for raw in raws.values():  # hard-wrapped: the prose lines end near column 70
+        lengths = [len(line) for line in raw.split("\n") if len(line) > 40]
+        assert sum(60 <= n <= 70 for n in lengths) > 0.8 * len(lengths)
+
+
+@pytest.mark.parametrize("number", sorted(RAW_BOOKS))
+def test_raw_file_has_no_gutenberg_matter(number: int) -> None:
+    text = cleaned(number)
     assert [m.group() for m in LICENCE_WORDS.finditer(text)] == []
     assert "_" not in text  # italics markers dropped
     assert "\r" not in text and "\t" not in text and text.endswith("\n") and not text.endswith("\n\n")
 
 
-@needs_corpus
-@pytest.mark.parametrize("raw_name", sorted(WORKS))
-def test_real_file_starts_at_the_works_first_words(raw_name: str) -> None:
+@pytest.mark.parametrize("number", sorted(RAW_BOOKS))
+def test_raw_file_starts_at_the_works_first_words(number: int) -> None:
     # These files come without the Gutenberg header, so the work's first words are the file's
-    # first non-blank line (a title page for Northanger Abbey, the first sentence elsewhere).
-    first_line = next(line for line in read_text(RAW / raw_name).splitlines() if line.strip())
-    assert cleaned(raw_name).startswith(first_line.strip())
+    # first non-blank line (a title page for every one of them).
+    first_line = next(line for line in raw_book(number).splitlines() if line.strip())
+    assert cleaned(number).startswith(first_line.strip())
 
 
-@needs_corpus
-def test_real_file_openings() -> None:
-    assert cleaned("1342-0.txt").startswith("It is a truth universally acknowledged, that a single man")
-    assert cleaned("158-0.txt").startswith("CHAPTER I\n\nEmma Woodhouse, handsome, clever, and rich,")
-    assert cleaned("pg161.txt").startswith("The family of Dashwood had long been settled in Sussex.")
-    northanger = cleaned("121-0.txt")
-    assert northanger.startswith("Northanger Abbey\n\nby Jane Austen\n")
-    # The table of contents is gone: the advertisement and each chapter heading appear once, and
-    # the first chapter starts within the first few paragraphs.
-    assert "Contents" not in northanger.split("\n")
-    assert northanger.count("ADVERTISEMENT BY THE AUTHORESS") == 1
-    assert northanger.count("\nCHAPTER 1\n") == 1 and northanger.count("\nCHAPTER 31\n") == 1
-    assert northanger.index("No one who had ever seen Catherine Morland") < 2500
+def test_raw_file_openings() -> None:
+    assert cleaned(1342).startswith("PRIDE.\n\nand\n\nPREJUDICE\n\nby\n\nJane Austen,\n\nWalt Whitman has somewhere")
+    assert "\nIT is a truth universally acknowledged, that a single man in possession" in cleaned(1342)
+    assert cleaned(158).startswith("Emma\n\nby Jane Austen\n\nVOLUME I\nCHAPTER I\n\nEmma Woodhouse, handsome, clever,")
+    assert cleaned(161).startswith("SENSE & SENSIBILITY\n\n    BY\n    JANE AUSTEN\n\nINTRODUCTION\n\nWith the title")
+    assert "\nThe family of Dashwood had long been settled in Sussex." in cleaned(161)
+    northanger = cleaned(121)
+    # The transcriber's note and the table of contents are gone: each chapter heading appears once,
+    # and the first chapter follows the title.
+    assert northanger.startswith("Northanger Abbey\n\nby Jane Austen\n\nCHAPTER 1\n\nNo one who had ever seen Catherine")
+    assert "Contents" not in northanger.split("\n") and "Transcriber" not in northanger
+    assert re.findall(r"^CHAPTER \d+$", northanger, re.M) == [f"CHAPTER {n}" for n in range(1, 32)]
     # The editor's note on the text after the novel is gone too.
-    assert "NOTE ON THE TEXT" not in northanger
+    assert "NOTE ON THE TEXT" not in northanger and "misprints" not in northanger
 
 
-@needs_corpus
-@pytest.mark.parametrize("raw_name", sorted(WORKS))
-def test_real_file_keeps_the_last_paragraph(raw_name: str) -> None:
-    ours = cleaned(raw_name).split("\n")
-    reference = (CLEAN / WORKS[raw_name]).read_text(encoding="utf-8").split("\n")
-    # The last prose paragraph (a long line) of each: editions differ in commas and quotes,
-    # so compare the words, allowing a small difference.
+@pytest.mark.parametrize("number", sorted(RAW_BOOKS))
+def test_raw_file_keeps_the_last_paragraph(number: int) -> None:
+    ours = cleaned(number).split("\n")
     our_last = [line for line in ours if len(line) > 100][-1]
-    ref_last = [line for line in reference if len(line) > 100][-1]
+    ref_last = [line for line in reference(number).split("\n") if len(line) > 100][-1]
     assert words(our_last)[-12:] == words(ref_last)[-12:]
     assert difflib.SequenceMatcher(None, words(our_last), words(ref_last)).ratio() > 0.9
     # After it at most a closing line such as "FINIS" or "THE END".
@@ -470,10 +457,9 @@ def test_real_file_keeps_the_last_paragraph(raw_name: str) -> None:
     assert len(tail) <= 1 and all(len(line) <= 12 and line.isupper() for line in tail)
 
 
-@needs_corpus
-@pytest.mark.parametrize("raw_name", sorted(WORKS))
-def test_real_file_has_one_paragraph_per_line(raw_name: str) -> None:
-    text = cleaned(raw_name)
+@pytest.mark.parametrize("number", sorted(RAW_BOOKS))
+def test_raw_file_has_one_paragraph_per_line(number: int) -> None:
+    text = cleaned(number)
     # No line continues on the next one: a continuation would start in lower case.
     broken = [(a, b) for a, b in nonblank_pairs(text) if b.lstrip()[:1].islower()]
     assert broken == []
@@ -481,55 +467,49 @@ def test_real_file_has_one_paragraph_per_line(raw_name: str) -> None:
     lines = text.split("\n")
     for a, b, c in zip(lines, lines[1:], lines[2:]):
         assert not all(55 <= len(x.strip()) <= 80 for x in (a, b, c)), (a, b, c)
-    # As many paragraphs (long lines) as the hand-cleaned file of the same work, within 2%.
-    reference = (CLEAN / WORKS[raw_name]).read_text(encoding="utf-8")
-    ours_long = sum(len(line) > 100 for line in lines)
-    ref_long = sum(len(line) > 100 for line in reference.split("\n"))
-    assert abs(ours_long - ref_long) <= 0.02 * ref_long
+    # Line for line the work as bundled (set-in verse and lists aside, and the blank lines a
+    # hard-wrapped file puts around every paragraph): nothing joined that should not be, nothing lost.
+    ours = [line.strip() for line in lines if line.strip()]
+    bundled = [line.strip() for line in reference(number).split("\n") if line.strip()]
+    assert len(ours) == len(bundled) and ours == bundled
 
 
-@needs_corpus
-@pytest.mark.parametrize("raw_name", sorted(WORKS))
-def test_real_file_with_a_current_header(raw_name: str) -> None:
-    # Today's downloads also carry the header and START marker these copies lack.
-    raw = read_text(RAW / raw_name)
+@pytest.mark.parametrize("number", sorted(RAW_BOOKS))
+def test_raw_file_with_a_current_header(number: int) -> None:
+    # Today's downloads also carry the header and START marker these files lack.
     head, _ = VARIANTS["the-ebook"]
-    assert clean_gutenberg(head + raw) == cleaned(raw_name)
+    assert clean_gutenberg(head + raw_book(number)) == cleaned(number)
 
 
-@needs_corpus
-def test_real_file_keeps_verse_and_joins_letters() -> None:
-    emma = cleaned("158-0.txt").split("\n")
+def test_raw_file_keeps_verse_and_joins_letters() -> None:
+    emma = cleaned(158).split("\n")
     verse = [line.strip() for line in emma if line.startswith("    ") and len(line) < 60]
     assert "My first doth affliction denote," in verse and "Kindled a flame I yet deplore," in verse
-    sense = cleaned("pg161.txt").split("\n")
+    sense = cleaned(161).split("\n")
     letter = [line for line in sense if line.startswith('     "I have just had the honour of receiving your letter,')]
     assert len(letter) == 1 and len(letter[0]) > 800
-    northanger = cleaned("121-0.txt").split("\n")
+    northanger = cleaned(121).split("\n")
     letter = [line for line in northanger if line.startswith("    “Though, God knows, with little inclination")]
     assert len(letter) == 1 and len(letter[0]) > 1000
 
 
-@needs_corpus
-@pytest.mark.parametrize("raw_name", sorted(WORKS))
-def test_real_file_cleaning_is_idempotent(raw_name: str) -> None:
-    once = cleaned(raw_name)
+@pytest.mark.parametrize("number", sorted(RAW_BOOKS))
+def test_raw_file_cleaning_is_idempotent(number: int) -> None:
+    once = cleaned(number)
     assert clean_gutenberg(once) == once
 
 
-@needs_corpus
-def test_real_file_ascii() -> None:
-    text = cleaned("1342-0.txt", ascii=True)
+def test_raw_file_ascii() -> None:
+    text = cleaned(1342, ascii=True)
     assert not set(text) & set("‘’“”—–…")
-    assert text.startswith("It is a truth universally acknowledged")
-    assert len(text.split("\n")) == len(cleaned("1342-0.txt").split("\n"))
+    assert "\nIT is a truth universally acknowledged" in text
+    assert len(text.split("\n")) == len(cleaned(1342).split("\n"))
 
 
-@needs_corpus
-@pytest.mark.parametrize("name", sorted(p.name for p in CLEAN.glob("*.txt")) if CLEAN.is_dir() else ["none"])
+@pytest.mark.parametrize("name", sorted(bundled_works()))
 def test_already_clean_files_are_not_damaged(name: str) -> None:
     # One paragraph per line already: cleaning must only normalise, not join anything...
-    text = (CLEAN / name).read_text(encoding="utf-8")
+    text = bundled_text(name)
     assert clean_gutenberg(text) == normalise(text)
     # ...even with the blank lines between paragraphs taken out.
     dense = "\n".join(line for line in text.split("\n") if line.strip()) + "\n"
@@ -572,12 +552,11 @@ def test_split_single_line_falls_back_to_a_space() -> None:
     assert (train.strip() + " " + val).split() == "one two three four five six seven eight nine ten".split()
 
 
-@needs_corpus
 def test_split_real_work() -> None:
-    text = cleaned("1342-0.txt")
+    text = cleaned(1342)
     train, val = split_work(text, 0.1)
     assert abs(len(val) / len(text) - 0.1) < 0.01
-    assert val.endswith("them.\n") and train.endswith("\n")
+    assert val.endswith("the means of uniting them.\n") and train.endswith("\n")
     assert train.rstrip("\n") + "\n\n" + val == text
 
 

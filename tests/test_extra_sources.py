@@ -15,7 +15,8 @@ from typing import Iterator
 import pytest
 import torch
 
-from conftest import SHARED_CORPUS, TINY, make_text
+from conftest import TINY, make_text
+from gutenberg_like import period_novel
 from janelm.checkpoint import load_checkpoint
 from janelm.cli import main
 from janelm.data import BatchSampler, Mix, load_corpus
@@ -158,13 +159,12 @@ def test_no_validation_paragraph_is_in_train_bin(mixed):
     assert paragraphs(load_work(mixed / "main.txt", **OPTIONS).train) <= trained_on
 
 
-@pytest.mark.skipif(not (SHARED_CORPUS / "period").is_dir(), reason="no corpus beside the repository")
 def test_no_austen_validation_text_in_a_corpus_with_period_extras(tmp_path):
-    austen, period = SHARED_CORPUS / "austen", SHARED_CORPUS / "period"
-    mains = [austen / "lady-susan.txt", austen / "love-and-freindship.txt"]
+    mains = ["austen:lady-susan", "austen:love-and-freindship"]  # two of the bundled works
+    period = tmp_path / "period.txt"
+    period.write_bytes(period_novel(seed=550, bom=True, crlf=True))  # as distributed: BOM, CRLF, hard-wrapped
     out = tmp_path / "corpus"
-    assert main(["prepare", *map(str, mains), "--extra", str(period / "eliot-silas-marner.txt"), "--out", str(out),
-                 *QUICK]) == 0
+    assert main(["prepare", *mains, "--extra", str(period), "--out", str(out), *QUICK]) == 0
     corpus = load_corpus(out)
     trained_on = paragraphs(corpus.tokenizer.decode(corpus.train.tolist()))
     for path in mains:

@@ -1,7 +1,7 @@
 """Tests for janelm.gutenberg against a real HTTP server on the loopback interface.
 
-The server lays files out as Gutenberg does (/cache/epub/<N>/pg<N>.txt); the real raw Austen
-files beside the repository are served when present, synthetic text otherwise.
+The server lays files out as Gutenberg does (/cache/epub/<N>/pg<N>.txt) and serves raw Gutenberg
+files of the bundled novels (tests/gutenberg_like.py), or synthetic text where content does not matter.
 """
 
 from __future__ import annotations
@@ -20,13 +20,10 @@ import janelm
 from janelm.cleaning import clean_gutenberg
 from janelm.corpus import read_text
 from janelm.errors import InputError, JaneLMError
+from gutenberg_like import RAW_BOOKS, raw_book
 from janelm.gutenberg import AUSTEN, AUTHORS, DEFAULT_MIRROR, TITLES, book_url, fetch_book, parse_books, sha256_file
 
-RAW = Path(__file__).resolve().parents[1] / ".." / "shared" / "corpus" / "gutenberg-raw"
-RAW_FILES = {1342: "1342-0.txt", 158: "158-0.txt", 161: "pg161.txt", 121: "121-0.txt"}
-needs_corpus = pytest.mark.skipif(not RAW.is_dir(), reason=f"no corpus at {RAW}")
-
-# Our own words: used where the content does not matter, so these tests run without the corpus.
+# Our own words: used where the content does not matter.
 SYNTHETIC = ("A line of text that stands in for a book, repeated to make some bulk.\n" * 2000).encode()
 
 FAST = {"timeout": 5, "backoff": 0.001, "progress": False}
@@ -105,9 +102,8 @@ def server() -> Iterator[Server]:
 
 @pytest.fixture
 def real_books(server: Server) -> Server:
-    if not RAW.is_dir():
-        pytest.skip(f"no corpus at {RAW}")
-    server.books.update({n: (RAW / name).read_bytes() for n, name in RAW_FILES.items()})
+    """The server with raw files of four of the novels, under their eBook numbers."""
+    server.books.update({n: raw_book(n).encode() for n in RAW_BOOKS})
     return server
 
 
@@ -173,17 +169,16 @@ def test_sha256_file(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------
 
 
-@needs_corpus
 def test_fetch_real_files_and_cache(real_books: Server, tmp_path: Path) -> None:
     raw_dir = tmp_path / "raw"
     path, downloaded = fetch_book(1342, raw_dir, real_books.url, **FAST)
     assert (path, downloaded) == (raw_dir / "pg1342.txt", True)
-    assert path.read_bytes() == (RAW / "1342-0.txt").read_bytes()
+    assert path.read_bytes() == raw_book(1342).encode()
     digest = sha256_file(path)
     assert (raw_dir / "pg1342.txt.sha256").read_text().split() == [digest, "pg1342.txt"]
     assert real_books.requests[0][1] == f"janelm/{janelm.__version__} (+https://github.com/janelm)"
     # The download is the real book: it cleans to the same text as the file it came from.
-    assert clean_gutenberg(read_text(path)) == clean_gutenberg(read_text(RAW / "1342-0.txt"))
+    assert clean_gutenberg(read_text(path)) == clean_gutenberg(raw_book(1342))
 
     # A second fetch finds the intact file and asks the server for nothing.
     assert fetch_book(1342, raw_dir, real_books.url, **FAST) == (path, False)

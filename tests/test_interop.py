@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SHARED_CORPUS, make_text
+from conftest import make_text
+from gutenberg_like import bundled_text
+from janelm.bundled import bundled_works
 from janelm.checkpoint import load_checkpoint, load_model, save_checkpoint
 from janelm.cli import main
 from janelm.config import ModelConfig, to_dict
@@ -71,10 +73,6 @@ def perturbed(model):
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     return model.eval()
-
-
-def texts_of(folder: Path) -> list[str]:
-    return [p.read_text(encoding="utf-8") for p in sorted(folder.glob("*.txt"))]
 
 
 # --- JaneLM's default architecture → LlamaForCausalLM ----------------------------------------------
@@ -142,7 +140,6 @@ def test_the_export_keeps_the_tokenizer_for_fine_tuning(exported, trained):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (SHARED_CORPUS / "austen").is_dir(), reason="needs ../shared/corpus")
 def test_the_exported_tokenizers_give_janelm_ids_on_the_novels():
     """JaneLM's split pattern survives the conversion: the same ids on every novel, and the text back."""
     from janelm.interop.tokenizer_json import from_tokenizer_json, to_tokenizer_json
@@ -150,7 +147,7 @@ def test_the_exported_tokenizers_give_janelm_ids_on_the_novels():
 
     from tokenizers import Tokenizer
 
-    novels = texts_of(SHARED_CORPUS / "austen")
+    novels = [bundled_text(name) for name in sorted(bundled_works())]
     bpe = train_tokenizer("bpe", [novels[-2][:150_000]], vocab_size=1000, progress=False)
     char = train_tokenizer("char", novels[:2])
     for tokenizer, texts in ((bpe, novels), (char, novels[:2])):

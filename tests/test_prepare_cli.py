@@ -1,8 +1,8 @@
 """`janelm prepare --gutenberg` through the real CLI, against a Gutenberg-shaped server on loopback.
 
-The server (tests/test_gutenberg.py's) serves the real raw Austen files beside the repository
-under /cache/epub/<N>/pg<N>.txt; tests skip without them. Retries wait
-$JANELM_DOWNLOAD_BACKOFF seconds (doubling), set tiny here so a dropped connection costs nothing.
+The server (tests/test_gutenberg.py's) serves raw Gutenberg files of four bundled novels under
+/cache/epub/<N>/pg<N>.txt, and made-up novels of the period (tests/gutenberg_like.py). Retries
+wait $JANELM_DOWNLOAD_BACKOFF seconds (doubling), set tiny here so a dropped connection costs nothing.
 """
 
 from __future__ import annotations
@@ -14,28 +14,22 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED_CORPUS, janelm
-from test_gutenberg import RAW_FILES, Server, serve
+from conftest import janelm
+from gutenberg_like import RAW_BOOKS, period_novel, raw_book
+from test_gutenberg import Server, serve
 
-RAW = SHARED_CORPUS / "gutenberg-raw"
-PERIOD = SHARED_CORPUS / "period"
-# The period novels under their eBook numbers, in the order `dickens,eliot` names them.
-PERIOD_FILES = {98: "dickens-tale-of-two-cities.txt", 1400: "dickens-great-expectations.txt",
-                766: "dickens-david-copperfield.txt", 786: "dickens-hard-times.txt", 564: "dickens-edwin-drood.txt",
-                145: "eliot-middlemarch.txt", 6688: "eliot-mill-on-the-floss.txt", 550: "eliot-silas-marner.txt"}
+# The period novels' eBook numbers, in the order `dickens,eliot` names them; made-up novels stand in.
+PERIOD_BOOKS = [98, 1400, 766, 786, 564, 145, 6688, 550]
 BOOKS = "1342,158,161,121"
 TITLES = {1342: "Pride and Prejudice", 158: "Emma", 161: "Sense and Sensibility", 121: "Northanger Abbey"}
 QUICK = ["--vocab-size", "300", "--tokenizer-sample", "200000"]  # a small BPE: seconds, not minutes
-
-pytestmark = pytest.mark.skipif(not all((RAW / name).is_file() for name in RAW_FILES.values()),
-                                reason=f"no raw Gutenberg files in {RAW}")
 
 
 @pytest.fixture
 def mirror(monkeypatch) -> Iterator[Server]:
     """A loopback Gutenberg mirror serving the four raw novels; counts the requests it gets."""
     monkeypatch.setenv("JANELM_DOWNLOAD_BACKOFF", "0.01")
-    yield from serve(Server(url="", books={n: (RAW / name).read_bytes() for n, name in RAW_FILES.items()}))
+    yield from serve(Server(url="", books={n: raw_book(n).encode() for n in RAW_BOOKS}))
 
 
 def one_error_line(proc) -> str:
@@ -160,23 +154,18 @@ def test_char_vocabulary_covers_the_validation_split(tmp_path: Path) -> None:
     assert "é" in json.loads((out / "tokenizer.json").read_text())["chars"]
 
 
-@pytest.mark.skipif(not all((PERIOD / name).is_file() for name in PERIOD_FILES.values()), reason=f"no novels in {PERIOD}")
 def test_author_sets_download_as_extra_sources(mirror: Server, tmp_path: Path) -> None:
     """`--extra-gutenberg dickens,eliot` fetches the eight period novels as training-only text."""
     from janelm.gutenberg import TITLES
 
-    def opening(path: Path, size: int = 60_000) -> bytes:
-        """The file as distributed (BOM, CRLF, wrapping), cut after a line near `size` bytes: a quick test."""
-        data = path.read_bytes()
-        return data[: data.index(b"\n", size) + 1]
-
-    mirror.books.update({n: opening(PERIOD / name) for n, name in PERIOD_FILES.items()})
+    # As distributed: some with a byte-order mark and CRLF line ends, all hard-wrapped.
+    mirror.books.update({n: period_novel(seed=n, bom=n % 3 == 0, crlf=n % 2 == 0) for n in PERIOD_BOOKS})
     out = tmp_path / "corpus"
     janelm("prepare", "--gutenberg", "121", "--extra-gutenberg", "dickens,eliot", "--extra-weight", "0.4",
            "--mirror", mirror.url, "--out", str(out), *QUICK)
     meta = json.loads((out / "meta.json").read_text())
     assert [(s["gutenberg"], s["title"], s["group"]) for s in meta["sources"]] == [
-        (121, "Northanger Abbey", "main"), *((n, TITLES[n], "extra") for n in PERIOD_FILES)]
+        (121, "Northanger Abbey", "main"), *((n, TITLES[n], "extra") for n in PERIOD_BOOKS)]
     main, *extras = meta["sources"]
     for source in extras:
         assert source["raw_sha256"] == hashlib.sha256(mirror.books[source["gutenberg"]]).hexdigest()
@@ -187,4 +176,4 @@ def test_author_sets_download_as_extra_sources(mirror: Server, tmp_path: Path) -
     assert meta["tokens"]["val"] == main["val_tokens"] > 1_000
     assert meta["extra_weight"] == 0.4
     assert sorted(p.name for p in (out / "raw").iterdir() if p.suffix == ".txt") == sorted(
-        f"pg{n}.txt" for n in [121, *PERIOD_FILES])
+        f"pg{n}.txt" for n in [121, *PERIOD_BOOKS])

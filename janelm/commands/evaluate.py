@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from janelm.errors import InputError
 
@@ -18,7 +17,7 @@ def run(args: argparse.Namespace) -> int:
 
     # The texts and the checkpoint file first: a mistyped, empty or foreign file fails at once,
     # before torch is imported and the model loaded.
-    sources = [(f, read_text(Path(f))) for f in args.files]
+    sources = [(f, read_text(f)) for f in args.files]  # a file, or austen:NAME for a bundled work
     if args.clean:
         sources = [(name, clean_gutenberg(text)) for name, text in sources]
     check_checkpoint_file(resolve_checkpoint(args.checkpoint))

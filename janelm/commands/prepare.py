@@ -34,14 +34,6 @@ def check_flags(args: argparse.Namespace) -> None:
     """Flag values that are wrong whatever the input: checked before any text is read."""
     from janelm.tokenizer import MAX_BPE_VOCAB_SIZE, MIN_BPE_VOCAB_SIZE
 
-    if not args.paths and not args.gutenberg:
-        if args.extra or args.extra_gutenberg:
-            raise InputError("--extra sources are training text only: give the main sources too, which the "
-                             "validation split comes from (`janelm prepare austen/ --extra period/`)")
-        raise InputError(
-            "nothing to prepare: give text files or folders (`janelm prepare austen/`, `-` for stdin), "
-            "or download with `--gutenberg austen` (or eBook numbers like 105,1342)"
-        )
     if args.extra_weight is not None:
         if not (args.extra or args.extra_gutenberg):
             raise InputError("--extra-weight needs extra sources to weigh: add --extra PATH... or --extra-gutenberg "
@@ -63,14 +55,17 @@ def check_flags(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from janelm.bundled import bundled_works
     from janelm.corpus import iter_sources
     from janelm.files import locked_folder, remove_created
     from janelm.gutenberg import parse_books
     from janelm.preparation import EXTRA, MAIN, check_out_dir
 
     check_flags(args)
+    bundled = not args.paths and not args.gutenberg  # no main text given: Austen's works, bundled
+    paths = [w.source for w in bundled_works().values()] if bundled else args.paths
     # Per group: eBook numbers to download, then local sources; all checked before anything is fetched.
-    groups = {MAIN: (parse_books(args.gutenberg) if args.gutenberg else [], iter_sources(args.paths) if args.paths else []),
+    groups = {MAIN: (parse_books(args.gutenberg) if args.gutenberg else [], iter_sources(paths) if paths else []),
               EXTRA: (parse_books(args.extra_gutenberg, "--extra-gutenberg") if args.extra_gutenberg else [],
                       iter_sources(args.extra) if args.extra else [])}
     backoff = download_backoff() if args.gutenberg or args.extra_gutenberg else DEFAULT_BACKOFF
@@ -79,20 +74,27 @@ def run(args: argparse.Namespace) -> int:
     with locked_folder(out, "prepare"):
         check_out_dir(out, args.force)
         try:
-            return prepare(args, out, groups, backoff)
+            return prepare(args, out, groups, backoff, bundled)
         except BaseException:
             remove_created(out / "raw", out / "raw")  # an empty download cache; one with books stays
             raise
 
 
-def prepare(args: argparse.Namespace, out: Path, groups: dict[str, tuple[list[int], list]], backoff: float) -> int:
-    from janelm.preparation import Work, check_no_leaks, download_work, load_work, write_corpus
+def prepare(args: argparse.Namespace, out: Path, groups: dict[str, tuple[list[int], list]], backoff: float,
+            bundled: bool) -> int:
+    from janelm.console import note
+    from janelm.preparation import MAIN, Work, check_no_leaks, download_work, load_work, write_corpus
 
     works: list[Work] = []
     options = {"clean": args.clean, "ascii": args.ascii, "val_fraction": args.val_fraction}
     for group, (books, sources) in groups.items():
         works += [download_work(number, out / "raw", args.mirror, backoff, **options, group=group) for number in books]
         works += [load_work(source, **options, group=group) for source in sources]
+    if bundled:  # the first line says what a bare `janelm prepare` took, and how to give it other text
+        mains = [w for w in works if w.group == MAIN]
+        note(f"no text given: preparing the {len(mains)} works of Jane Austen bundled with JaneLM "
+             f"({sum(w.info['chars'] for w in mains):,} characters; austen:NAME picks some, e.g. austen:emma); "
+             f"for other text give files or folders (janelm prepare FILE...), or download with --gutenberg")
     check_no_leaks(works)
 
     tokenizer = make_tokenizer(args, works)

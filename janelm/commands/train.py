@@ -131,6 +131,9 @@ def run(args: argparse.Namespace) -> int:
         return launch_torchrun(args)
     if args.resume and args.init_from:
         raise InputError("--resume and --init-from cannot be combined: resume continues a run, init-from starts a new one")
+    from janelm.data import check_corpus_folder
+
+    check_corpus_folder(Path(args.data))  # before `train` says which preset it takes: one line for a newcomer
     if not args.resume:
         configs_from_args(args)  # bad flags fail here, before any data or checkpoint is read
     from janelm.files import locked_folder
@@ -143,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
 def train(args: argparse.Namespace) -> int:
     last = Path(args.out) / "last.pt"
     if args.resume and not last.is_file():
-        raise InputError(f"--resume: no last.pt in {args.out}/ to resume from: train without --resume first, or pass the run's --out")
+        raise InputError(f"--resume: no last.pt in {args.out}/ to resume from: start the run with `janelm train` "
+                         f"(no --resume) first, or pass the run's --out")
 
     from janelm.checkpoint import load_checkpoint, resolve_checkpoint
     from janelm.console import note
