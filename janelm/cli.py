@@ -59,7 +59,9 @@ TRAIN_HELP = {
     "seed": "random seed: the same seed and flags give the same run",
     "device": "auto, cpu or cuda",
     "dtype": f"autocast precision ({', '.join(DTYPES)}); auto: bf16 on GPUs and CPUs with native bf16",
-    "compile": "compile the model with torch.compile",
+    "compile": "compile the model's training step with torch.compile (a failure is a note: training goes on uncompiled)",
+    "compile_decode": "on a CPU, compile the decode step for the trained model at the end, inside --max-time, "
+                      "so the first `janelm sample` is fast",
     "extra_weight": "share of training windows drawn from the corpus's --extra sources, 0 to 1 "
                     "(negative: the corpus's own, from prepare)",
 }

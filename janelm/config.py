@@ -134,6 +134,9 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"
     compile: bool = False
+    # On a CPU, compile the decode step of the trained model at the end (janelm.decode_step), inside
+    # the time budget, so the first `janelm sample` decodes at the compiled speed.
+    compile_decode: bool = False
     # Share of training windows drawn from the corpus's --extra sources; negative: the corpus's own
     # default (janelm prepare --extra-weight, else plain mixing). Checked against the corpus (janelm.data).
     extra_weight: float = -1.0

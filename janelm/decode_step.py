@@ -32,7 +32,7 @@ from janelm import __version__
 from janelm.config import AUTO_COMPILE_TOKENS
 from janelm.console import note
 from janelm.errors import first_line
-from janelm.files import WRITE_FAILURES
+from janelm.files import WRITE_FAILURES, cache_home
 
 # Generation never changes the weights, so the compiler may treat them as constants ("freezing")
 # and fold the work done on them into the compiled code once (about 1.3× the decode speed).
@@ -42,9 +42,8 @@ SOURCES = ("model.py", "quantize.py", "decode_step.py")  # the code a compiled s
 
 
 def cache_root() -> Path:
-    """Where compiled steps are kept: $JANELM_CACHE, else $XDG_CACHE_HOME/janelm, else ~/.cache/janelm."""
-    root = os.environ.get("JANELM_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "janelm"
-    return Path(root) / "decode"
+    """Where compiled steps are kept: `decode` in JaneLM's cache folder (janelm.files.cache_home)."""
+    return cache_home() / "decode"
 
 
 class GraphedDecodeStep:
@@ -239,6 +238,24 @@ def _why_not_compiled(error: Exception, folder: Path) -> str:
     if isinstance(error, OSError) and error.errno in WRITE_FAILURES:
         return f"cannot write {folder} ({error.strerror}; set JANELM_CACHE to a writable folder)"
     return f"could not compile the decode step ({first_line(error, 160)})"
+
+
+def compile_estimate_s(config) -> float:
+    """About how long compiling a model's decode step takes here: 28-37 s for 6 blocks on 2 cores,
+    about 20 s for a toy model (docs/speed.md), slower on fewer cores (the compiler builds its C++
+    in parallel)."""
+    return (18.0 + 2.5 * config.n_block) * 2 / max(1, min(torch.get_num_threads(), 2))
+
+
+def compile_for_sampling(checkpoint: Path) -> float | None:
+    """Make the compiled step `janelm sample -c checkpoint` will use (batch 1, in the precision
+    `--dtype auto` picks here) now, at the end of `janelm train` on a CPU, so the first sample runs
+    at the compiled speed. The seconds it took; None where it could not be made (a note says why)."""
+    from janelm.checkpoint import load_model
+
+    start = time.monotonic()
+    model, _, _ = load_model(checkpoint, "cpu", "auto")
+    return time.monotonic() - start if cpu_compiled_step(model, 1, compile=True) is not None else None
 
 
 def decode_step_for(model, cache, position: torch.Tensor, batch_size: int, compile: bool | None,

@@ -60,6 +60,15 @@ _ONEDNN_BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", 
                      "ALL", "DEFAULT")
 
 
+def cpu_model_name() -> str:
+    """The CPU's model name from /proc/cpuinfo ("" where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    return next((line.partition(":")[2].strip() for line in text.splitlines() if line.startswith("model name")), "")
+
+
 def cpu_has_native_bf16(flags: frozenset[str] | None = None, env: dict[str, str] | None = None) -> bool:
     """True when bf16 matmuls run natively here (AVX-512 BF16 or AMX, ~2× float32); elsewhere bf16
     is emulated, far slower than float32 for training, so `auto` stays in float32.
@@ -117,17 +126,17 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch_dtype(name)
 
 
-def pick_weight_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The weights' precision for generation (`--dtype` of sample, chat, bench sample). `auto` is
-    float16 on the CPU: a decoded token reads every weight once, and 16-bit matrices nearly double
-    the speed on both CPU classes, native bf16 or not (docs/speed.md), with float32 everywhere
-    else (janelm.quantize.HalfLinear); on a GPU, bf16 (float16 where bf16 is missing)."""
+def pick_weight_dtype(name: str, device: torch.device) -> torch.dtype | str:
+    """The weights' precision for generation (`--dtype` of sample, chat, bench sample, eval). On the
+    CPU `auto` stays "auto": the fastest format is measured for the model's own matrices once it is
+    loaded (janelm.precision, via janelm.quantize.inference_weights). On a GPU, bf16 (float16 where
+    bf16 is missing)."""
     import torch
 
     if name == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float16
+        return "auto"
     if name not in DTYPE_NAMES:
         raise InputError(f"unknown --dtype {name!r}: use auto, float32, bfloat16 or float16")
     return torch_dtype(name)
@@ -159,6 +168,25 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def keep_freed_memory() -> None:
+    """Ask glibc's allocator to keep the memory a training step frees for the next step.
+
+    By default it hands large freed blocks back to the operating system (a separate mapping per
+    block above a threshold that adapts, and the heap's top trimmed past 128 KB), so every step
+    faults its activations into fresh pages again: on 2 cores that was ~10% of a CPU training step
+    at the reference shape, most of it in the forward pass (docs/speed.md). With these settings the
+    process keeps its peak memory instead. A no-op off glibc."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to tune
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    mallopt(m_mmap_threshold, 32 << 20)  # blocks below 32 MB (glibc's largest) come from the heap
+    mallopt(m_trim_threshold, 2**31 - 1)  # and the heap is not trimmed
 
 
 def synchronize(device: torch.device) -> None:

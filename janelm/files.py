@@ -23,6 +23,15 @@ from typing import BinaryIO, Callable, Iterator
 from janelm.errors import InputError, JaneLMError
 
 LOCK_FILE = ".janelm.lock"
+
+
+def cache_home() -> Path:
+    """Where JaneLM keeps what it makes once and reuses (compiled code): $JANELM_CACHE, else
+    $XDG_CACHE_HOME/janelm, else ~/.cache/janelm."""
+    root = os.environ.get("JANELM_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "janelm"
+    return Path(root)
+
+
 TEMPORARY = re.compile(r"\.(.+)\.(\d+)\.tmp")  # `.<name>.<pid>.tmp`, see atomic_write
 
 # The write failures a user can do something about: what happened, and the fix.

@@ -82,13 +82,19 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
-def inference_weights(model: nn.Module, device: torch.device | str, dtype: torch.dtype | None = None,
+def inference_weights(model: nn.Module, device: torch.device | str, dtype: torch.dtype | str | None = None,
                       quantize: str | None = None) -> nn.Module:
     """Move a float32 `model` to `device` in eval mode, its weights in the precision generation and
     scoring use: on the CPU only the matrices change (`HalfLinear`, or `Int8Linear` with quantize
-    "int8") and all else stays float32; on a GPU the whole model takes `dtype`."""
+    "int8") and all else stays float32; on a GPU the whole model takes `dtype`. On the CPU `dtype`
+    "auto" is the format measured fastest here for these matrices (janelm.precision)."""
     device = torch.device(device)
     model.to(device).eval()
+    if dtype == "auto" and quantize is None:
+        from janelm.precision import fastest_precision
+
+        choice = fastest_precision(model)
+        dtype, quantize = (None, "int8") if choice == "int8" else (getattr(torch, choice), quantize)
     if quantize == "int8":
         quantize_int8(model)
     elif device.type == "cpu" and dtype in (torch.float16, torch.bfloat16):
@@ -124,27 +130,22 @@ def half_matrices(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     return model
 
 
-def int8_is_fast() -> bool:
-    """PyTorch's int8 matrix product has a fast path only in its AVX-512 kernels."""
-    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-
-
 def quantize_int8(model: nn.Module, *, check_speed: bool = True) -> nn.Module:
     """Replace the Linears of `model` (in place) by Int8Linears; returns the model.
 
     The kernel reads 16 inputs at a time, so a Linear whose input width is not a multiple of 16
     keeps its full-precision weight. A tied output layer gets its own int8 copy; the embedding
-    table it shares stays as it was. Refused where the kernel is slow (`check_speed`): there
-    int8 would make generation slower, not faster.
+    table it shares stays as it was. Refused where its products are measured slower than a float
+    format's (`check_speed`, janelm.precision): there int8 would make generation slower, not faster.
     """
     p = next(model.parameters())
     if p.device.type != "cpu":
         raise InputError(f"--quantize int8 is for decoding on the CPU, not {p.device.type}: use --device cpu, or drop --quantize")
     if p.dtype not in (torch.float32, torch.bfloat16):
         raise InputError(f"--quantize int8 needs float32 or bfloat16 weights, not {p.dtype}: choose --dtype")
-    if check_speed and not int8_is_fast():
-        raise InputError(f"--quantize int8 has no fast kernel on this CPU ({torch.backends.cpu.get_cpu_capability()}; "
-                         f"PyTorch's int8 product needs AVX-512), where it is slower than the default float16 "
-                         f"weights: drop --quantize")
+    if check_speed:
+        from janelm.precision import check_int8_is_fast
+
+        check_int8_is_fast(model)
     _replace_linears(model, Int8Linear, keep=lambda linear: linear.in_features % 16 != 0)
     return model

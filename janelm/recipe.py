@@ -75,7 +75,8 @@ def measure_pace(model_cfg: ModelConfig, train_cfg: TrainConfig, vocab_size: int
     """Time real training steps and one evaluation of this recipe on random tokens, here and now."""
     from janelm.speed import random_token_trainer, time_eval, time_steps
 
-    probe_cfg = replace(train_cfg, max_iters=1_000_000, max_time=0.0)
+    # Uncompiled: compiling takes longer than the measurement, and the trainer plans from the real pace.
+    probe_cfg = replace(train_cfg, max_iters=1_000_000, max_time=0.0, compile=False)
     with random_token_trainer(model_cfg, probe_cfg, vocab_size) as trainer:
         steps, elapsed = time_steps(trainer, seconds=seconds)
         eval_s = time_eval(trainer)

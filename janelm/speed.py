@@ -33,50 +33,6 @@ def timed_generation(model, prompt: list[int], n: int, use_cache: bool, compile:
     return n * batch_size / (time.perf_counter() - start)
 
 
-FLOOR_DTYPES = ("float32", "bfloat16", "float16")
-
-
-def matrix_shapes(model) -> list[tuple[int, int]]:
-    """(out, in) of every weight matrix a decoded token multiplies by: the model's Linears."""
-    return [tuple(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Linear)]
-
-
-@torch.inference_mode()
-def matmul_floor(shapes: list[tuple[int, int]], weights: str, device: torch.device, seconds: float = 0.5) -> float:
-    """Tokens/s if decoding did nothing but its matrix-vector products: one row times each matrix of
-    `shapes`, stored as `weights` (float32, bfloat16, float16 or int8), with random values,
-    after a warm-up. The bound the rest of the decode step's work is measured against."""
-    g = torch.Generator().manual_seed(0)
-    if weights == "int8":
-        from janelm.quantize import Int8Linear
-
-        layers = [Int8Linear(torch.nn.Linear(i, o, bias=False)) for o, i in shapes]
-        inputs = [torch.randn(1, i, generator=g) for _, i in shapes]
-        products = [lambda x=x, layer=layer: layer(x) for x, layer in zip(inputs, layers)]
-    else:
-        dtype = getattr(torch, weights)
-        mats = [torch.randn(o, i, generator=g).to(device=device, dtype=dtype) for o, i in shapes]
-        inputs = [torch.randn(1, i, generator=g).to(device=device, dtype=dtype) for _, i in shapes]
-        products = [lambda x=x, w=w: torch.nn.functional.linear(x, w) for x, w in zip(inputs, mats)]
-
-    def token() -> None:
-        for product in products:
-            product()
-
-    for _ in range(5):
-        token()
-    synchronize(device)
-    n, start = 0, time.perf_counter()
-    while True:
-        for _ in range(10):
-            token()
-        n += 10
-        synchronize(device)
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return n / elapsed
-
-
 @torch.inference_mode()
 def measure_sampling(model, dtype: torch.dtype | None = None, new_tokens: int = 255, repeats: int = 3,
                      compile: bool | None = None, quantize: str | None = None, samples: int = 1) -> dict[str, Any]:
@@ -95,17 +51,21 @@ def measure_sampling(model, dtype: torch.dtype | None = None, new_tokens: int = 
     speedup compares each side's fastest weights. `samples` > 1 also times that many samples
     decoded as one batch (`janelm sample --num-samples`).
     """
+    from janelm.precision import FLOAT_PRECISIONS, PRECISIONS, fastest_precision, matmul_floor, matrix_shapes
     from janelm.quantize import inference_weights, quantize_int8
 
     device = model.tok_embed.weight.device
     context = model.config.context
     prompt = [0]
     shapes = matrix_shapes(model)
-    floors = {name: matmul_floor(shapes, name, device) for name in FLOOR_DTYPES}
+    formats = PRECISIONS if device.type == "cpu" else FLOAT_PRECISIONS
+    floors = {name: matmul_floor(shapes, name, device) for name in formats}
+    why = "--quantize int8" if quantize else f"--dtype {str(dtype).removeprefix('torch.')}"
+    if dtype == "auto" and not quantize:  # what `janelm sample` would choose: the format measured fastest here (janelm.precision)
+        precision, why = fastest_precision(model), "the fastest format measured for these matrices on this CPU"
+        dtype, quantize = (None, "int8") if precision == "int8" else (getattr(torch, precision), quantize)
     inference_weights(model, device, None if quantize else dtype)  # int8 comes after prefill and recompute
     precision = "int8" if quantize == "int8" else str(dtype or torch.float32).removeprefix("torch.")
-    if precision not in floors:
-        floors[precision] = matmul_floor(shapes, precision, device)
 
     full = torch.zeros(1, context, dtype=torch.long, device=device)
     model(full, cache=model.new_cache(1), last_only=True)  # warm-up: a CUDA GPU picks kernels per shape
@@ -151,9 +111,10 @@ def measure_sampling(model, dtype: torch.dtype | None = None, new_tokens: int = 
         # As `sample --num-samples` would run: on the CPU by default a batch uses a step only if one is cached.
         batch_compile = compile if device.type == "cpu" else compiled
         batched = {"samples": samples, "batched_decode_tokens_per_s": decode(new_tokens, samples, batch_compile)}
-    best = max(floors[name] for name in FLOOR_DTYPES)
+    best = max(floors.values())
     return {
         "dtype": precision,
+        "why": why,
         "quantize": quantize,
         "compiled": compiled,
         **ready,

@@ -57,10 +57,11 @@ def text_file(tmp_path_factory) -> Path:
 
 
 def janelm(*args: str, cwd: Path | None = None, input: str | None = None, check: bool = True,
-           timeout: float = 300, preexec_fn=None) -> subprocess.CompletedProcess:
-    """Run the real CLI in a subprocess, as a user would (`preexec_fn`: see file_size_limit)."""
+           timeout: float = 300, preexec_fn=None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess, as a user would (`preexec_fn`: see file_size_limit; `env`:
+    variables to add)."""
     # One thread: tiny models gain nothing from two, and tests stay fast on a busy machine.
-    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "120", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "120", "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "janelm", *args], cwd=cwd, input=input, text=True,
                           capture_output=True, env=env, timeout=timeout, preexec_fn=preexec_fn)
     if check and proc.returncode != 0:
@@ -121,3 +122,20 @@ def trained(tmp_path_factory, prepared) -> Path:
     out = tmp_path_factory.mktemp("run") / "run"
     janelm("train", "--data", str(prepared), "--out", str(out), *TINY)
     return out
+
+
+def decode_floors(checkpoint: Path, cache: Path, **floors: float) -> dict[str, str]:
+    """Make `cache` (a JANELM_CACHE folder) hold `floors` as this machine's measured matmul floors
+    for the checkpoint's matrices, as `janelm` subprocesses (one thread) look them up, so a test
+    decides which weight format `--dtype auto` picks and whether int8 counts as fast. Returns the
+    variables that point a subprocess at the folder."""
+    import json
+
+    env = {"JANELM_CACHE": str(cache)}
+    code = ("import sys; from janelm.checkpoint import load_model; from janelm.precision import _machine_key, "
+            "matrix_shapes; print(_machine_key(matrix_shapes(load_model(sys.argv[1])[0])))")
+    key = subprocess.run([sys.executable, "-c", code, str(checkpoint)], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **env}).stdout.strip()
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / "precision.json").write_text(json.dumps({key: {"floors": floors, "quiet": True}}))
+    return env

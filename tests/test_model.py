@@ -143,3 +143,22 @@ def test_settings_for_imported_models_shape_the_modules():
 def test_bad_shapes_are_input_errors(change, message):
     with pytest.raises(InputError, match=message):
         replace(SMALL, **change).validate()
+
+
+def test_rms_norm_trains_with_the_gradients_of_f_rms_norm():
+    """The CPU's hand-written backward (model._RMSNormCPU) against autograd through F.rms_norm, and
+    against finite differences."""
+    from janelm.model import RMSNorm, _RMSNormCPU
+
+    torch.manual_seed(0)
+    norm = RMSNorm(64)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(64))
+    x, grad = torch.randn(3, 5, 64, requires_grad=True), torch.randn(3, 5, 64)
+    ours = torch.autograd.grad(norm(x), (x, norm.weight), grad)
+    theirs = torch.autograd.grad(torch.nn.functional.rms_norm(x, (64,), norm.weight), (x, norm.weight), grad)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    double = (torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True),
+              torch.randn(8, dtype=torch.float64, requires_grad=True))
+    assert torch.autograd.gradcheck(lambda x, w: _RMSNormCPU.apply(x, w, 1e-6), double)

@@ -1,6 +1,7 @@
 """Training you can trust: exact resume, signals, non-finite losses, schedule, sampler."""
 
 import csv
+import json
 import math
 import os
 import random
@@ -180,3 +181,33 @@ def test_compiled_model_gives_the_eager_loss(tmp_path, prepared):
             trainer.state.step += 1
         losses.append(run)
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
+def test_a_training_step_that_cannot_be_compiled_trains_uncompiled(tmp_path, prepared, monkeypatch, capsys):
+    """No C++ compiler, an operation the compiler lacks: the first step's failure is one note, and
+    training goes on with the eager model, from the same weights (the failed step took no update)."""
+    def compile_that_fails(model, **kwargs):
+        def compiled(*args, **kw):
+            raise RuntimeError("InductorError: CppCompileError: C++ compile error\nmore lines")
+        return compiled
+
+    corpus = load_corpus(prepared)
+    cfg = TrainConfig(batch_size=4, max_iters=6, eval_interval=3, eval_batches=1, warmup_iters=2, dtype="float32")
+    model_cfg = ModelConfig(context=32, n_block=1, n_embed=32, n_head=2)
+    eager = Trainer(model_cfg, cfg, corpus, tmp_path / "eager", progress=False)
+    eager.run()
+    monkeypatch.setattr(torch, "compile", compile_that_fails)
+    failing = Trainer(model_cfg, replace(cfg, compile=True), corpus, tmp_path / "failing", progress=False)
+    failing.run()
+    assert capsys.readouterr().err.count("note: could not compile the training step (InductorError: CppCompileError") == 1
+    for name, w in eager.model.state_dict().items():
+        assert torch.equal(w, failing.model.state_dict()[name]), name
+
+
+@pytest.mark.slow
+def test_train_compiles_the_decode_step_so_the_first_sample_is_compiled(tmp_path, prepared):
+    run, env = tmp_path / "run", {"JANELM_CACHE": str(tmp_path / "cache")}
+    proc = janelm("train", "--data", str(prepared), "--out", str(run), *TINY, "--compile-decode", env=env)
+    assert "compiled in" in proc.stderr
+    result = json.loads(janelm("bench", "sample", "-c", str(run), "--steps", "5", "--json", env=env).stdout)
+    assert result["compiled"] and result["compile_s"] < 5  # loaded from the cache, not compiled again

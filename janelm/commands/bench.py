@@ -68,8 +68,8 @@ def show(result: dict, what: str) -> None:
     if what == "sample":
         table.add_row("model", f"{result['n_block']} blocks × {result['n_embed']}, {result['n_head']} heads, "
                       f"context {result['context']}, vocab {result['vocab_size']} ({result['params'] / 1e6:.1f}M)")
-        weights = result["dtype"] + (f"; decode with {result['quantize']} matrices" if result["quantize"] else "")
-        table.add_row("device, weights", f"{result['device']}, {weights}{', compiled' if result['compiled'] else ''}")
+        table.add_row("device, weight matrices", f"{result['device']}, {result['dtype']}{', compiled' if result['compiled'] else ''}"
+                      f" ({result['why']})")
         if "compile_s" in result:
             table.add_row("compiled step ready in (compiled, or loaded from the cache)", f"{result['compile_s']:.2f} s")
         table.add_row("prefill", f"{result['prefill_tokens_per_s']:,.0f} tokens/s")

@@ -152,7 +152,8 @@ def train(args: argparse.Namespace) -> int:
     from janelm.checkpoint import load_checkpoint, resolve_checkpoint
     from janelm.console import note
     from janelm.data import load_corpus
-    from janelm.device import describe_dtype, emulated_bf16_warning
+    from janelm.decode_step import compile_estimate_s, compile_for_sampling
+    from janelm.device import describe_dtype, emulated_bf16_warning, pick_device
     from janelm.distributed import Distributed
     from janelm.trainer import Trainer
 
@@ -162,6 +163,13 @@ def train(args: argparse.Namespace) -> int:
     spent = choose_auto(args, corpus.tokenizer.vocab_size) if args.preset == AUTO and not (resume or init) else 0.0
     model_cfg, train_cfg = configs_from_args(args, resume or init, "--resume" if resume else "--init-from")
     dist = Distributed.from_environment(train_cfg.device)
+    compile_decode = train_cfg.compile_decode and (dist.device or pick_device(train_cfg.device)).type == "cpu"
+    if compile_decode and train_cfg.max_time:  # the budget holds the compilation too
+        reserve = compile_estimate_s(model_cfg)
+        train_cfg = replace(train_cfg, max_time=max(train_cfg.max_time - reserve, 1.0))
+        if dist.is_main:
+            note(f"--max-time {train_cfg.max_time + reserve:g} s: {train_cfg.max_time:g} s of training, and about "
+                 f"{reserve:.0f} s to compile the decode step for `janelm sample`")
     try:
         trainer = Trainer(model_cfg, train_cfg, corpus, Path(args.out), resume=resume, init=init,
                           force=args.force, progress=not args.quiet, dist=dist, spent=spent)
@@ -179,11 +187,13 @@ def train(args: argparse.Namespace) -> int:
     finally:
         dist.close()
     if dist.is_main:
-        show_summary(summary, corpus.meta, Path(args.out))
+        if compile_decode:
+            summary["decode_compile_s"] = compile_for_sampling(Path(args.out) / "best.pt")
+        show_summary(summary, corpus.meta, Path(args.out), args.preset)
     return 0
 
 
-def show_summary(summary: dict, meta: dict, out: Path) -> None:
+def show_summary(summary: dict, meta: dict, out: Path, preset: str) -> None:
     from rich.table import Table
 
     from janelm.console import stderr
@@ -200,4 +210,8 @@ def show_summary(summary: dict, meta: dict, out: Path) -> None:
     table.add_row("tokens seen", f"{summary['tokens_seen']:,}")
     table.add_row("time", f"{summary['elapsed_s']:.0f} s")
     table.add_row("tokens/s", f"{summary['tokens_per_s']:,.0f}")
+    if summary.get("decode_compile_s"):
+        table.add_row("decode step compiled in", f"{summary['decode_compile_s']:.0f} s")
+    if summary["planned"]:
+        table.add_row("replay it bit for bit", f"--preset {preset} --max-iters {summary['planned']} (the same flags otherwise)")
     stderr().print(table)
