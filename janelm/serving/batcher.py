@@ -87,7 +87,7 @@ class Batcher:
         self.waiting: deque[Job] = deque()
         self.lock = threading.Condition()
         self.deadline: float | None = None  # set by close: rows still decoding then are ended
-        self.steps = 0
+        self.steps = self.stepped_rows = 0  # batched steps, and the rows they served: the batching at work
         # A lone row's step is sample's: compiled where it is cached (or compiled now, with `compile`).
         self.lone_step = decode_step_for(model, self.cache.rows(0, 1), torch.zeros(1, dtype=torch.long, device=self.device),
                                          1, compile, cuda_graphs=False)
@@ -98,12 +98,13 @@ class Batcher:
         return self
 
     def submit(self, jobs: Sequence[Job]) -> None:
-        """Queue jobs (a request's choices): all of them, or none (QueueFull, Closed)."""
+        """Queue jobs (a request's choices): all of them, or none (QueueFull, Closed). Jobs wait for
+        free rows, and at most `max_waiting` wait beyond those."""
         with self.lock:
             if self.deadline is not None:
                 raise Closed("the server is shutting down")
-            if len(self.waiting) + len(jobs) > self.max_waiting:
-                raise QueueFull(f"{len(self.waiting)} texts are waiting for a row, the most this server queues")
+            if len(self.waiting) + len(jobs) > self.max_waiting + self.max_rows - len(self.rows):
+                raise QueueFull(f"all {self.max_rows} rows are decoding and {len(self.waiting)} texts wait for one")
             self.waiting.extend(jobs)
             self.lock.notify()
 
@@ -118,7 +119,8 @@ class Batcher:
         self.thread.join(timeout)
 
     def load(self) -> dict[str, int]:
-        return {"rows": len(self.rows), "waiting": len(self.waiting), "max_rows": self.max_rows}
+        return {"rows": len(self.rows), "waiting": len(self.waiting), "max_rows": self.max_rows,
+                "steps": self.steps, "stepped_rows": self.stepped_rows}
 
     # The decoding thread.
 
@@ -214,7 +216,7 @@ class Batcher:
             logits = self.lone_step(token, position, self.cache.rows(0, 1))
         else:  # attention over the positions in use only: a batch's rows round as batches do anyway
             logits = self.model.decode_step(token, position, self.cache.rows(0, len(rows), max(r.position for r in rows) + 1))
-        self.steps += 1
+        self.steps, self.stepped_rows = self.steps + 1, self.stepped_rows + len(rows)
         for i, row in enumerate(rows):
             if i not in slides:
                 row.logits = logits[i : i + 1]
