@@ -226,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_flags(p, seed=False)
 
     p = command("bench", "measure speed: sampling or training throughput")
-    p.add_argument("what", choices=("sample", "train"), help="what to measure: generation or training speed")
+    p.add_argument("what", choices=("sample", "train", "serve"),
+                   help="what to measure: generation, training, or janelm serve under concurrent clients")
     p.add_argument("-c", "--checkpoint", default=None, help="measure this checkpoint's model (default: a random model of the given shape)")
     p.add_argument("--json", action="store_true", help="print one JSON object to stdout (default: a table on stderr)")
     p.add_argument("--steps", type=int, default=0, help="steps or tokens to time (default: 255 new tokens for sample, 20 steps for train)")
@@ -235,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sample: decode with int8 weight matrices (the recompute baseline keeps full precision) (default: off)")
     p.add_argument("--num-samples", type=int, default=1,
                    help="sample: also time this many samples decoded as one batch (default: 1, no batch)")
+    p.add_argument("--clients", type=int, default=16, help="serve: concurrent streaming clients (default: 16)")
+    p.add_argument("--tokens", type=int, default=200, help="serve: tokens each client asks for (default: 200)")
     p.add_argument("--preset", choices=PRESET_CHOICES, default="bench", help="configuration; flags override it (default: bench)")
     add_config_flags(p, "bench")
 

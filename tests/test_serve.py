@@ -4,7 +4,6 @@ SIGTERM, and the page in a real headless browser."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -25,26 +24,13 @@ pytest.importorskip("uvicorn")
 
 
 @contextmanager
-def running_server(*args: str, key: str | None = None):
+def running_server(*args: str, key: str | None = None, log=None):
     """`janelm serve` on 127.0.0.1 and a free port: yields (process, base URL); always stopped."""
+    from janelm.serving.load import server_process
+
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "janelm", "serve", "--port", "0", *args,
-                             *(["--api-key", key] if key else [])],
-                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-    try:
-        line = proc.stderr.readline()  # the first line names the address, once it listens
-        assert line.startswith("janelm serve: http://127.0.0.1:"), line + proc.stderr.read()
-        url = line.split()[2].rstrip("/")
-        threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep the pipe flowing
-        yield proc, url
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with server_process([*args, *(["--api-key", key] if key else [])], stderr=log, env=env) as (port, proc):
+        yield proc, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
@@ -149,8 +135,9 @@ def test_concurrent_requests_share_steps_and_disconnects_free_rows(server):
     assert httpx.get(f"{server}/health").json()["rows"] == 0
 
 
-def test_key_queue_and_sigterm(trained):
-    with running_server("-c", str(trained), "--max-rows", "1", "--max-queue", "0", key="sesame") as (proc, url):
+def test_key_queue_and_sigterm(trained, tmp_path):
+    log = (tmp_path / "serve.log").open("w")
+    with running_server("-c", str(trained), "--max-rows", "1", "--max-queue", "0", key="sesame", log=log) as (proc, url):
         with pytest.raises(openai.AuthenticationError) as caught:
             client(url, "wrong").models.list()
         assert caught.value.body["code"] == "invalid_api_key"
@@ -166,8 +153,8 @@ def test_key_queue_and_sigterm(trained):
             for _ in stream:
                 pass
         assert proc.wait(10) == 0 and time.monotonic() - start < 8
-        err = proc.stderr.read() if proc.stderr.readable() else ""
-        assert "Traceback" not in err
+    log.close()
+    assert "Traceback" not in (tmp_path / "serve.log").read_text()
 
 
 def test_a_public_host_needs_a_key_and_help_imports_nothing_heavy(trained):

@@ -27,7 +27,7 @@ from janelm.console import note
 from janelm.dialogue import fit_history, narration, pick_quotes, replied, reply_opening, reply_piece, reply_stops, said
 from janelm.errors import InputError, first_line
 from janelm.generate import SamplingOptions
-from janelm.serving.batcher import Batcher, Closed, Event, Job, QueueFull
+from janelm.serving.batcher import Batcher, Closed, Job, QueueFull
 from janelm.serving.schemas import ChatRequest, CompletionRequest, Reply, Sampling, error_body, usage
 
 STATIC = Path(__file__).parent / "static"
