@@ -100,8 +100,7 @@ def create_app(batcher: Batcher, tokenizer, settings: Settings) -> FastAPI:
         prompts = prompt_ids(body.prompt, tokenizer, context)
         max_tokens = checked_max_tokens(body.max_tokens, DEFAULT_COMPLETION_TOKENS, settings.max_tokens)
         echoes = [tokenizer.decode(ids) if body.echo else "" for ids in prompts]
-        if not body.echo:
-            prompts = [ids or tokenizer.encode("\n") for ids in prompts]  # as sample: a fresh paragraph
+        prompts = [ids or tokenizer.encode("\n") for ids in prompts]  # as sample: no prompt is a fresh paragraph
         return await answer(request, body, Reply(False, settings.model_name), prompts, max_tokens, body.stops(),
                             [e for e in echoes for _ in range(body.n)])
 

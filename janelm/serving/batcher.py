@@ -126,17 +126,20 @@ class Batcher:
 
     def _run(self) -> None:
         with torch.inference_mode():
-            while self._next_jobs():
+            while (joining := self._next_jobs()) is not None:
                 try:
-                    self._advance()
+                    for job in joining:
+                        self._join(job)
+                    if self.rows:
+                        self._advance()
                 except Exception as e:  # noqa: BLE001 - a failure ends the rows in flight, never the server
                     note(f"janelm serve: error while decoding: {first_line(e, 300)}")
                     for row in self.rows:
                         row.job.deliver(Event(finish="error", error="decoding failed", tokens=row.produced))
                     self.rows = []
 
-    def _next_jobs(self) -> bool:
-        """Wait until there is work; admit waiting jobs into free rows. False once closed and idle."""
+    def _next_jobs(self) -> list[Job] | None:
+        """Wait until there is work; the waiting jobs that free rows take. None once closed and idle."""
         with self.lock:
             while not self.rows and not self.waiting and self.deadline is None:
                 self.lock.wait()
@@ -144,16 +147,13 @@ class Batcher:
                 for job in [row.job for row in self.rows] + list(self.waiting):
                     job.deliver(Event(finish="error", error="the server is shutting down"))
                 self.rows, self.waiting = [], deque()
-                return False
+                return None
             self._drop([i for i, row in enumerate(self.rows) if row.job.cancelled])
+            self.waiting = deque(job for job in self.waiting if not job.cancelled)
             joining = []
             while self.waiting and len(self.rows) + len(joining) < self.max_rows:
-                job = self.waiting.popleft()
-                if not job.cancelled:
-                    joining.append(job)
-        for job in joining:
-            self._join(job)
-        return True
+                joining.append(self.waiting.popleft())
+        return joining
 
     def _join(self, job: Job) -> None:
         if job.max_tokens == 0:
