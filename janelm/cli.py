@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import traceback
 from dataclasses import fields
@@ -223,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int, default=64, help="texts waiting for a row; past that, requests get 429 (default: 64)")
     p.add_argument("--max-tokens", type=int, default=4096, help="the most max_tokens a request may ask for (default: 4096)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="the largest request body; larger ones get 413 (default: 1048576)")
+    cores = os.cpu_count() or 1
+    p.add_argument("--threads", type=int, default=max(1, cores - 1),
+                   help="threads for the model's arithmetic; one core is left for the HTTP side, which otherwise waits "
+                        f"behind PyTorch's threads (on 2 cores: half the speed of one stream) (default: cores - 1, here {max(1, cores - 1)})")
     add_sampling_flags(p, seed=False)
 
     p = command("bench", "measure speed: sampling or training throughput")

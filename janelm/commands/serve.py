@@ -13,6 +13,8 @@ from janelm.errors import InputError
 def check_flags(args: argparse.Namespace) -> None:
     from janelm.serving.run import is_loopback
 
+    if args.threads < 0:
+        raise InputError(f"--threads must be 0 (PyTorch's choice) or more, got {args.threads}")
     for name in ("max_rows", "max_tokens", "max_reply"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -55,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
     from janelm.serving.batcher import Batcher
 
     device = pick_device(args.device)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     model, tokenizer, _ = load_model(checkpoint, device, pick_weight_dtype(args.dtype, device), args.quantize)
     batcher = Batcher(model, tokenizer, args.max_rows, args.max_queue, compile=args.compile).start()
     settings = Settings(args.model_name or model_name(checkpoint), opts, args.user, args.bot, args.max_reply,

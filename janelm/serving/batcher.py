@@ -84,6 +84,7 @@ class Batcher:
         self.context = model.config.context
         self.cache = model.new_cache(max_rows)
         self.rows: list[_Row] = []  # row i of the batch is row i of the cache
+        self.views: dict = {}  # the cache's first n rows, by n
         self.waiting: deque[Job] = deque()
         self.lock = threading.Condition()
         self.deadline: float | None = None  # set by close: rows still decoding then are ended
@@ -212,10 +213,13 @@ class Batcher:
         rows = self.rows
         token = torch.cat([row.last for row in rows])[:, None]
         position = torch.tensor([row.position for row in rows], device=self.device)
+        view = self.views.setdefault(len(rows), self.cache.rows(0, len(rows)))  # slicing 2 x n_block tensors costs
         if len(rows) == 1:  # as generate_tokens steps a lone sample
-            logits = self.lone_step(token, position, self.cache.rows(0, 1))
+            view.slots = self.cache.slots
+            logits = self.lone_step(token, position, view)
         else:  # attention over the positions in use only: a batch's rows round as batches do anyway
-            logits = self.model.decode_step(token, position, self.cache.rows(0, len(rows), max(r.position for r in rows) + 1))
+            view.slots = self.cache.slots[: max(r.position for r in rows) + 1]
+            logits = self.model.decode_step(token, position, view)
         self.steps, self.stepped_rows = self.steps + 1, self.stepped_rows + len(rows)
         for i, row in enumerate(rows):
             if i not in slides:
