@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import traceback
 from dataclasses import fields
@@ -105,13 +106,14 @@ def add_checkpoint_flag(p: argparse.ArgumentParser) -> None:
                    help="checkpoint file, or run folder (its best.pt) (default: checkpoints)")
 
 
-def add_sampling_flags(p: argparse.ArgumentParser) -> None:
+def add_sampling_flags(p: argparse.ArgumentParser, seed: bool = True) -> None:
     d = SAMPLING_DEFAULTS
     p.add_argument("--temperature", type=float, default=d["temperature"], help=f"sampling temperature; 0 is greedy (default: {d['temperature']})")
     p.add_argument("--top-k", type=int, default=d["top_k"], help=f"sample among the k most likely tokens; 0 is no limit (default: {d['top_k']})")
     p.add_argument("--top-p", type=float, default=d["top_p"], help=f"nucleus sampling: the smallest set of tokens with this much probability (default: {d['top_p']})")
     p.add_argument("--repetition-penalty", type=float, default=d["repetition_penalty"], help=f"discourage tokens already in the window; 1 is none (default: {d['repetition_penalty']})")
-    p.add_argument("--seed", type=int, default=None, help="random seed: the same seed and options give the same text (default: random)")
+    if seed:
+        p.add_argument("--seed", type=int, default=None, help="random seed: the same seed and options give the same text (default: random)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--dtype", choices=DTYPES, default="auto",
                    help="weight matrices' precision; auto: float16 on the CPU (activations stay float32), bf16 on GPUs (default: auto)")
@@ -225,8 +227,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-reply", type=int, default=120, help="most tokens in one reply (default: 120)")
     add_sampling_flags(p)
 
+    p = command("serve", "serve the model over an OpenAI-compatible HTTP API, with a page to talk to it")
+    add_checkpoint_flag(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; any but loopback needs --api-key (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default: 8000)")
+    p.add_argument("--api-key", metavar="KEY", default=None,
+                   help="clients must send Authorization: Bearer KEY (default: $JANELM_API_KEY, else none)")
+    p.add_argument("--model-name", default=None, help="the model's id in the API (default: the run folder's name)")
+    p.add_argument("--as", dest="user", default="Elizabeth", help="chat: the character who speaks, unless a request names one (default: Elizabeth)")
+    p.add_argument("--with", dest="bot", default="Mr. Darcy", help="chat: the character who answers, unless a request names one (default: Mr. Darcy)")
+    p.add_argument("--max-reply", type=int, default=120, help="chat: max_tokens when a request gives none (default: 120)")
+    p.add_argument("--max-rows", type=int, default=16, help="texts decoded together in one batch; more wait in the queue (default: 16)")
+    p.add_argument("--max-queue", type=int, default=64, help="texts waiting for a row; past that, requests get 429 (default: 64)")
+    p.add_argument("--max-tokens", type=int, default=4096, help="the most max_tokens a request may ask for (default: 4096)")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="the largest request body; larger ones get 413 (default: 1048576)")
+    cores = os.cpu_count() or 1
+    p.add_argument("--threads", type=int, default=max(1, cores - 1),
+                   help="threads for the model's arithmetic; one core is left for the HTTP side, which otherwise waits "
+                        f"behind PyTorch's threads (on 2 cores: half the speed of one stream) (default: cores - 1, here {max(1, cores - 1)})")
+    add_sampling_flags(p, seed=False)
+
     p = command("bench", "measure speed: sampling or training throughput")
-    p.add_argument("what", choices=("sample", "train"), help="what to measure: generation or training speed")
+    p.add_argument("what", choices=("sample", "train", "serve"),
+                   help="what to measure: generation, training, or janelm serve under concurrent clients")
     p.add_argument("-c", "--checkpoint", default=None, help="measure this checkpoint's model (default: a random model of the given shape)")
     p.add_argument("--json", action="store_true", help="print one JSON object to stdout (default: a table on stderr)")
     p.add_argument("--steps", type=int, default=0, help="steps or tokens to time (default: 255 new tokens for sample, 20 steps for train)")
@@ -235,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sample: decode with int8 weight matrices (the recompute baseline keeps full precision) (default: off)")
     p.add_argument("--num-samples", type=int, default=1,
                    help="sample: also time this many samples decoded as one batch (default: 1, no batch)")
+    p.add_argument("--clients", type=int, default=16, help="serve: concurrent streaming clients (default: 16)")
+    p.add_argument("--tokens", type=int, default=200, help="serve: tokens each client asks for (default: 200)")
     p.add_argument("--preset", choices=PRESET_CHOICES, default="bench", help="configuration; flags override it (default: bench)")
     add_config_flags(p, "bench")
 

@@ -158,7 +158,7 @@ def compile_ahead(model, batch_size: int, path: Path) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     cache = model.new_cache(batch_size)
-    inputs = (torch.zeros(batch_size, 1, dtype=torch.long), torch.zeros((), dtype=torch.long), *cache.keys, *cache.values)
+    inputs = (torch.zeros(batch_size, 1, dtype=torch.long), torch.zeros(batch_size, dtype=torch.long), *cache.keys, *cache.values)
     temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp.pt2")  # AOTInductor wants the suffix
     temporary.touch()  # a folder that cannot be written fails now, in words, not after compiling
     try:

@@ -68,11 +68,30 @@ def pick_next(logits: torch.Tensor, opts: SamplingOptions, rng: torch.Generator 
     logits = filter_logits(logits, opts, history)
     if opts.temperature == 0:
         return logits.argmax(-1)
-    probs = logits.softmax(-1)
+    return draw(logits.softmax(-1), rng)
+
+
+def draw(probs: torch.Tensor, rng: torch.Generator | None) -> torch.Tensor:
+    """One token per row of probs (B, V) → (B,), drawn with `rng`."""
     if rng is not None and rng.device.type != probs.device.type:  # a CPU generator: the same draws on any device
-        return torch.multinomial(probs.cpu(), 1, generator=rng).squeeze(1).to(logits.device)
+        return torch.multinomial(probs.cpu(), 1, generator=rng).squeeze(1).to(probs.device)
     # On the model's device: no copy to the host, so a GPU runs ahead to the next step.
     return torch.multinomial(probs, 1, generator=rng).squeeze(1)
+
+
+def prefill(model, window: torch.Tensor, cache) -> torch.Tensor:
+    """Logits (B, V) after the window (B, T), processed in one pass from the start of `cache`
+    (None: no cache)."""
+    if cache is None:
+        return model(window, last_only=True)[0][:, -1]
+    cache.reset()
+    return model(window, cache=cache, last_only=True)[0][:, -1]
+
+
+def slid(window: torch.Tensor, context: int) -> torch.Tensor | None:
+    """The window to process again once it has outgrown the context: its last half (so sliding
+    costs one pass every context / 2 tokens); None while it fits."""
+    return window[:, -(context // 2) :] if window.size(1) > context else None
 
 
 @torch.inference_mode()  # cheaper than no_grad: no autograd bookkeeping at all
@@ -91,15 +110,13 @@ def generate_tokens(model, prompt: Sequence[int], max_new: int, opts: SamplingOp
     device = model.tok_embed.weight.device
     window = torch.tensor(list(prompt)[-context:], device=device).repeat(batch_size, 1)
     cache = model.new_cache(batch_size) if use_cache else None
-    position = torch.zeros((), dtype=torch.long, device=device)  # where the next token goes in the cache
+    position = torch.zeros(batch_size, dtype=torch.long, device=device)  # where each row's next token goes
     step = decode_step_for(model, cache, position, batch_size, compile, cuda_graphs, max_new) if use_cache else None
 
     def full_pass() -> torch.Tensor:
-        if cache is None:
-            return model(window, last_only=True)[0][:, -1]
-        cache.reset()
-        logits = model(window, cache=cache, last_only=True)[0][:, -1]
-        position.fill_(cache.length)
+        logits = prefill(model, window, cache)
+        if cache is not None:
+            position.fill_(cache.length)
         return logits
 
     logits = full_pass()
@@ -109,8 +126,8 @@ def generate_tokens(model, prompt: Sequence[int], max_new: int, opts: SamplingOp
         if i == max_new - 1:
             break
         window = torch.cat([window, token[:, None]], dim=1)
-        if window.size(1) > context:
-            window = window[:, -(context // 2) :]  # slide: keep the last half, re-process it once
+        if (shorter := slid(window, context)) is not None:
+            window = shorter
             logits = full_pass()
         elif cache is not None:
             logits = step(token[:, None], position, cache)

@@ -42,6 +42,15 @@ class KVCache:
     def reset(self) -> None:
         self.length = 0
 
+    def rows(self, start: int, stop: int, span: int | None = None) -> "KVCache":
+        """Rows start..stop-1 of this cache, sharing its memory, with no positions counted: a
+        server's batch prefills one row, or steps the rows in use attending over the first `span`
+        positions (default: all)."""
+        view = object.__new__(KVCache)
+        view.keys, view.values = [k[start:stop] for k in self.keys], [v[start:stop] for v in self.values]
+        view.capacity, view.slots, view.length = self.capacity, self.slots[:span], 0
+        return view
+
 
 class Rotary(nn.Module):
     """Rotary position embedding: rotates pairs of query/key features by a position-dependent angle,
@@ -74,12 +83,11 @@ class Rotary(nn.Module):
         return self.rotate(x, cos.to(x.dtype), sin.to(x.dtype))
 
     def matrix(self, position: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """The rotation of the position held in a 0-d tensor as a (D, D) matrix: `x @ R` rotates x.
-        For a decode step, where one product per block costs less than the four operations of
-        `rotate`; made once per step, and with no Python integer, so a compiled step is traced
-        once for every position."""
-        index = position.view(1)
-        cos, sin = self.cos.index_select(0, index), self.sin.index_select(0, index)
+        """The rotations of the positions held in `position` (B,), one per row, as (B, D, D)
+        matrices: `x[b] @ R[b]` rotates row b. For a decode step, where one product per block costs
+        less than the four operations of `rotate`; made once per step, and with no Python integer,
+        so a compiled step is traced once for every position."""
+        cos, sin = self.cos.index_select(0, position)[:, None], self.sin.index_select(0, position)[:, None]
         half = cos.size(-1) // 2
         # Row i of R holds cos on the diagonal, and sin where feature i lands after the roll.
         eye = torch.eye(cos.size(-1), dtype=cos.dtype, device=cos.device)
@@ -205,12 +213,14 @@ class CausalSelfAttention(nn.Module):
         y = self._merge(y)
         return F.dropout(y, self.dropout, training=True) if self.dropout and self.training else y
 
-    def decode(self, x: torch.Tensor, cache: KVCache, layer: int, position: torch.Tensor,
+    def decode(self, x: torch.Tensor, cache: KVCache, layer: int, slots: torch.Tensor,
                rotation: torch.Tensor | None, bias: torch.Tensor) -> torch.Tensor:
-        """One new position per row, x (B, 1, C), written into the cache at `position`. Attention
-        spans the whole preallocated cache, with `bias` (0, or -inf past `position`) added to the
-        scores, so every shape is fixed. `rotation` is the position's rotary matrix (made once per
-        step).
+        """One new position per row, x (B, 1, C), written into the cache at each row's own
+        position: `slots` (B · n_kv_head,) are those positions' rows in the cache flattened to
+        (B · n_kv_head · context, D). Attention spans the preallocated cache (its first
+        `len(cache.slots)` positions), with `bias` (B · n_kv_head, 1, that span: 0, or -inf past the
+        row's position) added to the scores, so every shape is fixed. `rotation` holds the rows'
+        rotary matrices (made once per step).
 
         At batch 1 each operation here costs more than its arithmetic (on a CPU, ~10 µs each
         between the weight products, which flush the caches), so it is written for few operations:
@@ -221,14 +231,18 @@ class CausalSelfAttention(nn.Module):
         qkv = self.qkv(x).view(B, self.n_head + 2 * self.n_kv_head, self.head_dim)
         qk = qkv[:, : self.n_head + self.n_kv_head]
         if rotation is not None:
-            qk = qk @ rotation
+            qk = torch.bmm(qk, rotation)
         keys, values = cache.keys[layer], cache.values[layer]  # (B, n_kv_head, context, D)
-        keys.index_copy_(2, position.view(1), qk[:, self.n_head :, None])
-        values.index_copy_(2, position.view(1), qkv[:, self.n_head + self.n_kv_head :, None])
+        # Written as rows of the flattened cache: index_copy_, which compiles to in-place stores.
+        keys.view(-1, self.head_dim).index_copy_(0, slots, qk[:, self.n_head :].reshape(-1, self.head_dim))
+        values.view(-1, self.head_dim).index_copy_(0, slots, qkv[:, self.n_head + self.n_kv_head :].reshape(-1, self.head_dim))
+        # Attention reads the cache's first `span` positions (a batch's furthest row, where the rows
+        # are at different positions; the whole cache in a compiled step).
+        span = cache.slots.size(0)
+        keys, values = keys[:, :, :span].flatten(0, 1), values[:, :, :span].flatten(0, 1)  # (B · n_kv_head, span, D)
         q = qk[:, : self.n_head].reshape(B * self.n_kv_head, group, self.head_dim).float()
-        scores = torch.baddbmm(bias, q, keys.view(B * self.n_kv_head, -1, self.head_dim).float().transpose(1, 2),
-                               alpha=1 / math.sqrt(self.head_dim))
-        y = torch.bmm(scores.softmax(-1), values.view(B * self.n_kv_head, -1, self.head_dim).float())
+        scores = torch.baddbmm(bias, q, keys.float().transpose(1, 2), alpha=1 / math.sqrt(self.head_dim))
+        y = torch.bmm(scores.softmax(-1), values.float())
         return self.proj(y.to(x.dtype).view(B, 1, self.n_head * self.head_dim))
 
 
@@ -275,9 +289,9 @@ class Block(nn.Module):
         x = x + self.attn(self.norm1(x), cache, layer)
         return x + self.mlp(self.norm2(x))
 
-    def decode(self, x: torch.Tensor, cache: KVCache, layer: int, position: torch.Tensor,
+    def decode(self, x: torch.Tensor, cache: KVCache, layer: int, slots: torch.Tensor,
                rotation: torch.Tensor | None, bias: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn.decode(normalize(self.norm1, x), cache, layer, position, rotation, bias)
+        x = x + self.attn.decode(normalize(self.norm1, x), cache, layer, slots, rotation, bias)
         return x + self.mlp(normalize(self.norm2, x))
 
 
@@ -386,21 +400,27 @@ class GPT(nn.Module):
         return logits, loss
 
     def decode_step(self, idx: torch.Tensor, position: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Logits (B, V) after one new token per row, idx (B, 1), at `position` (a 0-d tensor).
+        """Logits (B, V) after one new token per row, idx (B, 1), each row at its own position
+        (`position`, (B,)): rows of one batch may be at different points of their texts (a server's
+        requests).
 
         The same computation as `forward` with a cache, but with fixed shapes and no Python number
         that changes between steps, so `torch.compile` traces it once. The caller advances
-        `cache.length`.
+        `cache.length` and `position`.
         """
         x = self.tok_embed(idx)
         if self.pos_embed is not None:
-            x = x + self.pos_embed(position.view(1))
-        # Once per step for every block: the position's rotation, and the scores' mask over the cache.
+            x = x + self.pos_embed(position)[:, None]
+        # Once per step for every block: the rows' rotations, where each row's keys and values go,
+        # and the scores' mask over the cache (per key/value head, the batch of attention's products).
         rotary = self.blocks[0].attn.rotary
         rotation = rotary.matrix(position, x.dtype) if rotary is not None else None
-        bias = torch.where(cache.slots <= position, 0.0, float("-inf")).view(1, 1, -1)
+        heads, context = self.config.kv_heads, self.config.context
+        position = position.repeat_interleave(heads)  # (B · n_kv_head,)
+        slots = torch.arange(0, position.size(0) * context, context, device=position.device) + position
+        bias = torch.where(cache.slots <= position[:, None], 0.0, float("-inf"))[:, None]
         for i, block in enumerate(self.blocks):
-            x = block.decode(x, cache, i, position, rotation, bias)
+            x = block.decode(x, cache, i, slots, rotation, bias)
         return self.head(normalize(self.norm, x))[:, -1]
 
     def new_cache(self, batch_size: int) -> KVCache:

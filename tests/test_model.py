@@ -83,12 +83,39 @@ def test_decode_step_equals_full_forward(cfg):
     full, _ = model(idx)
     cache = model.new_cache(2)
     model(idx[:, :4], cache=cache)
-    position = torch.tensor(cache.length)
+    position = torch.full((2,), cache.length)
     for t in range(4, 16):
         logits = model.decode_step(idx[:, t : t + 1], position, cache)
         cache.length += 1
         position += 1
         torch.testing.assert_close(logits, full[:, t])
+
+
+DECODE_CONFIGS = [SMALL, replace(SMALL, position="learned", norm="layer", mlp="gelu", tie_embeddings=False, bias=True),
+                  replace(GQA, n_kv_head=1)]
+
+
+@pytest.mark.parametrize("cfg", DECODE_CONFIGS)
+def test_decode_step_rows_at_their_own_positions(cfg):
+    """A server's batch: rows prefilled alone to different lengths into one cache, then stepped
+    together, each at its own position; attending over the positions in use only changes nothing."""
+    torch.manual_seed(0)
+    model = GPT(cfg).eval().double()
+    idx = torch.randint(0, 50, (3, 16))
+    full = [model(idx[i : i + 1])[0][0] for i in range(3)]
+    cache, lengths = model.new_cache(3), [2, 7, 4]
+    for t in cache.keys + cache.values:  # what earlier rows left past each row's length: masked out
+        t.fill_(7.0)
+    for i, n in enumerate(lengths):
+        model(idx[i : i + 1, :n], cache=cache.rows(i, i + 1))
+    position = torch.tensor(lengths)
+    for step in range(8):
+        token = torch.stack([idx[i, n + step] for i, n in enumerate(lengths)])[:, None]
+        span = int(position.max()) + 1 if step % 2 else None
+        logits = model.decode_step(token, position, cache.rows(0, 3, span))
+        for i, n in enumerate(lengths):
+            torch.testing.assert_close(logits[i], full[i][n + step])
+        position += 1
 
 
 def test_loss_and_shapes():

@@ -12,6 +12,10 @@ from janelm.errors import InputError
 def run(args: argparse.Namespace) -> int:
     from janelm.commands.train import configs_from_args
 
+    if args.what == "serve":
+        result = bench_serve(args)
+        print(json.dumps(result)) if args.json else show(result, args.what)
+        return 0
     model_cfg, train_cfg = configs_from_args(args)
     if args.num_samples < 1:
         raise InputError(f"--num-samples must be at least 1, got {args.num_samples}")
@@ -57,6 +61,44 @@ def bench_sample(args: argparse.Namespace, model_cfg, train_cfg) -> dict:
             "context": c.context, "vocab_size": c.vocab_size, "params": params, **result}
 
 
+def bench_serve(args: argparse.Namespace) -> dict:
+    """N concurrent streams against a real `janelm serve`, one stream alone, and `bench sample`'s
+    decode of the same model, in one run."""
+    if not args.checkpoint:
+        raise InputError("bench serve needs a trained model: give -c CKPT")
+    if args.clients < 1 or args.tokens < 1:
+        raise InputError("--clients and --tokens must be at least 1")
+    from janelm.checkpoint import check_checkpoint_file, resolve_checkpoint
+
+    checkpoint = check_checkpoint_file(resolve_checkpoint(args.checkpoint))
+    from janelm.console import note
+    from janelm.serving.load import concurrent_streams, server_process
+
+    dtype = [] if args.dtype in (None, "auto") else ["--dtype", args.dtype]
+    with server_process(["-c", str(checkpoint), "--max-rows", str(max(16, args.clients)), *dtype]) as (port, _):
+        concurrent_streams(port, 1, 8)  # warm-up: the first request pays for lazy set-up
+        note(f"bench serve: one stream, then {args.clients} at once, {args.tokens} tokens each")
+        alone = concurrent_streams(port, 1, args.tokens)
+        together = concurrent_streams(port, args.clients, args.tokens)
+    import torch
+
+    from janelm.checkpoint import load_model
+    from janelm.device import pick_device, pick_weight_dtype
+    from janelm.speed import timed_generation
+
+    device = pick_device("auto")
+    model, _, _ = load_model(checkpoint, device, pick_weight_dtype(args.dtype or "auto", device))
+    with torch.inference_mode():
+        timed_generation(model, [0], 32, True, None)  # warm-up, as bench sample
+        decode = max(timed_generation(model, [0], args.tokens, True, None) for _ in range(3))
+    return {"clients": args.clients, "tokens": args.tokens, "one_stream_tokens_per_s": alone["tokens_per_s"],
+            "aggregate_tokens_per_s": together["tokens_per_s"],
+            "aggregate_vs_one_stream": together["tokens_per_s"] / alone["tokens_per_s"],
+            "ttft_p50_s": together["ttft_p50_s"], "ttft_p95_s": together["ttft_p95_s"],
+            "one_stream_ttft_s": alone["ttft_p50_s"], "sample_decode_tokens_per_s": decode,
+            "one_stream_vs_sample_decode": alone["tokens_per_s"] / decode}
+
+
 def show(result: dict, what: str) -> None:
     from rich.table import Table
 
@@ -65,7 +107,14 @@ def show(result: dict, what: str) -> None:
     table = Table(title=f"janelm bench {what}", title_justify="left", show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
-    if what == "sample":
+    if what == "serve":
+        table.add_row("one stream", f"{result['one_stream_tokens_per_s']:,.1f} tokens/s "
+                      f"({result['one_stream_vs_sample_decode']:.2f} of bench sample's decode, "
+                      f"{result['sample_decode_tokens_per_s']:,.1f})")
+        table.add_row(f"{result['clients']} streams at once", f"{result['aggregate_tokens_per_s']:,.1f} tokens/s "
+                      f"({result['aggregate_vs_one_stream']:.2f}× one stream)")
+        table.add_row("time to first token, p50 / p95", f"{result['ttft_p50_s']:.3f} / {result['ttft_p95_s']:.3f} s")
+    elif what == "sample":
         table.add_row("model", f"{result['n_block']} blocks × {result['n_embed']}, {result['n_head']} heads, "
                       f"context {result['context']}, vocab {result['vocab_size']} ({result['params'] / 1e6:.1f}M)")
         table.add_row("device, weight matrices", f"{result['device']}, {result['dtype']}{', compiled' if result['compiled'] else ''}"

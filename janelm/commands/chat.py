@@ -1,12 +1,5 @@
-"""`janelm chat`: the user speaks as one character, the model answers as another, in Austen's form:
-
-    “Good morning,” said Elizabeth.
-
-    Mr. Darcy replied, “…”
-
-The model only ever continues a novel; framing each turn as dialogue is what makes it answer
-(assistant-like behaviour without fine-tuning). A reply ends at its closing quote.
-"""
+"""`janelm chat`: the user speaks as one character, the model answers as another, in Austen's
+dialogue form (janelm.dialogue). A reply ends at its closing quote."""
 
 from __future__ import annotations
 
@@ -14,43 +7,6 @@ import argparse
 import sys
 
 from janelm.errors import InputError
-
-QUOTES = {"curly": ("“", "”"), "straight": ('"', '"')}
-
-
-def said(line: str, speaker: str, quotes: tuple[str, str]) -> str:
-    """Frame a user's line as dialogue: a final full stop becomes the comma before `said`."""
-    line = line.strip().strip("“”\"")
-    if line.endswith("."):
-        line = line[:-1] + ","
-    elif not line.endswith(("?", "!", ",", "—")):
-        line += ","
-    return f"{quotes[0]}{line}{quotes[1]} said {speaker}.\n\n"
-
-
-def reply_opening(speaker: str, quotes: tuple[str, str]) -> str:
-    return f"{speaker} replied, {quotes[0]}"
-
-
-def pick_quotes(tokenizer) -> tuple[str, str]:
-    """Curly quotes, as most of Austen's editions print them, unless the vocabulary lacks them."""
-    try:
-        tokenizer.encode("“”")
-        return QUOTES["curly"]
-    except InputError:
-        return QUOTES["straight"]
-
-
-def fit_history(turns: list[str], tokenizer, budget: int) -> str:
-    """The most recent whole turns whose tokens fit in `budget`."""
-    kept, used = [], 0
-    for turn in reversed(turns):
-        n = len(tokenizer.encode(turn))
-        if kept and used + n > budget:
-            break
-        kept.append(turn)
-        used += n
-    return "".join(reversed(kept))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,6 +20,7 @@ def run(args: argparse.Namespace) -> int:
 
     from janelm.checkpoint import load_model
     from janelm.device import pick_device, pick_weight_dtype
+    from janelm.dialogue import fit_history, pick_quotes, replied, reply_opening, reply_piece, reply_stops, said
     from janelm.generate import StopFilter, StreamDecoder, generate_tokens
 
     device = pick_device(args.device)
@@ -85,15 +42,13 @@ def run(args: argparse.Namespace) -> int:
         turns.append(said(line, args.user, quotes))
         opening = reply_opening(args.bot, quotes)
         ids = tokenizer.encode(fit_history(turns, tokenizer, budget) + opening)
-        decoder, stop = StreamDecoder(tokenizer), StopFilter([quotes[1], "\n"])
+        decoder, stop = StreamDecoder(tokenizer), StopFilter(reply_stops(quotes))
         if interactive:
             print(f"{args.bot}: ", end="", file=sys.stderr, flush=True)
         reply = ""
         for token in generate_tokens(model, ids[-model.config.context:], args.max_reply, opts, rng=rng,
                                      compile=args.compile):
-            piece = stop.feed(decoder.feed(token.tolist()))
-            if not reply:
-                piece = piece.lstrip()  # the opening quote is already given
+            piece = reply_piece(reply, stop.feed(decoder.feed(token.tolist())))
             reply += piece
             sys.stdout.write(piece)
             sys.stdout.flush()
@@ -103,5 +58,5 @@ def run(args: argparse.Namespace) -> int:
         reply += piece
         sys.stdout.write(piece + "\n")
         sys.stdout.flush()
-        turns.append(f"{opening}{reply.strip()}{quotes[1]}\n\n")
+        turns.append(replied(reply, args.bot, quotes))
     return 0

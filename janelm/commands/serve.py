@@ -1,0 +1,68 @@
+"""`janelm serve`: the model behind an OpenAI-compatible HTTP API, with a page to talk to it
+(janelm.serving). Needs `pip install -e '.[serve]'`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from janelm.errors import InputError
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    from janelm.serving.run import is_loopback
+
+    if args.threads < 0:
+        raise InputError(f"--threads must be 0 (PyTorch's choice) or more, got {args.threads}")
+    for name in ("max_rows", "max_tokens", "max_reply"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.max_queue < 0:
+        raise InputError(f"--max-queue must be 0 or more, got {args.max_queue}")
+    if args.max_body_bytes < 1024:
+        raise InputError(f"--max-body-bytes must be at least 1024, got {args.max_body_bytes}")
+    if not 0 <= args.port <= 65535:
+        raise InputError(f"--port must be in 0..65535 (0: a free port), got {args.port}")
+    if not is_loopback(args.host) and not args.api_key:
+        raise InputError(f"--host {args.host} is reachable from other machines: give --api-key KEY (or set "
+                         f"JANELM_API_KEY) so only those with the key use the model, or serve on 127.0.0.1")
+
+
+def model_name(checkpoint: Path) -> str:
+    """The run folder's name for its best.pt or last.pt, else the file's own name."""
+    return checkpoint.parent.name if checkpoint.name in ("best.pt", "last.pt") else checkpoint.stem
+
+
+def run(args: argparse.Namespace) -> int:
+    from janelm.commands.sample import sampling_options
+
+    opts = sampling_options(args)
+    args.api_key = args.api_key or os.environ.get("JANELM_API_KEY") or None
+    check_flags(args)
+    from janelm.checkpoint import check_checkpoint_file, resolve_checkpoint
+
+    checkpoint = check_checkpoint_file(resolve_checkpoint(args.checkpoint))
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise InputError("janelm serve needs its web stack: pip install -e '.[serve]'") from None
+    from janelm.serving.run import listen, serve
+
+    sock = listen(args.host, args.port)  # a port in use fails before the model loads
+    from janelm.checkpoint import load_model
+    from janelm.device import pick_device, pick_weight_dtype
+    from janelm.serving.app import Guard, Settings, create_app
+    from janelm.serving.batcher import Batcher
+
+    device = pick_device(args.device)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    model, tokenizer, _ = load_model(checkpoint, device, pick_weight_dtype(args.dtype, device), args.quantize)
+    batcher = Batcher(model, tokenizer, args.max_rows, args.max_queue, compile=args.compile).start()
+    settings = Settings(args.model_name or model_name(checkpoint), opts, args.user, args.bot, args.max_reply,
+                        args.api_key, args.max_body_bytes, args.max_tokens)
+    return serve(Guard(create_app(batcher, tokenizer, settings), settings), batcher, sock)

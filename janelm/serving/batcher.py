@@ -1,0 +1,258 @@
+"""The batcher: one thread decodes every request's text as a row of one batch.
+
+Rows join between steps (their prompt is processed alone into a free row of the shared cache) and
+leave when done, stopped or abandoned, so a request never waits for another to finish. Each row
+keeps its own position, window, sampling options, generator and stop strings; one decode step
+serves all rows at once (`GPT.decode_step` takes a position per row), which reads the weights
+once for all of them.
+
+A row alone runs exactly as `janelm sample` does (`janelm.generate.generate_tokens`): the same
+prefill, the same step (the compiled one where it is cached), the same slide past the context and
+the same draws from a generator seeded as sample seeds it. In a batch, the products round as
+batched arithmetic does, which may part a text from its lone twin (docs/speed.md says how often).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from janelm.console import note
+from janelm.decode_step import decode_step_for
+from janelm.errors import first_line
+from janelm.generate import SamplingOptions, StopFilter, StreamDecoder, draw, filter_logits, pick_next, prefill, slid
+
+
+@dataclass
+class Event:
+    """What a row delivers: text as it is decoded, then once `finish` ("stop", "length", or
+    "error" with `error` saying why) with the number of tokens generated."""
+
+    text: str = ""
+    finish: str | None = None
+    tokens: int = 0
+    error: str = ""
+
+
+@dataclass(eq=False)
+class Job:
+    """One text to generate. `deliver` is called on the batcher's thread; setting `cancelled`
+    (the client went away) frees the row at the next step."""
+
+    prompt: Sequence[int]
+    max_tokens: int
+    opts: SamplingOptions
+    seed: int
+    stops: Sequence[str]
+    deliver: Callable[[Event], None]
+    cancelled: bool = False
+
+
+class QueueFull(Exception):
+    """More jobs waiting than the server takes."""
+
+
+class Closed(Exception):
+    """The server is shutting down."""
+
+
+@dataclass(eq=False)
+class _Row:
+    job: Job
+    window: torch.Tensor  # (1, T): the tokens the model sees, as in generate_tokens
+    rng: torch.Generator
+    decoder: StreamDecoder
+    stop: StopFilter
+    position: int = 0  # where its next token goes in the cache
+    logits: torch.Tensor | None = None  # (1, V): what the next token is drawn from
+    last: torch.Tensor | None = None  # (1,): the token drawn from them
+    produced: int = 0
+
+
+class Batcher:
+    """Decodes jobs in a thread of its own; `submit` and `close` are called from any thread."""
+
+    def __init__(self, model, tokenizer, max_rows: int = 16, max_waiting: int = 64, compile: bool | None = None):
+        self.model, self.tokenizer, self.compile = model, tokenizer, compile
+        self.max_rows, self.max_waiting = max_rows, max_waiting
+        self.device = model.tok_embed.weight.device
+        self.context = model.config.context
+        self.cache = model.new_cache(max_rows)
+        self.rows: list[_Row] = []  # row i of the batch is row i of the cache
+        self.views: dict = {}  # the cache's first n rows, by n
+        self.waiting: deque[Job] = deque()
+        self.lock = threading.Condition()
+        self.deadline: float | None = None  # set by close: rows still decoding then are ended
+        self.steps = self.stepped_rows = 0  # batched steps, and the rows they served: the batching at work
+        # A lone row's step is sample's: compiled where it is cached (or compiled now, with `compile`).
+        self.lone_step = decode_step_for(model, self.cache.rows(0, 1), torch.zeros(1, dtype=torch.long, device=self.device),
+                                         1, compile, cuda_graphs=False)
+        self.thread = threading.Thread(target=self._run, name="janelm-batcher", daemon=True)
+
+    def start(self) -> "Batcher":
+        self.thread.start()
+        return self
+
+    def submit(self, jobs: Sequence[Job]) -> None:
+        """Queue jobs (a request's choices): all of them, or none (QueueFull, Closed). Jobs wait for
+        free rows, and at most `max_waiting` wait beyond those."""
+        with self.lock:
+            if self.deadline is not None:
+                raise Closed("the server is shutting down")
+            if len(self.waiting) + len(jobs) > self.max_waiting + self.max_rows - len(self.rows):
+                raise QueueFull(f"all {self.max_rows} rows are decoding and {len(self.waiting)} texts wait for one")
+            self.waiting.extend(jobs)
+            self.lock.notify()
+
+    def close(self, grace: float) -> None:
+        """Take no more jobs; rows still decoding after `grace` seconds end with an error event."""
+        with self.lock:
+            if self.deadline is None:
+                self.deadline = time.monotonic() + grace
+            self.lock.notify()
+
+    def join(self, timeout: float | None = None) -> None:
+        self.thread.join(timeout)
+
+    def load(self) -> dict[str, int]:
+        return {"rows": len(self.rows), "waiting": len(self.waiting), "max_rows": self.max_rows,
+                "steps": self.steps, "stepped_rows": self.stepped_rows}
+
+    # The decoding thread.
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while (joining := self._next_jobs()) is not None:
+                try:
+                    for job in joining:
+                        self._join(job)
+                    if self.rows:
+                        self._advance()
+                except Exception as e:  # noqa: BLE001 - a failure ends the rows in flight, never the server
+                    note(f"janelm serve: error while decoding: {first_line(e, 300)}")
+                    for row in self.rows:
+                        row.job.deliver(Event(finish="error", error="decoding failed", tokens=row.produced))
+                    self.rows = []
+
+    def _next_jobs(self) -> list[Job] | None:
+        """Wait until there is work; the waiting jobs that free rows take. None once closed and idle."""
+        with self.lock:
+            while not self.rows and not self.waiting and self.deadline is None:
+                self.lock.wait()
+            if self.deadline is not None and (not self.rows or time.monotonic() >= self.deadline):
+                for job in [row.job for row in self.rows] + list(self.waiting):
+                    job.deliver(Event(finish="error", error="the server is shutting down"))
+                self.rows, self.waiting = [], deque()
+                return None
+            self._drop([i for i, row in enumerate(self.rows) if row.job.cancelled])
+            self.waiting = deque(job for job in self.waiting if not job.cancelled)
+            joining = []
+            while self.waiting and len(self.rows) + len(joining) < self.max_rows:
+                joining.append(self.waiting.popleft())
+        return joining
+
+    def _join(self, job: Job) -> None:
+        if job.max_tokens == 0:
+            job.deliver(Event(finish="length"))
+            return
+        window = torch.tensor(list(job.prompt)[-self.context :], device=self.device)[None]
+        row = _Row(job, window, torch.Generator(self.device).manual_seed(job.seed),
+                   StreamDecoder(self.tokenizer), StopFilter(job.stops))
+        self.rows.append(row)
+        self._prefill(len(self.rows) - 1)
+
+    def _prefill(self, i: int) -> None:
+        """Process row i's window alone into its row of the cache, as a lone sample would."""
+        row, view = self.rows[i], self.cache.rows(i, i + 1)
+        row.logits = prefill(self.model, row.window, view)
+        row.position = view.length
+
+    def _drop(self, gone: list[int]) -> None:
+        """Free rows (highest first), moving the last row into each gap so rows stay 0..n-1."""
+        for i in sorted(gone, reverse=True):
+            last = len(self.rows) - 1
+            if i != last:
+                for tensors in (self.cache.keys, self.cache.values):
+                    for t in tensors:
+                        t[i].copy_(t[last])
+                self.rows[i] = self.rows[last]
+            self.rows.pop()
+
+    def _advance(self) -> None:
+        """Draw every row's next token, deliver its text, retire finished rows, and compute the
+        others' next logits: a pass alone for a row whose window slid, one batched step for the rest."""
+        done = []
+        for i, (row, token) in enumerate(zip(self.rows, self._pick())):
+            row.produced += 1
+            text = row.stop.feed(row.decoder.feed([token]))
+            finish = "stop" if row.stop.stopped else "length" if row.produced >= row.job.max_tokens else None
+            if finish:
+                text += row.stop.feed(row.decoder.flush()) + row.stop.flush()
+                done.append(i)
+            if text or finish:
+                row.job.deliver(Event(text, finish, row.produced))
+        self._drop(done)
+        slides = set()
+        for i, row in enumerate(self.rows):
+            row.window = torch.cat([row.window, row.last[None]], dim=1)
+            if (shorter := slid(row.window, self.context)) is not None:
+                row.window = shorter
+                self._prefill(i)
+                slides.add(i)
+        if len(slides) < len(self.rows):
+            self._step(slides)
+
+    def _step(self, slides: set[int]) -> None:
+        """One decode step for rows 0..n-1. A row that slid has its logits already: its token is
+        written again at its next position, which its own next token overwrites before it is read."""
+        rows = self.rows
+        token = torch.cat([row.last for row in rows])[:, None]
+        position = torch.tensor([row.position for row in rows], device=self.device)
+        view = self.views.setdefault(len(rows), self.cache.rows(0, len(rows)))  # slicing 2 x n_block tensors costs
+        if len(rows) == 1:  # as generate_tokens steps a lone sample
+            view.slots = self.cache.slots
+            logits = self.lone_step(token, position, view)
+        else:  # attention over the positions in use only: a batch's rows round as batches do anyway
+            view.slots = self.cache.slots[: max(r.position for r in rows) + 1]
+            logits = self.model.decode_step(token, position, view)
+        self.steps, self.stepped_rows = self.steps + 1, self.stepped_rows + len(rows)
+        for i, row in enumerate(rows):
+            if i not in slides:
+                row.logits = logits[i : i + 1]
+                row.position += 1
+
+    def _pick(self) -> list[int]:
+        """The next token of every row. Rows sharing sampling options (and no repetition penalty,
+        which reads each row's own window) are filtered together, each drawing with its own
+        generator; a row alone is exactly `pick_next`, as in generate_tokens."""
+        rows = self.rows
+        if len(rows) == 1:
+            row = rows[0]
+            row.last = pick_next(row.logits, row.job.opts, row.rng, row.window)
+            return row.last.tolist()
+        logits = torch.cat([row.logits for row in rows])
+        picked: list[torch.Tensor | None] = [None] * len(rows)
+        groups: dict[SamplingOptions, list[int]] = {}
+        for i, row in enumerate(rows):
+            if row.job.opts.repetition_penalty != 1.0:
+                picked[i] = pick_next(row.logits, row.job.opts, row.rng, row.window)
+            else:
+                groups.setdefault(row.job.opts, []).append(i)
+        for opts, members in groups.items():
+            filtered = filter_logits(logits if len(members) == len(rows) else logits[members], opts)
+            if opts.temperature == 0:
+                chosen = filtered.argmax(-1)
+                for j, i in enumerate(members):
+                    picked[i] = chosen[j : j + 1]
+            else:
+                probs = filtered.softmax(-1)
+                for j, i in enumerate(members):
+                    picked[i] = draw(probs[j : j + 1], rows[i].rng)
+        for row, token in zip(rows, picked):
+            row.last = token
+        return torch.cat(picked).tolist()

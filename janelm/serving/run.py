@@ -1,0 +1,63 @@
+"""Running the app under uvicorn: the socket, the shutdown on SIGTERM, the exit code."""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import signal
+import socket
+
+from janelm.console import note
+from janelm.errors import InputError
+from janelm.serving.batcher import Batcher
+
+SHUTDOWN_GRACE_S = 2.0  # after SIGTERM, rows still decoding this long are ended
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before the model is served (`--port 0`: a free port)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        return socket.create_server(infos[0][4][:2], family=infos[0][0])
+    except socket.gaierror as e:
+        raise InputError(f"--host {host}: {e.strerror}: give an address such as 127.0.0.1") from None
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise InputError(f"port {port} on {host} is in use: choose another --port (0 picks a free one)") from None
+        raise InputError(f"cannot listen on {host}:{port} ({e.strerror}): choose another --host or --port") from None
+
+
+def serve(app, batcher: Batcher, sock: socket.socket, grace: float = SHUTDOWN_GRACE_S) -> int:
+    """Serve until SIGTERM or Ctrl-C; then take no new requests, let rows finish for `grace` seconds,
+    end the rest, and return 0."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            batcher.close(grace)  # new requests get 503 at once; streams in flight end within `grace`
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                            timeout_graceful_shutdown=int(grace) + 2)
+    # uvicorn raises the signal it caught again once it has shut down; these handlers make that a
+    # no-op, so a server stopped on purpose exits 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *args: None)
+    host, port = sock.getsockname()[:2]
+    note(f"janelm serve: http://{host if ':' not in host else f'[{host}]'}:{port}/ (the page), "
+         f"OpenAI API at /v1; SIGTERM or Ctrl-C stops it")
+    try:
+        Server(config).run(sockets=[sock])
+    finally:
+        batcher.close(0)
+        batcher.join(grace + 5)
+    return 0

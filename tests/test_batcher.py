@@ -1,0 +1,102 @@
+"""The batcher without HTTP: rows at their own positions give each text as if it ran alone, rows
+join and leave between steps, a cancelled row is freed, limits hold, and closing ends what runs."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from janelm.config import ModelConfig
+from janelm.generate import SamplingOptions, generate_tokens
+from janelm.model import GPT
+from janelm.serving.batcher import Batcher, Closed, Event, Job, QueueFull
+from janelm.tokenizer import CharTokenizer
+
+GREEDY = SamplingOptions(temperature=0)
+SAMPLED = SamplingOptions(temperature=1.0, top_k=8, top_p=0.9)
+
+
+@pytest.fixture(scope="module")
+def parts():
+    torch.manual_seed(0)
+    # Double precision: a row's arithmetic in a batch then matches its lone run to ~1e-15, so the
+    # tests see positions, masks and the cache, not rounding.
+    model = GPT(ModelConfig(vocab_size=40, context=16, n_block=2, n_embed=32, n_head=4, n_kv_head=2)).eval().double()
+    return model, CharTokenizer("".join(chr(97 + i) for i in range(40)))
+
+
+class Collector:
+    def __init__(self):
+        self.events: list[Event] = []
+        self.finished = threading.Event()
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+        if event.finish:
+            self.finished.set()
+
+    def text(self) -> str:
+        assert self.finished.wait(60)
+        return "".join(e.text for e in self.events)
+
+
+def lone_text(model, tokenizer, prompt: list[int], n: int, opts: SamplingOptions, seed: int) -> str:
+    tokens = generate_tokens(model, prompt, n, opts, rng=torch.Generator().manual_seed(seed))
+    return tokenizer.decode([t.item() for t in tokens])
+
+
+def test_rows_in_a_batch_give_their_lone_texts(parts):
+    """Rows of different prompts, lengths, options and seeds, joining while others decode, past the
+    context (16: each slides several times): each text is its lone run's."""
+    model, tokenizer = parts
+    batcher = Batcher(model, tokenizer, max_rows=3, max_waiting=8).start()
+    try:
+        specs = [([1, 2, 3], 50, GREEDY, 0), ([5], 37, SAMPLED, 1), ([7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19], 44, SAMPLED, 2),
+                 ([4, 4], 23, GREEDY, 0), ([9], 30, SAMPLED, 5)]
+        collectors = [Collector() for _ in specs]
+        for (prompt, n, opts, seed), c in zip(specs, collectors):  # more than 3: some wait for a row
+            batcher.submit([Job(prompt, n, opts, seed, [], c)])
+        for (prompt, n, opts, seed), c in zip(specs, collectors):
+            assert c.text() == lone_text(model, tokenizer, prompt, n, opts, seed)
+            assert c.events[-1].finish == "length" and c.events[-1].tokens == n
+        assert batcher.stepped_rows > batcher.steps  # the rows did share steps
+    finally:
+        batcher.close(0)
+        batcher.join(10)
+
+
+def test_stop_cancel_limits_and_close(parts):
+    model, tokenizer = parts
+    batcher = Batcher(model, tokenizer, max_rows=1, max_waiting=1).start()
+    try:
+        lone = lone_text(model, tokenizer, [1], 40, GREEDY, 0)
+        stop = lone[5:7]
+        stopped = Collector()
+        batcher.submit([Job([1], 40, GREEDY, 0, [stop], stopped)])
+        assert stopped.text() == lone[: lone.index(stop)] and stopped.events[-1].finish == "stop"
+        empty = Collector()
+        batcher.submit([Job([1], 0, GREEDY, 0, [], empty)])
+        assert empty.text() == "" and empty.events[-1].finish == "length"
+
+        running, waiting = Collector(), Collector()
+        first = Job([1], 10**6, GREEDY, 0, [], running)
+        batcher.submit([first, Job([2], 5, GREEDY, 0, [], waiting)])  # one row, one waiting
+        with pytest.raises(QueueFull):
+            batcher.submit([Job([3], 5, GREEDY, 0, [], Collector())])
+        first.cancelled = True  # its client went away: the row is freed, the waiting job runs
+        assert waiting.text() == lone_text(model, tokenizer, [2], 5, GREEDY, 0)
+        assert batcher.load()["rows"] == 0 and not running.finished.is_set()
+
+        endless = Collector()
+        batcher.submit([Job([1], 10**6, GREEDY, 0, [], endless)])
+        batcher.close(0.2)
+        assert endless.finished.wait(10) and endless.events[-1].finish == "error"
+        assert "shutting down" in endless.events[-1].error
+        with pytest.raises(Closed):
+            batcher.submit([Job([1], 5, GREEDY, 0, [], Collector())])
+    finally:
+        batcher.close(0)
+        batcher.join(10)
+    assert not batcher.thread.is_alive()
