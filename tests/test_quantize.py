@@ -32,7 +32,7 @@ def test_quantized_model_stays_close(cfg):
     model = GPT(cfg).eval()
     idx = torch.randint(0, 60, (2, 32))
     before, _ = model(idx)
-    quantize_int8(model, check_speed=False)  # the kernel is exact everywhere, only slow without AVX-512
+    quantize_int8(model, check_speed=False)  # exactness here; its speed is measured separately
     assert not any(isinstance(m, torch.nn.Linear) and m.in_features % 16 == 0 for m in model.modules())
     assert isinstance(model.blocks[0].mlp.down, torch.nn.Linear)  # 170 inputs: not a multiple of 16, kept
     assert model.tok_embed.weight.dtype == torch.float32  # the (tied) table stays as it was
@@ -59,14 +59,6 @@ def test_unaligned_input_views_are_safe():
 def test_unsupported_precision_is_an_input_error():
     with pytest.raises(InputError, match="--quantize int8 needs"):
         quantize_int8(GPT(SMALL).double())
-
-
-def test_int8_is_refused_where_its_kernel_is_slow(monkeypatch):
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
-    with pytest.raises(InputError, match="no fast kernel on this CPU .AVX2"):
-        quantize_int8(GPT(SMALL))
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
-    assert isinstance(quantize_int8(GPT(SMALL)).blocks[0].attn.qkv, Int8Linear)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
