@@ -6,15 +6,13 @@ checkpoint; batches are a function of (seed, step), so resuming replays the same
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 import random
 import signal
 import sys
 import time
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -29,14 +27,14 @@ from janelm.data import BatchSampler, Corpus, Mix, tokenizer_fingerprint
 from janelm.device import autocast, keep_freed_memory, peak_matmul_flops, pick_device, pick_dtype
 from janelm.distributed import Distributed
 from janelm.errors import InputError, Interrupted, JaneLMError, first_line
-from janelm.files import atomic_write_text, cache_home, reporting_write_failures
+from janelm.files import cache_home, reporting_write_failures
+from janelm.metrics_log import METRICS_FILE, MetricsLog
 from janelm.model import GPT
 from janelm.optim import make_optimizer
+from janelm.random_state import rng_state, set_rng_state
 from janelm.recipe import PLAN_MIN_STEPS, Pace, plan_steps, with_steps
 from janelm.schedule import learning_rate, patience_counts, schedule_progress, update_time_bound
 
-METRICS_FILE = "metrics.csv"
-METRICS_FIELDS = ("step", "tokens", "train_loss", "val_loss", "lr", "elapsed_s")
 
 
 @dataclass
@@ -65,68 +63,6 @@ def mean_loss(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]
         total += loss.double()
     model.train(was_training)
     return (total / len(batches)).item()
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"python": _plain(random.getstate()), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(_tuples(state["python"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _plain(x):  # tuples → lists, so the state is plain data that safe loading accepts
-    return [_plain(v) for v in x] if isinstance(x, (tuple, list)) else x
-
-
-def _tuples(x):
-    return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
-
-
-class MetricsLog:
-    """metrics.csv, one row per evaluation. On resume, rows past the checkpoint's step are dropped
-    so the file matches an uninterrupted run. The file is only ever rewritten atomically and
-    appended to by whole rows, so a kill at any moment leaves each step in it at most once."""
-
-    def __init__(self, path: Path, resume_step: int | None):
-        self.path = path
-        rows = []
-        if resume_step is not None and path.exists():
-            rows = [r for r in read_metrics_rows(path) if int(r["step"]) <= resume_step]
-        table = io.StringIO()
-        writer = csv.DictWriter(table, METRICS_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(path, table.getvalue())
-
-    def append(self, **row: Any) -> None:
-        """One row, whole or not at all: a write that fails part-way (a full disk) is cut back off."""
-        line = io.StringIO()
-        csv.DictWriter(line, METRICS_FIELDS).writerow(row)
-        data = memoryview(line.getvalue().encode())
-        with reporting_write_failures(self.path), open(self.path, "ab", buffering=0) as f:
-            size = f.tell()
-            try:
-                while data:
-                    data = data[f.write(data):]
-            except OSError:
-                with suppress(OSError):
-                    f.truncate(size)
-                raise
-
-
-def read_metrics_rows(path: Path) -> list[dict[str, str]]:
-    """The complete rows of a metrics.csv: a last line cut short by a kill (no newline) is not one."""
-    text = path.read_text(encoding="utf-8", errors="replace")
-    text = text[: text.rfind("\n") + 1]
-    return [r for r in csv.DictReader(io.StringIO(text, newline=""))
-            if r.get("step", "").isdigit() and all(r.get(k) for k in METRICS_FIELDS)]
 
 
 @contextmanager

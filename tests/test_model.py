@@ -173,9 +173,9 @@ def test_bad_shapes_are_input_errors(change, message):
 
 
 def test_rms_norm_trains_with_the_gradients_of_f_rms_norm():
-    """The CPU's hand-written backward (model._RMSNormCPU) against autograd through F.rms_norm, and
+    """The CPU's hand-written backward (norm._RMSNormCPU) against autograd through F.rms_norm, and
     against finite differences."""
-    from janelm.model import RMSNorm, _RMSNormCPU
+    from janelm.norm import RMSNorm, _RMSNormCPU
 
     torch.manual_seed(0)
     norm = RMSNorm(64)

@@ -10,7 +10,7 @@ from conftest import decode_floors, janelm
 from janelm.config import ModelConfig
 from janelm.errors import InputError
 from janelm.model import GPT
-from janelm.precision import PRECISIONS, fastest_precision, floors_here, matrix_shapes, measure_floors
+from janelm.precision import PRECISIONS, fastest_precision, matrix_shapes, measure_floors
 from janelm.quantize import HalfLinear, Int8Linear, inference_weights
 
 CONFIG = ModelConfig(vocab_size=64, context=32, n_block=2, n_embed=64, n_head=2)

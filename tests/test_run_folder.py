@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -153,7 +152,7 @@ APPEND = """
 import sys
 from pathlib import Path
 from janelm.files import WriteFailure
-from janelm.trainer import MetricsLog
+from janelm.metrics_log import MetricsLog
 log = MetricsLog(Path(sys.argv[1]), resume_step=10)
 try:
     log.append(step=20, tokens=2560, train_loss="4.5", val_loss="4.4", lr="0.001", elapsed_s="1.0")

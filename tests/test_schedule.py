@@ -2,7 +2,6 @@
 early stopping waits for half the budget; a time budget becomes steps; `--preset auto` follows the
 measured compute."""
 
-import argparse
 import csv
 import os
 import subprocess
@@ -278,7 +277,7 @@ def test_auto_chooses_from_the_table_by_measured_compute(monkeypatch, capsys, ma
     expected = [preset for threshold, preset in COMPUTE_TABLE if compute >= threshold][-1]
     assert args.preset == expected
     line = capsys.readouterr().err.splitlines()[0]
-    assert line.startswith(f"auto: ") and f"≈ {tokens_per_s:,.0f} tokens/s at " in line and f"preset {expected}:" in line
+    assert line.startswith("auto: ") and f"≈ {tokens_per_s:,.0f} tokens/s at " in line and f"preset {expected}:" in line
     model_cfg, train_cfg = configs_from_args(args)
     assert (train_cfg.max_iters, train_cfg.max_time) == (0, DEFAULT_BUDGET["cpu"])  # planned by the trainer
     assert model_cfg == preset_configs(expected)[0]
