@@ -8,6 +8,7 @@ checkout of https://github.com/karpathy/nanoGPT (its model.py is imported from t
 
     python3 benchmarks/nanogpt.py --nanogpt ~/nanoGPT                     # float32, and bf16 where native
     python3 benchmarks/nanogpt.py --nanogpt ~/nanoGPT --dtype bfloat16 --rounds 7
+    python3 benchmarks/nanogpt.py --nanogpt ~/nanoGPT --compile   # both compiled (nanoGPT's train.py default)
 
 Rounds alternate the two steps, so a machine that slows down mid-run slows both; the medians of
 the rounds are compared. Results are appended to benchmarks/results/nanogpt.jsonl.
@@ -29,7 +30,7 @@ sys.path.insert(0, str(REPO))
 RESULTS = REPO / "benchmarks" / "results" / "nanogpt.jsonl"
 
 
-def nanogpt_step(path: Path, dtype, steps: int):
+def nanogpt_step(path: Path, dtype, steps: int, compile: bool = False):
     """nanoGPT's model and optimizer at the reference shape, and one training step of it."""
     import torch
 
@@ -44,6 +45,8 @@ def nanogpt_step(path: Path, dtype, steps: int):
                               n_head=model_cfg.n_head, n_embd=model_cfg.n_embed, dropout=0.0, bias=False)
     model = module.GPT(config).train()
     optimizer = model.configure_optimizers(train_cfg.weight_decay, train_cfg.lr, (train_cfg.beta1, train_cfg.beta2), "cpu")
+    if compile:
+        model = torch.compile(model)
     g = torch.Generator().manual_seed(0)
     shape = (train_cfg.batch_size, model_cfg.context)
     x, y = torch.randint(0, 100, shape, generator=g), torch.randint(0, 100, shape, generator=g)
@@ -59,7 +62,7 @@ def nanogpt_step(path: Path, dtype, steps: int):
     return step
 
 
-def compare(nanogpt: Path, dtype_name: str, rounds: int, steps: int) -> dict:
+def compare(nanogpt: Path, dtype_name: str, rounds: int, steps: int, compile: bool = False) -> dict:
     import contextlib
     import io
 
@@ -70,14 +73,15 @@ def compare(nanogpt: Path, dtype_name: str, rounds: int, steps: int) -> dict:
 
     dtype = getattr(torch, dtype_name)
     model_cfg, train_cfg = preset_configs("bench")
-    train_cfg = replace(train_cfg, dtype=dtype_name, device="cpu", max_iters=10**6, max_time=0.0, eval_batches=1)
+    train_cfg = replace(train_cfg, dtype=dtype_name, device="cpu", max_iters=10**6, max_time=0.0, eval_batches=1,
+                        compile=compile)
     with contextlib.redirect_stdout(io.StringIO()):  # nanoGPT prints its parameter counts
-        theirs = nanogpt_step(nanogpt, dtype, steps)
+        theirs = nanogpt_step(nanogpt, dtype, steps, compile)
     tokens = train_cfg.batch_size * model_cfg.context
     ours_rates, theirs_rates = [], []
     with random_token_trainer(model_cfg, train_cfg, 100) as trainer:
         time_steps(trainer, steps=1, warmup=2)
-        for _ in range(2):
+        for _ in range(3 if compile else 2):  # the first compiled calls compile
             theirs()
         for _ in range(rounds):
             n, seconds = time_steps(trainer, steps=steps, warmup=0)
@@ -89,7 +93,8 @@ def compare(nanogpt: Path, dtype_name: str, rounds: int, steps: int) -> dict:
     ours, other = statistics.median(ours_rates), statistics.median(theirs_rates)
     return {"dtype": dtype_name, "rounds": rounds, "steps_per_round": steps, "janelm_tokens_per_s": ours,
             "nanogpt_tokens_per_s": other, "ratio": ours / other, "janelm_rounds": ours_rates,
-            "nanogpt_rounds": theirs_rates}
+            "nanogpt_rounds": theirs_rates, "compile": compile,
+            "isa": torch.backends.cpu.get_cpu_capability()}
 
 
 def main() -> None:
@@ -98,6 +103,7 @@ def main() -> None:
     p.add_argument("--dtype", choices=("float32", "bfloat16", "both"), default="both")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=4, help="steps per round and model")
+    p.add_argument("--compile", action="store_true", help="torch.compile both models (default: eager)")
     a = p.parse_args()
     from study import machine
 
@@ -107,9 +113,9 @@ def main() -> None:
     if a.dtype == "both" and not cpu_has_native_bf16():
         dtypes = ["float32"]  # emulated bf16 is not a precision anyone trains in
     for name in dtypes:
-        row = {**compare(a.nanogpt, name, a.rounds, a.steps), "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M")}
+        row = {**compare(a.nanogpt, name, a.rounds, a.steps, a.compile), "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M")}
         print(f"{name}: JaneLM {row['janelm_tokens_per_s']:,.0f} tokens/s, nanoGPT {row['nanogpt_tokens_per_s']:,.0f}: "
-              f"{row['ratio']:.3f}x (medians of {a.rounds} alternating rounds)", flush=True)
+              f"{row['ratio']:.3f}x (medians of {a.rounds} alternating rounds{', compiled' if a.compile else ''}; ISA {row['isa']})", flush=True)
         with RESULTS.open("a") as f:
             f.write(json.dumps(row) + "\n")
 

@@ -9,7 +9,7 @@ machine: two at once, or any other load, makes the budget buy less and the figur
 
     python3 benchmarks/quality.py                      # every variant (hours)
     python3 benchmarks/quality.py default char learned-positions --seed 2
-    python3 benchmarks/quality.py default 3x384 --preset cpu-fp32
+    python3 benchmarks/quality.py default 3x384 --preset cpu-2x256
     python3 benchmarks/quality.py --list
 
 Results are appended to benchmarks/results/quality.jsonl (one JSON object per run) and the table in

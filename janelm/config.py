@@ -116,9 +116,9 @@ class TrainConfig:
     lr: float = 3e-3
     min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
     warmup_iters: int = 50
-    # ~9.5 minutes on a 2-core CPU with native bf16 (docs/quality.md). The schedule follows steps,
-    # so a seed reproduces a run exactly; on a machine too slow for the step budget the time limit
-    # takes over and the schedule finishes on the clock instead (janelm.schedule).
+    # The `cpu` preset's: ~9.5 minutes on a 2-core Zen 4. The schedule follows steps, so a seed
+    # reproduces a run exactly; on a machine too slow for the step budget the time limit takes
+    # over and the schedule finishes on the clock instead (janelm.schedule).
     max_iters: int = 750  # 0 means: no step limit, the schedule follows --max-time
     max_time: float = 690.0  # seconds; 0 means no time limit
     weight_decay: float = 0.1
@@ -182,16 +182,26 @@ SEED_MODEL = {"n_block": 6, "n_embed": 512, "n_head": 4, "head_size": 128, "cont
               "mlp": "gelu", "position": "learned", "tie_embeddings": False, "dropout": 0.2,
               "attention_dropout": 0.2}
 
-# `janelm train` with no flags runs `--preset auto`: the preset for this machine's class
-# (janelm.device.auto_preset), each tuned for about ten minutes there (docs/quality.md).
+# What every row of the compute table trains with: batch 8 beat 16 at every budget the study ran;
+# 6 evaluation batches keep the run's 8 evaluations under 3% of it.
+TABLE_TRAIN = {"batch_size": 8, "eval_batches": 6, "max_iters": 0, "max_time": 600.0, "compile": True,
+               "compile_decode": True}
+
+# `janelm train` with no flags runs `--preset auto`: the compute table's row for what this machine
+# measures (janelm.recipe); the other presets are named by hand.
 PRESETS: dict[str, Preset] = {
-    "cpu": Preset("about 10 minutes on a 2-core CPU with native bf16 (AVX-512 BF16)"),
-    "cpu-fp32": Preset(
-        "about 10 minutes on a 2-core CPU without native bf16 (AVX2): float32, a smaller model",
-        # 3 × 256 won the float32 study (docs/quality.md); ~1.03 s a step on a 2-core AVX2 EPYC, so
-        # 560 steps end near 9.7 minutes and the time guard only takes over on a slower machine.
+    "cpu": Preset("3 × 384, batch 16, 750 steps (~9.5 minutes on a 2-core Zen 4): the probe auto measures with"),
+    # The compute study's rows (docs/quality.md): time-bound, their steps planned from the measured
+    # pace; compiled (+9-15% a step on the CPU), and the decode step compiled at the end.
+    "cpu-2x256": Preset(
+        "2 × 256, batch 8, trains for --max-time: the study's best at low compute",
+        model={"n_block": 2, "n_embed": 256, "n_head": 4},
+        train=TABLE_TRAIN,
+    ),
+    "cpu-3x256": Preset(
+        "3 × 256, batch 8, trains for --max-time: the study's best at higher compute",
         model={"n_block": 3, "n_embed": 256, "n_head": 4},
-        train={"max_iters": 560, "max_time": 600.0},
+        train=TABLE_TRAIN,
     ),
     "gpu": Preset(
         "about 6 minutes on one CUDA GPU, compiled; best with period novels as extra text (docs/quality.md)",
@@ -226,12 +236,14 @@ PRESETS: dict[str, Preset] = {
 }
 # The probe of `--preset auto` (janelm.recipe): its tokens/s times the budget is a run's compute.
 PROBE_PRESET = "cpu"
-# (compute in probe tokens from which a row applies, preset): made by the study in docs/quality.md.
-COMPUTE_TABLE: tuple[tuple[float, str], ...] = ((0.0, "cpu-fp32"), (2.0e6, "cpu"))
+# (compute in probe tokens from which a row applies, preset): the CPU rows come from the study in
+# docs/quality.md (150-600 s on a 2-core Zen 4: 0.9M-3.7M); the gpu row from the GPU study (an H100:
+# far above 60M), and compute between was not measured.
+COMPUTE_TABLE: tuple[tuple[float, str], ...] = ((0.0, "cpu-2x256"), (2.6e6, "cpu-3x256"), (60e6, "gpu"))
 # `janelm train`'s time budget with no flags, in seconds: ten minutes on a CPU; on a GPU the budget of
 # the GPU study (docs/quality.md: the gpu recipe's validation loss stopped improving within it).
 DEFAULT_BUDGET = {"cpu": 600.0, "cuda": 360.0}
-AUTO = "auto"  # not a preset of its own: janelm.device.auto_preset names one for this machine
+AUTO = "auto"  # not a preset of its own: janelm.recipe chooses a table row by measuring
 DEFAULT_PRESET = AUTO
 PRESET_CHOICES = (AUTO, *PRESETS)
 

@@ -262,9 +262,11 @@ def fake_pace(tokens_per_s: float):
     return measure
 
 
-@pytest.mark.parametrize("machine, tokens_per_s", [("one slow core", 900.0), ("a 2-core laptop", 2_500.0),
-                                                   ("an AMX Xeon", 10_000.0), ("a GPU", 2_000_000.0)])
-def test_auto_chooses_from_the_table_by_measured_compute(monkeypatch, capsys, machine, tokens_per_s):
+@pytest.mark.parametrize("machine, tokens_per_s, chosen", [("one slow core", 900.0, "cpu-2x256"),
+                                                           ("a 2-core laptop", 2_500.0, "cpu-2x256"),
+                                                           ("an AMX Xeon", 10_000.0, "cpu-3x256"),
+                                                           ("a GPU", 2_000_000.0, "gpu")])
+def test_auto_chooses_from_the_table_by_measured_compute(monkeypatch, capsys, machine, tokens_per_s, chosen):
     import janelm.recipe
     from janelm.cli import build_parser
     from janelm.commands.train import choose_auto, configs_from_args
@@ -275,7 +277,7 @@ def test_auto_chooses_from_the_table_by_measured_compute(monkeypatch, capsys, ma
     choose_auto(args, vocab_size=2048)
     compute = DEFAULT_BUDGET["cpu"] * tokens_per_s
     expected = [preset for threshold, preset in COMPUTE_TABLE if compute >= threshold][-1]
-    assert args.preset == expected
+    assert args.preset == expected == chosen
     line = capsys.readouterr().err.splitlines()[0]
     assert line.startswith("auto: ") and f"≈ {tokens_per_s:,.0f} tokens/s at " in line and f"preset {expected}:" in line
     model_cfg, train_cfg = configs_from_args(args)
