@@ -32,7 +32,7 @@ from janelm import __version__
 from janelm.config import AUTO_COMPILE_TOKENS
 from janelm.console import note
 from janelm.errors import first_line
-from janelm.files import WRITE_FAILURES, cache_home
+from janelm.files import WRITE_FAILURES, atomic_write_text, cache_home
 
 # Generation never changes the weights, so the compiler may treat them as constants ("freezing")
 # and fold the work done on them into the compiled code once (about 1.3× the decode speed).
@@ -225,7 +225,8 @@ def _cached_or_compiled(model, batch_size: int, path: Path, compile: bool) -> Ca
             return step
     if not compile:
         return None
-    note(f"compiling the decode step for this model, once (about 30 s on 2 cores); kept in {path.parent}")
+    note(f"compiling the decode step for this model, once (about {compile_estimate_s(model.config):.0f} s here); "
+         f"kept in {path.parent}")
     start = time.monotonic()
     try:
         compile_ahead(model, batch_size, path)
@@ -233,7 +234,9 @@ def _cached_or_compiled(model, batch_size: int, path: Path, compile: bool) -> Ca
     except Exception as e:  # noqa: BLE001 - a read-only cache, no C++ compiler, an operation the compiler lacks...
         note(f"note: {_why_not_compiled(e, path.parent)}: decoding uncompiled")
         return None
-    note(f"compiled in {time.monotonic() - start:.0f} s")
+    seconds = time.monotonic() - start
+    note(f"compiled in {seconds:.0f} s")
+    _remember_compile_time(model.config, seconds)
     _trim_cache(path.parent, path)
     return step
 
@@ -244,11 +247,28 @@ def _why_not_compiled(error: Exception, folder: Path) -> str:
     return f"could not compile the decode step ({first_line(error, 160)})"
 
 
+COMPILE_TIMES = "compile_times.json"  # in the cache folder: how long compiling took here, by shape
+
+
+def _compile_key(config) -> str:
+    return f"{config.n_block}x{config.n_embed}, {torch.get_num_threads()} threads"
+
+
 def compile_estimate_s(config) -> float:
-    """About how long compiling a model's decode step takes here: 28-37 s for 6 blocks on 2 cores,
-    about 20 s for a toy model (docs/speed.md), slower on fewer cores (the compiler builds its C++
-    in parallel)."""
-    return (18.0 + 2.5 * config.n_block) * 2 / max(1, min(torch.get_num_threads(), 2))
+    """About how long compiling a model's decode step takes here: the last time measured on this
+    machine for this shape (and a margin), else (4 + 5 · blocks) s on 2 cores, twice that on one
+    (the compiler builds its C++ in parallel): 2 blocks took 9-12 s, 6 blocks 28-37 s (docs/speed.md)."""
+    with suppress(OSError, ValueError):
+        measured = json.loads((cache_root() / COMPILE_TIMES).read_text())[_compile_key(config)]
+        return 1.2 * float(measured) + 2.0
+    return (4.0 + 5.0 * config.n_block) * 2 / max(1, min(torch.get_num_threads(), 2))
+
+
+def _remember_compile_time(config, seconds: float) -> None:
+    path = cache_root() / COMPILE_TIMES
+    with suppress(OSError, ValueError):  # a read-only cache only means estimating from the formula
+        known = json.loads(path.read_text()) if path.exists() else {}
+        atomic_write_text(path, json.dumps({**known, _compile_key(config): round(seconds, 1)}))
 
 
 def compile_for_sampling(checkpoint: Path) -> float | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import errno
+import json
 import os
 import time
 
@@ -48,9 +49,13 @@ def step_of(model, batch: int, compile):
 def test_a_compiled_step_is_kept_and_found_again(model, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("JANELM_CACHE", str(tmp_path))
     eager = tokens(model, compile=False)
+    formula = decode_step.compile_estimate_s(model.config)
     assert tokens(model, compile=True) == eager
     files = list((tmp_path / "decode").glob("*.pt2"))
     assert len(files) == 1 and "compiling the decode step" in capsys.readouterr().err
+    # The time it took is remembered: the next estimate (what `train --compile-decode` reserves) is it.
+    took = next(iter(json.loads((tmp_path / "decode" / decode_step.COMPILE_TIMES).read_text()).values()))
+    assert 0 < took and decode_step.compile_estimate_s(model.config) == pytest.approx(1.2 * took + 2.0) != formula
 
     fresh = copy.deepcopy(model)  # as a later run would load it: nothing compiled in memory
     assert isinstance(step_of(fresh, 2, compile=None), CachedCompiledStep)  # the default finds it
