@@ -32,7 +32,7 @@ from janelm import __version__
 from janelm.config import AUTO_COMPILE_TOKENS
 from janelm.console import note
 from janelm.errors import first_line
-from janelm.files import WRITE_FAILURES, atomic_write_text, cache_home
+from janelm.files import WRITE_FAILURES, WriteFailure, atomic_write_text, cache_home
 
 # Generation never changes the weights, so the compiler may treat them as constants ("freezing")
 # and fold the work done on them into the compiled code once (about 1.3× the decode speed).
@@ -258,16 +258,19 @@ def compile_estimate_s(config) -> float:
     """About how long compiling a model's decode step takes here: the last time measured on this
     machine for this shape (and a margin), else (4 + 5 · blocks) s on 2 cores, twice that on one
     (the compiler builds its C++ in parallel): 2 blocks took 9-12 s, 6 blocks 28-37 s (docs/speed.md)."""
-    with suppress(OSError, ValueError):
-        measured = json.loads((cache_root() / COMPILE_TIMES).read_text())[_compile_key(config)]
-        return 1.2 * float(measured) + 2.0
+    with suppress(OSError, ValueError, TypeError, AttributeError):  # none yet, or a damaged file
+        measured = json.loads((cache_root() / COMPILE_TIMES).read_text()).get(_compile_key(config))
+        if measured is not None:
+            return 1.2 * float(measured) + 2.0
     return (4.0 + 5.0 * config.n_block) * 2 / max(1, min(torch.get_num_threads(), 2))
 
 
 def _remember_compile_time(config, seconds: float) -> None:
     path = cache_root() / COMPILE_TIMES
-    with suppress(OSError, ValueError):  # a read-only cache only means estimating from the formula
-        known = json.loads(path.read_text()) if path.exists() else {}
+    known = {}
+    with suppress(OSError, ValueError, TypeError):  # none yet, or a damaged file: start again
+        known = dict(json.loads(path.read_text()))
+    with suppress(OSError, WriteFailure):  # a read-only cache only means estimating from the formula
         atomic_write_text(path, json.dumps({**known, _compile_key(config): round(seconds, 1)}))
 
 

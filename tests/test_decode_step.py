@@ -56,6 +56,13 @@ def test_a_compiled_step_is_kept_and_found_again(model, tmp_path, monkeypatch, c
     # The time it took is remembered: the next estimate (what `train --compile-decode` reserves) is it.
     took = next(iter(json.loads((tmp_path / "decode" / decode_step.COMPILE_TIMES).read_text()).values()))
     assert 0 < took and decode_step.compile_estimate_s(model.config) == pytest.approx(1.2 * took + 2.0) != formula
+    times = tmp_path / "decode" / decode_step.COMPILE_TIMES
+    times.write_text('{"another shape": 5.0}')  # known for other shapes only: the formula
+    assert decode_step.compile_estimate_s(model.config) == formula
+    times.write_text("[not what it should be")  # damaged: the formula, and the next compile rewrites it
+    assert decode_step.compile_estimate_s(model.config) == formula
+    decode_step._remember_compile_time(model.config, 7.0)
+    assert decode_step.compile_estimate_s(model.config) == pytest.approx(1.2 * 7.0 + 2.0)
 
     fresh = copy.deepcopy(model)  # as a later run would load it: nothing compiled in memory
     assert isinstance(step_of(fresh, 2, compile=None), CachedCompiledStep)  # the default finds it
