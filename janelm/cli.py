@@ -60,6 +60,8 @@ TRAIN_HELP = {
     "seed": "random seed: the same seed and flags give the same run",
     "device": "auto, cpu or cuda",
     "dtype": f"autocast precision ({', '.join(DTYPES)}); auto: bf16 on GPUs and CPUs with native bf16",
+    "max_passes": "a --max-time budget planned into steps stops after this many passes over the training tokens; "
+                  "0 is no cap",
     "compile": "compile the model's training step with torch.compile (a failure is a note: training goes on uncompiled)",
     "compile_decode": "on a CPU, compile the decode step for the trained model at the end, inside --max-time, "
                       "so the first `janelm sample` is fast",

@@ -348,11 +348,17 @@ class Trainer:
         measured = self.dist.mean(torch.tensor([step_s, eval_s, s.elapsed], dtype=torch.float64, device=self.device))
         step_s, eval_s, elapsed = measured.tolist()
         left = cfg.max_time - elapsed - eval_s
-        steps = s.step + plan_steps(left, Pace(step_s, eval_s, tokens_per_step)) if left > 0 else s.step
+        fill = s.step + plan_steps(left, Pace(step_s, eval_s, tokens_per_step)) if left > 0 else s.step
+        steps, plan = fill, f"{fill:,} steps fill --max-time {cfg.max_time:g} s"
+        cap = math.ceil(cfg.max_passes * len(self.corpus.train) / tokens_per_step) if cfg.max_passes else fill
+        if cap < fill:  # more steps than the text can use: stop early rather than overfit
+            steps = max(cap, s.step)
+            plan += (f", but {cfg.max_passes:g} passes over the {len(self.corpus.train):,} training tokens "
+                     f"(--max-passes) end at {steps:,}")
         self.cfg = with_steps(cfg, steps)
         self.planned_steps = steps
-        self._say(f"step {s.step}: {step_s:.3g} s a step, {eval_s:.2g} s an evaluation → {steps:,} steps fill "
-                  f"--max-time {cfg.max_time:g} s (--max-iters {steps} replays this run)")
+        self._say(f"step {s.step}: {step_s:.3g} s a step, {eval_s:.2g} s an evaluation → {plan} "
+                  f"(--max-iters {steps} replays this run)")
 
     def _eval_and_log(self) -> bool:
         """Evaluate, log a metrics row, keep `best`; True when early stopping says stop."""

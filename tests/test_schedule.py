@@ -3,6 +3,7 @@ early stopping waits for half the budget; a time budget becomes steps; `--preset
 measured compute."""
 
 import csv
+import math
 import os
 import subprocess
 import sys
@@ -239,6 +240,21 @@ def test_max_iters_replays_a_planned_run_bit_for_bit(tmp_path, prepared, capsys)
     assert replay.state.step == planned.state.step == steps
     for name, w in planned.model.state_dict().items():
         assert torch.equal(w, replay.model.state_dict()[name]), name
+
+
+def test_a_planned_run_stops_at_max_passes_over_the_text(tmp_path, prepared, capsys):
+    """A machine fast enough for more passes than --max-passes stops there, annealed, and says so."""
+    clock = FakeClock()
+    corpus = load_corpus(prepared)
+    tokens_per_step = PLANNED.batch_size * TINY_MODEL.context
+    passes = 60 * tokens_per_step / len(corpus.train)  # 60 steps' worth, where the budget fits ~500
+    trainer = Trainer(TINY_MODEL, replace(PLANNED, max_passes=passes), corpus, tmp_path, progress=True, clock=clock)
+    lrs = run_planned(trainer, clock, lambda step: 0.1, seconds_per_eval=0.5)
+    assert trainer.state.step == math.ceil(passes * len(corpus.train) / tokens_per_step) == 60
+    assert trainer.state.elapsed < 0.2 * PLANNED.max_time  # finished early: the rest would only overfit
+    assert lrs[-1] < 1.05 * PLANNED.lr * PLANNED.min_lr_ratio  # the cosine followed the capped steps
+    assert "(--max-passes) end at 60 (--max-iters 60 replays this run)" in capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "last.pt")["train_config"]["max_iters"] == 60
 
 
 def test_a_budget_too_short_for_the_warm_up_still_trains_the_warm_up(tmp_path, prepared):
