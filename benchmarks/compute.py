@@ -173,7 +173,12 @@ def plot(path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name in sorted({r["variant"] for r in rows}):
         points = sorted((r["compute"], r["bits_per_char"]) for r in rows if r["variant"] == name)
-        ax.plot([c / 1e6 for c, _ in points], [b for _, b in points], marker="o", label=name)
+        by_compute: dict[float, list[float]] = {}
+        for c, b in points:
+            by_compute.setdefault(c, []).append(b)
+        means = sorted((c, sum(bs) / len(bs)) for c, bs in by_compute.items())  # seeds: the line runs through their mean
+        line, = ax.plot([c / 1e6 for c, _ in means], [b for _, b in means], marker="o", label=name)
+        ax.scatter([c / 1e6 for c, _ in points], [b for _, b in points], s=12, color=line.get_color())
     ax.set_xscale("log")
     ticks = sorted({r["compute"] / 1e6 for r in rows})
     ax.set_xticks(ticks, [f"{t:.2g}M ({b:g} s)" for t, b in sorted({(r["compute"] / 1e6, r["budget_s"]) for r in rows})])
