@@ -8,11 +8,12 @@ measures before it trains:
    256) in the precision the run will use. Budget × its tokens/s is the run's compute, counted in
    probe tokens, a unit that means the same on every machine.
 2. The table (`janelm.config.COMPUTE_TABLE`, made by the study in docs/quality.md) maps compute to
-   the recipe that scored best there: shape, batch, learning rate, dropout.
+   the recipe that scored best there: shape and batch (and at most 6.5 passes over the text).
 3. The chosen recipe's own pace (measured the same way; the probe's, when it is the probe's shape)
-   turns the budget into a step count. The cosine then follows steps, so `--max-iters N` with the
-   same seed replays the run bit for bit; the trainer checks the plan against the pace of its real
-   steps once warm-up ends, before the count matters to the schedule (`replan_steps`).
+   gives the first line's estimate. The trainer plans the real count from the pace of its own
+   steps once warm-up ends, before the count matters to the schedule (`Trainer._plan`, capped by
+   `--max-passes`). The cosine then follows steps, so `--max-iters N` with the same seed replays
+   the run bit for bit.
 
 Pure Python apart from `measure_pace`, which imports torch inside: `janelm train --help` reads this.
 """

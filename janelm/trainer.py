@@ -36,7 +36,6 @@ from janelm.recipe import PLAN_MIN_STEPS, Pace, plan_steps, with_steps
 from janelm.schedule import learning_rate, patience_counts, schedule_progress, update_time_bound
 
 
-
 @dataclass
 class RunState:
     """Counters that move as training goes; saved in every checkpoint."""
