@@ -8,7 +8,8 @@ measures before it trains:
    256) in the precision the run will use. Budget × its tokens/s is the run's compute, counted in
    probe tokens, a unit that means the same on every machine.
 2. The table (`janelm.config.COMPUTE_TABLE`, made by the study in docs/quality.md) maps compute to
-   the recipe that scored best there: shape and batch (and at most 6.5 passes over the text).
+   the recipe that scored best there: shape, dropout and batch, and how many passes over the text
+   it may make (`--max-passes`).
 3. The chosen recipe's own pace (measured the same way; the probe's, when it is the probe's shape)
    gives the first line's estimate. The trainer plans the real count from the pace of its own
    steps once warm-up ends, before the count matters to the schedule (`Trainer._plan`, capped by
@@ -122,7 +123,8 @@ def choose_by_measuring(budget: float, vocab_size: int, configs_for: Callable[[s
 
 
 def describe_shape(model_cfg: ModelConfig) -> str:
-    return f"{model_cfg.n_block} blocks × {model_cfg.n_embed}"
+    dropout = f", dropout {model_cfg.dropout:g}" if model_cfg.dropout else ""
+    return f"{model_cfg.n_block} blocks × {model_cfg.n_embed}{dropout}"
 
 
 def tokens_text(n: float) -> str:
