@@ -18,6 +18,7 @@ from janelm import __version__
 from janelm.config import (AUTO, AUTO_COMPILE_TOKENS, COMPUTE_TABLE, DEFAULT_BUDGET, DEFAULT_PRESET, DTYPES, MLPS, NORMS,
                            OPTIMIZERS, POSITIONS, PRESET_CHOICES, PRESETS, PROBE_PRESET, PrepareDefaults, preset_configs)
 from janelm.errors import JaneLMError
+from janelm.mixing import SCHEDULE_HELP, extra_weight_arg
 
 MODEL_HELP = {
     "context": "tokens of history the model sees",
@@ -65,11 +66,13 @@ TRAIN_HELP = {
     "compile": "compile the model's training step with torch.compile (a failure is a note: training goes on uncompiled)",
     "compile_decode": "on a CPU, compile the decode step for the trained model at the end, inside --max-time, "
                       "so the first `janelm sample` is fast",
-    "extra_weight": "share of training windows drawn from the corpus's --extra sources, 0 to 1 "
-                    "(negative: the corpus's own, from prepare)",
+    "extra_weight": f"training windows drawn from the corpus's --extra sources: {SCHEDULE_HELP}; the schedule holds A "
+                    "through warm-up and follows the steps, so --max-iters N replays a planned run "
+                    "(negative: the corpus's own share, from prepare)",
 }
 CHOICES = {"norm": NORMS, "mlp": MLPS, "position": POSITIONS, "optimizer": OPTIMIZERS, "dtype": DTYPES,
            "device": ("auto", "cpu", "cuda")}
+TYPES = {"extra_weight": extra_weight_arg}  # where a field's default's type is not the flag's
 QUANTIZE = ("int8",)
 SAMPLING_DEFAULTS = {"temperature": 0.8, "top_k": 0, "top_p": 0.95, "repetition_penalty": 1.0}
 
@@ -99,8 +102,9 @@ def add_config_flags(p: argparse.ArgumentParser, preset: str, why: str = "") -> 
             if isinstance(value, bool):
                 group.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, default=None, help=text)
             else:
-                group.add_argument(flag(f.name), type=type(value), default=None, choices=CHOICES.get(f.name),
-                                   metavar=f.name.upper() if f.name not in CHOICES else None, help=text)
+                group.add_argument(flag(f.name), type=TYPES.get(f.name, type(value)), default=None,
+                                   choices=CHOICES.get(f.name), metavar=f.name.upper() if f.name not in CHOICES else None,
+                                   help=text)
 
 
 def add_checkpoint_flag(p: argparse.ArgumentParser) -> None:

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from janelm.errors import InputError
+from janelm.mixing import parse_extra_weight
 
 NORMS = ("rms", "layer")
 MLPS = ("swiglu", "gelu", "gelu_tanh", "relu2")
@@ -140,9 +141,10 @@ class TrainConfig:
     # On a CPU, compile the decode step of the trained model at the end (janelm.decode_step), inside
     # the time budget, so the first `janelm sample` decodes at the compiled speed.
     compile_decode: bool = False
-    # Share of training windows drawn from the corpus's --extra sources; negative: the corpus's own
-    # default (janelm prepare --extra-weight, else plain mixing). Checked against the corpus (janelm.data).
-    extra_weight: float = -1.0
+    # Share of training windows drawn from the corpus's --extra sources: a number, or a schedule as
+    # given ("1:0", janelm.mixing); negative: the corpus's own default (janelm prepare --extra-weight,
+    # else plain mixing). Checked against the corpus (janelm.data).
+    extra_weight: float | str = -1.0
 
     def validate(self) -> None:
         """Raise InputError for settings training cannot run with."""
@@ -155,9 +157,7 @@ class TrainConfig:
                 raise InputError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         if not self.max_iters and not self.max_time:
             raise InputError("give a budget: --max-iters N, --max-time SECONDS, or both")
-        if not (self.extra_weight < 0 or 0.0 <= self.extra_weight <= 1.0):  # negative: the corpus's default
-            raise InputError(f"--extra-weight must be from 0 to 1 (the share of training windows drawn from the "
-                             f"extra sources), got {self.extra_weight}")
+        parse_extra_weight(self.extra_weight)
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise InputError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.optimizer not in OPTIMIZERS:

@@ -12,7 +12,8 @@ sources' training tokens, then the extra sources' (training-only text), and meta
 Batches are a pure function of (seed, step): every step's global batch of window offsets comes
 from a generator seeded with both, so a resumed run draws exactly what an uninterrupted one would,
 and the global batch is the same whatever the number of processes sharing it. A window lies
-inside one group; `Mix` says how often each group is drawn.
+inside one group; `Mix` says how often each group is drawn, and where a schedule moves that share
+(janelm.mixing), the step's place in it is a function of the step too (janelm.schedule.mix_progress).
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from typing import Any, Iterable
 
 import torch
 
-from janelm.config import PrepareDefaults
+from janelm.config import PrepareDefaults, TrainConfig
 from janelm.errors import InputError
+from janelm.mixing import Share, as_given, parse_extra_weight
+from janelm.schedule import mix_step_progress
 from janelm.tokenizer import Tokenizer, tokenizer_from_dict
 
 META_FILE, TOKENIZER_FILE = "meta.json", "tokenizer.json"
@@ -83,10 +86,40 @@ def load_tokens(path: Path, dtype: str) -> torch.Tensor:
 class Mix:
     """Where training windows come from: the main tokens are train[:extra_start], the extra ones
     train[extra_start:] (None: a corpus without extras). `extra_weight` is the share of windows drawn
-    from the extra group; None mixes plainly, every window equally likely wherever it lies."""
+    from the extra group, fixed or a schedule; None mixes plainly, every window equally likely
+    wherever it lies."""
 
     extra_start: int | None = None
-    extra_weight: float | None = None
+    extra_weight: float | Share | None = None
+
+    @property
+    def share(self) -> Share | None:
+        """The share as a schedule: a fixed one starts and ends on it."""
+        weight = self.extra_weight
+        return Share(weight, weight) if isinstance(weight, (int, float)) else weight
+
+    def describe(self, given: float | str, cfg: TrainConfig) -> str:
+        """The run's line about its mix: the extra text's share of the training windows, and for a
+        schedule the steps where it moves (`given`: --extra-weight as TrainConfig holds it)."""
+        origin = f"--extra-weight {as_given(given)}" if parse_extra_weight(given) is not None else \
+            "the corpus's default, from janelm prepare --extra-weight"
+        share = self.share
+        if share is None:
+            return "mix: plain, every window of the training text equally likely (--extra-weight sets a share)"
+        if share.start == share.end:
+            return f"mix: {share.start:.0%} of the training windows from the extra sources ({origin})"
+        # Steps as the log counts them: the one at index i is step i + 1.
+        last = f"step {cfg.max_iters:,}" if cfg.max_iters else "the last step (planned after warm-up)"
+        if share.switch is None:
+            moves = (f"{share.start:.0%} through warm-up ({cfg.warmup_iters:,} steps), then linearly to {share.end:.0%} "
+                     f"at {last}")
+        elif cfg.max_iters:
+            switch = next((i for i in range(cfg.max_iters) if mix_step_progress(cfg, i) >= share.switch), cfg.max_iters)
+            moves = f"{share.start:.0%} to step {switch:,}, then {share.end:.0%} to {last}"
+        else:
+            moves = (f"{share.start:.0%}, then {share.end:.0%} from {share.switch:.0%} of the way from the end of "
+                     f"warm-up ({cfg.warmup_iters:,} steps) to {last}")
+        return f"mix: the extra sources' share of the training windows is {moves} ({origin})"
 
 
 @dataclass
@@ -105,17 +138,17 @@ class Corpus:
         ranges = self.meta.get("train_ranges")
         return ranges["extra"][0] if ranges else None
 
-    def mix(self, extra_weight: float | None = None) -> Mix:
-        """The training mix: `extra_weight` in [0, 1] (TrainConfig.validate checks it), or None (or
-        negative) for the corpus's own default (`janelm prepare --extra-weight`, else plain mixing)."""
-        if extra_weight is not None and extra_weight < 0:
-            extra_weight = None
+    def mix(self, extra_weight: float | str | None = None) -> Mix:
+        """The training mix: `extra_weight` as --extra-weight takes it (janelm.mixing: a share from 0
+        to 1 or a schedule), or None (or negative) for the corpus's own default (`janelm prepare
+        --extra-weight`, else plain mixing)."""
+        weight = None if extra_weight is None else parse_extra_weight(extra_weight)
         if self.extra_start is None:
-            if extra_weight:
-                raise InputError(f"--extra-weight {extra_weight:g}: {self.path}/ has no extra sources to draw from: "
-                                 f"prepare it with `janelm prepare PATH... --extra PATH...`, or drop the flag")
+            if weight:  # a schedule, or a share above 0: what would it draw?
+                raise InputError(f"--extra-weight {as_given(extra_weight)}: {self.path}/ has no extra sources to draw "
+                                 f"from: prepare it with `janelm prepare PATH... --extra PATH...`, or drop the flag")
             return Mix()
-        return Mix(self.extra_start, self.meta.get("extra_weight") if extra_weight is None else extra_weight)
+        return Mix(self.extra_start, self.meta.get("extra_weight") if weight is None else weight)
 
 
 def check_corpus_folder(path: Path) -> str:
@@ -170,8 +203,8 @@ class BatchSampler:
     With a `mix` of two groups no window crosses from the main tokens into the extra ones. Plain
     mixing draws each window start uniformly over all the starts that fit in a group (for a corpus
     without extras: over the whole file, one randint as ever, so old seeds draw the same batches);
-    a weight draws each window's group first (extra with probability `extra_weight`), then its
-    start uniformly within that group.
+    a weight draws each window's group first (extra with probability the share at the step's
+    `progress`, janelm.schedule.mix_progress), then its start uniformly within that group.
     """
 
     def __init__(self, tokens: torch.Tensor, context: int, batch_size: int, grad_accum: int = 1,
@@ -190,23 +223,25 @@ class BatchSampler:
         # Window starts that fit in each group: main [0, main_starts), extra [extra_start, extra_start + extra_starts).
         boundary = len(tokens) if mix.extra_start is None else mix.extra_start
         sizes = {"main": boundary, "extra": len(tokens) - boundary}
-        drawn = {"main": mix.extra_weight != 1, "extra": mix.extra_start is not None and mix.extra_weight != 0}
+        share = self.share = mix.share
+        drawn = {"main": share is None or share.lowest < 1,
+                 "extra": mix.extra_start is not None and (share is None or share.highest > 0)}
         for group, size in sizes.items():
             if drawn[group] and size < context + 1:
                 raise InputError(
                     f"the {group} sources have {size} training tokens, fewer than one context window of {context} + 1: "
                     f"give more text, train with a smaller --context, or leave them out with --extra-weight"
                 )
-        self.extra_start, self.extra_weight = boundary, mix.extra_weight
+        self.extra_start = boundary
         self.main_starts, self.extra_starts = (max(size - context, 0) for size in sizes.values())
 
-    def offsets(self, g: torch.Generator, count: int) -> torch.Tensor:
-        """`count` window start offsets drawn from `g` according to the mix."""
-        if self.extra_weight is None:
+    def offsets(self, g: torch.Generator, count: int, progress: float) -> torch.Tensor:
+        """`count` window start offsets drawn from `g` according to the mix at `progress`."""
+        if self.share is None:
             starts = torch.randint(0, self.main_starts + self.extra_starts, (count,), generator=g)
             # Starts past the main group's move over the boundary, to the extra group's own.
             return torch.where(starts < self.main_starts, starts, starts - self.main_starts + self.extra_start)
-        extra = torch.rand(count, generator=g, dtype=torch.float64) < self.extra_weight
+        extra = torch.rand(count, generator=g, dtype=torch.float64) < self.share.at(progress)
         where = torch.rand(count, generator=g, dtype=torch.float64)
         size = torch.where(extra, self.extra_starts, self.main_starts)
         return torch.where(extra, self.extra_start, 0) + (where * size).long()
@@ -220,15 +255,16 @@ class BatchSampler:
             return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
         return x.to(self.device), y.to(self.device)
 
-    def step_batches(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """This rank's micro-batches for `step`."""
+    def step_batches(self, step: int, progress: float = 0.0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's micro-batches for `step`, which stands at `progress` in the mix's schedule."""
         per_rank = self.batch_size * self.grad_accum
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        offsets = self.offsets(g, per_rank * self.world_size)
+        offsets = self.offsets(g, per_rank * self.world_size, progress)
         mine = offsets[self.rank * per_rank : (self.rank + 1) * per_rank]
         return [self.windows(chunk) for chunk in mine.split(self.batch_size)]
 
     def fixed_batches(self, count: int, salt: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The same `count` batches every time: used to evaluate comparably across steps."""
+        """The same `count` batches every time: used to evaluate comparably across steps. A schedule's
+        are drawn with the share it ends on, the text the run is heading for."""
         g = torch.Generator().manual_seed(self.seed * 7_919 + salt)
-        return [self.windows(self.offsets(g, self.batch_size)) for _ in range(count)]
+        return [self.windows(self.offsets(g, self.batch_size, progress=1.0)) for _ in range(count)]

@@ -55,6 +55,23 @@ def schedule_progress(cfg: TrainConfig, state: Progress) -> float:
     return progress
 
 
+def mix_progress(cfg: TrainConfig, state: Progress) -> float:
+    """Where the step `state.step` is about to take stands in the extra-text share's schedule
+    (janelm.mixing): 0 through warm-up and at the first step after it, then on by steps, as the
+    cosine, to 1 at the last step (max_iters - 1). Before a time budget is planned into steps, 0:
+    warm-up does not depend on the run's length, so the `--max-iters N` that replays the run draws
+    the same batches. Once a run is time-bound its share follows the clock, as its cosine does, so
+    it still ends on the share it was given."""
+    if not cfg.max_iters:
+        return 0.0
+    return max(mix_step_progress(cfg, state.step), schedule_progress(cfg, state))
+
+
+def mix_step_progress(cfg: TrainConfig, step: int) -> float:
+    """mix_progress by steps alone, for a run whose `max_iters` is known."""
+    return _fraction((step - cfg.warmup_iters) / max(1, cfg.max_iters - 1 - cfg.warmup_iters))
+
+
 def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
     """Linear warm-up over `warmup_iters` steps, then cosine decay from `lr` to lr * min_lr_ratio as
     `progress` (see `schedule_progress`) goes from 0 to 1."""

@@ -33,7 +33,7 @@ from janelm.model import GPT
 from janelm.optim import make_optimizer
 from janelm.random_state import rng_state, set_rng_state
 from janelm.recipe import PLAN_MIN_STEPS, Pace, plan_steps, with_steps
-from janelm.schedule import learning_rate, patience_counts, schedule_progress, update_time_bound
+from janelm.schedule import learning_rate, mix_progress, patience_counts, schedule_progress, update_time_bound
 
 
 @dataclass
@@ -246,7 +246,7 @@ class Trainer:
         lr = learning_rate(cfg, self.state.step, schedule_progress(cfg, self.state))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        micro = self.train_batches.step_batches(self.state.step)
+        micro = self.train_batches.step_batches(self.state.step, mix_progress(cfg, self.state))
         total = torch.zeros((), device=self.device)
         for i, (x, y) in enumerate(micro):
             # Only the last micro-step all-reduces gradients across processes.

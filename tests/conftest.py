@@ -116,6 +116,25 @@ def prepared(tmp_path_factory, text_file) -> Path:
     return out
 
 
+QUICK = ["--vocab-size", "300", "--tokenizer-sample", "200000"]  # a small BPE, trained fast
+
+
+@pytest.fixture(scope="session")
+def mixed(tmp_path_factory) -> Path:
+    """A folder with a corpus (corpus/) of a main text and an extra one that repeats part of the
+    main text's training paragraphs (repeating training text is allowed; validation text is not);
+    the corpus's own extra weight is 0.25."""
+    from janelm.cli import main
+
+    folder = tmp_path_factory.mktemp("mixed")
+    main_text = make_text(300, seed=1)
+    (folder / "main.txt").write_text(main_text)
+    (folder / "extra.txt").write_text("\n".join(main_text.splitlines()[:100]) + "\n" + make_text(400, seed=2))
+    assert main(["prepare", str(folder / "main.txt"), "--extra", str(folder / "extra.txt"), "--extra-weight", "0.25",
+                 "--out", str(folder / "corpus"), *QUICK]) == 0
+    return folder
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, prepared) -> Path:
     """A run folder with a tiny model trained for a few steps."""

@@ -114,6 +114,12 @@ CASES = [
         "--extra-weight 0.5: corpus/ has no extra sources", "--extra PATH"),
     row("train-extra-weight-above-one", "train --data corpus --out newrun {tiny} --extra-weight 1.5", 2,
         "--extra-weight must be from 0 to 1", "1.5"),
+    row("train-extra-weight-schedule-without-extras", "train --data corpus --out newrun {tiny} --extra-weight 1:0", 2,
+        "--extra-weight 1:0: corpus/ has no extra sources", "--extra PATH"),
+    row("train-extra-weight-schedule-above-one", "train --data corpus --out newrun {tiny} --extra-weight 1:2", 2,
+        "--extra-weight 1:2 is neither a share nor a schedule", "A:B", "1:0"),
+    row("train-extra-weight-not-a-number", "train --data corpus --out newrun {tiny} --extra-weight half", 2,
+        "--extra-weight half is neither a share nor a schedule", "0.3"),
     row("train-init-from-into-another-run", "train --data corpus --init-from run --out otherrun {tiny} --max-iters 1 --eval-interval 1", 2,
         "otherrun/ already holds a run", "--force"),
     # --- sample / eval: checkpoints ------------------------------------------------------------

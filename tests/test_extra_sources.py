@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 import torch
 
-from conftest import TINY, make_text
+from conftest import QUICK, TINY, make_text
 from gutenberg_like import period_novel
 from janelm.checkpoint import load_checkpoint
 from janelm.cli import main
@@ -23,7 +22,6 @@ from janelm.data import BatchSampler, Mix, load_corpus
 from janelm.errors import InputError
 from janelm.preparation import EXTRA, LEAK_MIN_CHARS, load_work
 
-QUICK = ["--vocab-size", "300", "--tokenizer-sample", "200000"]
 OPTIONS = {"clean": True, "ascii": False, "val_fraction": 0.1}
 
 
@@ -108,21 +106,8 @@ def test_a_group_too_short_for_a_window_is_refused_unless_weighed_out():
 
 
 # ------------------------------------------------------------------------------------------
-# prepare --extra: groups in train.bin and meta.json
+# prepare --extra: groups in train.bin and meta.json (the `mixed` corpus: conftest.py)
 # ------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def mixed(tmp_path_factory) -> Path:
-    """A corpus of a main text and an extra one that repeats part of the main text's training
-    paragraphs (repeating training text is allowed; validation text is not)."""
-    folder = tmp_path_factory.mktemp("mixed")
-    main_text = make_text(300, seed=1)
-    (folder / "main.txt").write_text(main_text)
-    (folder / "extra.txt").write_text("\n".join(main_text.splitlines()[:100]) + "\n" + make_text(400, seed=2))
-    assert main(["prepare", str(folder / "main.txt"), "--extra", str(folder / "extra.txt"), "--extra-weight", "0.25",
-                 "--out", str(folder / "corpus"), *QUICK]) == 0
-    return folder
 
 
 def test_extras_follow_the_main_training_text_and_give_no_validation_text(mixed):
