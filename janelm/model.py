@@ -192,14 +192,16 @@ class CausalSelfAttention(nn.Module):
         # Written as rows of the flattened cache: index_copy_, which compiles to in-place stores.
         keys.view(-1, self.head_dim).index_copy_(0, slots, qk[:, self.n_head :].reshape(-1, self.head_dim))
         values.view(-1, self.head_dim).index_copy_(0, slots, qkv[:, self.n_head + self.n_kv_head :].reshape(-1, self.head_dim))
-        # Attention reads the cache's first `span` positions (a batch's furthest row, where the rows
-        # are at different positions; the whole cache in a compiled step).
+        # Attention reads the cache's first `span` positions: a batch's furthest row (the server's
+        # batches), rounded up to a multiple of 32 in a compiled step, the whole cache otherwise.
+        # Both are read transposed, (B · n_kv_head, D, span): a slice of a variable span there is
+        # never contiguous, so the compiler need not ask whether it is (which fixes the span).
         span = cache.slots.size(0)
-        keys, values = keys[:, :, :span].flatten(0, 1), values[:, :, :span].flatten(0, 1)  # (B · n_kv_head, span, D)
+        keys, values = (t.flatten(0, 1).transpose(1, 2)[:, :, :span].float() for t in (keys, values))
         q = qk[:, : self.n_head].reshape(B * self.n_kv_head, group, self.head_dim).float()
-        scores = torch.baddbmm(bias, q, keys.float().transpose(1, 2), alpha=1 / math.sqrt(self.head_dim))
-        y = torch.bmm(scores.softmax(-1), values.float())
-        return self.proj(y.to(x.dtype).view(B, 1, self.n_head * self.head_dim))
+        scores = torch.baddbmm(bias, q, keys, alpha=1 / math.sqrt(self.head_dim))
+        y = torch.bmm(values, scores.softmax(-1).transpose(1, 2)).transpose(1, 2)  # (B · n_kv_head, group, D)
+        return self.proj(y.to(x.dtype).reshape(B, 1, self.n_head * self.head_dim))
 
 
 class MLP(nn.Module):

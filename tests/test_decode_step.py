@@ -139,3 +139,28 @@ def test_the_default_compiles_only_long_outputs(model, tmp_path, monkeypatch):
         fresh = copy.deepcopy(model)  # each its own: a failed compilation is not tried again on a model
         decode_step_for(fresh, fresh.new_cache(1), position, 1, compile, new_tokens=n)
     assert made == [False, True, True]  # --no-compile does not even look
+
+
+def test_the_attention_span_covers_the_furthest_row_in_steps_of_span_step():
+    span = decode_step.attention_span
+    step = decode_step.SPAN_STEP
+    assert span(torch.tensor([0]), 256) == step and span(torch.tensor([step - 1]), 256) == step
+    assert span(torch.tensor([step]), 256) == 2 * step
+    assert span(torch.tensor([3, step + 5]), 256) == 2 * step  # the batch's furthest row
+    assert span(torch.tensor([250]), 80) == 80  # never past the context
+
+
+def test_a_compiled_step_reads_the_cache_positions_in_use(tmp_path, monkeypatch):
+    """Past SPAN_STEP positions the compiled step attends over a longer span of the cache, from one
+    library for every span, and gives the eager step's tokens (which attends over the whole cache)."""
+    monkeypatch.setenv("JANELM_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    long = inference_weights(GPT(ModelConfig(vocab_size=40, context=80, n_block=1, n_embed=32, n_head=4)).eval(),
+                             "cpu", torch.float16)
+    spans, measured = [], decode_step.attention_span
+    monkeypatch.setattr(decode_step, "attention_span", lambda position, context: spans.append(measured(position, context)) or spans[-1])
+    eager = [t.tolist() for t in generate_tokens(long, [1, 2], 100, GREEDY, compile=False)]
+    assert not spans  # the eager step reads the whole cache
+    assert [t.tolist() for t in generate_tokens(long, [1, 2], 100, GREEDY, compile=True)] == eager
+    assert sorted(set(spans)) == [32, 64, 80]  # in steps of SPAN_STEP, then the whole context
+    assert len(list((tmp_path / "decode").glob("*.pt2"))) == 1
