@@ -127,14 +127,13 @@ class _CacheTensors:
 class CachedCompiledStep:
     """A decode step compiled by AOTInductor, loaded from its package file."""
 
-    def __init__(self, path: Path, context: int):
+    def __init__(self, path: Path):
         # The loader itself, not torch._inductor.aoti_load_package: importing torch._inductor
         # would add ~3 s to start-up, and the loader needs none of it.
         self.runner = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
-        self.context = context
 
     def __call__(self, token: torch.Tensor, position: torch.Tensor, cache) -> torch.Tensor:
-        slots = cache.slots[: attention_span(position, self.context)]
+        slots = cache.slots[: attention_span(position, cache.slots.size(0))]  # cache.slots: the whole context
         return self.runner.boxed_run([token, position, slots, *cache.keys, *cache.values])[0]
 
 
@@ -234,7 +233,7 @@ def cpu_compiled_step(model, batch_size: int, compile: bool) -> Callable | None:
 def _cached_or_compiled(model, batch_size: int, path: Path, compile: bool) -> CachedCompiledStep | None:
     if path.is_file():
         try:
-            step = CachedCompiledStep(path, model.config.context)
+            step = CachedCompiledStep(path)
         except Exception as e:  # noqa: BLE001 - a damaged or foreign file: make it again, or go without
             note(f"note: the compiled decode step {path} could not be loaded ({first_line(e)}): "
                  f"{'compiling it again' if compile else 'decoding uncompiled'}")
@@ -251,7 +250,7 @@ def _cached_or_compiled(model, batch_size: int, path: Path, compile: bool) -> Ca
     start = time.monotonic()
     try:
         compile_ahead(model, batch_size, path)
-        step = CachedCompiledStep(path, model.config.context)
+        step = CachedCompiledStep(path)
     except Exception as e:  # noqa: BLE001 - a read-only cache, no C++ compiler, an operation the compiler lacks...
         note(f"note: {_why_not_compiled(e, path.parent)}: decoding uncompiled")
         return None
