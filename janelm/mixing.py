@@ -61,10 +61,11 @@ def parse_extra_weight(value: float | str) -> float | Share | None:
     if not isinstance(value, str):
         if value < 0:
             return None
-        if not 0.0 <= value <= 1.0:  # NaN too
+        try:
+            return _share(value)
+        except ValueError:
             raise InputError(f"--extra-weight must be from 0 to 1 (the share of training windows drawn from the "
-                             f"extra sources), got {value}")
-        return float(value)
+                             f"extra sources), got {value}") from None
     body, at, switch = value.partition("@")
     try:
         start, end = (_share(part) for part in body.split(":"))  # ValueError unless exactly two
@@ -77,7 +78,7 @@ def parse_extra_weight(value: float | str) -> float | Share | None:
     return Share(start, end, fraction)
 
 
-def _share(text: str) -> float:
+def _share(text: str | float) -> float:
     share = float(text)
     if not 0.0 <= share <= 1.0:  # NaN too
         raise ValueError(text)

@@ -153,7 +153,7 @@ class Trainer:
             tokens, model_cfg.context, cfg.batch_size, cfg.grad_accum, cfg.seed,
             self.dist.rank, self.dist.world_size, self.device, mix)
         # The mix draws training windows from the corpus's groups; val is the main sources' alone.
-        mix = corpus.mix(cfg.extra_weight)
+        self.mix = mix = corpus.mix(cfg.extra_weight)
         self.train_batches = sampler(corpus.train, mix)
         # Every rank evaluates the same fixed batches, so all agree on early stopping.
         self.eval_sets = {"train": sampler(corpus.train, mix).fixed_batches(cfg.eval_batches, salt=1),

@@ -182,7 +182,7 @@ def train(args: argparse.Namespace) -> int:
                  + (f", {dist.world_size} processes" if dist.active else "")
                  + (f"; resuming at step {trainer.state.step}" if args.resume else ""))
             if corpus.extra_start is not None:  # what the run draws from the extra text, and when
-                note(corpus.mix(train_cfg.extra_weight).describe(train_cfg.extra_weight, trainer.cfg))
+                note(trainer.mix.describe(train_cfg.extra_weight, trainer.cfg))
             if warning := emulated_bf16_warning(trainer.dtype, trainer.device):
                 note(warning)
         summary = trainer.run()
