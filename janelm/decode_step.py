@@ -104,9 +104,9 @@ def attention_span(position: torch.Tensor, context: int) -> int:
 
 
 class _StepModule(torch.nn.Module):
-    """`model.decode_step` with the cache's tensors as inputs: what AOTInductor compiles. `slots`
-    (the positions attention spans: 0 .. span-1) is an input of variable length; the cache is
-    written in place, as by the eager step."""
+    """`model.decode_step`, written for fusing, with the cache's tensors as inputs: what AOTInductor
+    compiles. `slots` (the positions attention spans: 0 .. span-1) is an input of variable length;
+    the cache is written in place, as by the eager step."""
 
     def __init__(self, model):
         super().__init__()
@@ -114,7 +114,8 @@ class _StepModule(torch.nn.Module):
 
     def forward(self, idx: torch.Tensor, position: torch.Tensor, slots: torch.Tensor, *keys_values: torch.Tensor) -> torch.Tensor:
         n = len(keys_values) // 2
-        return self.model.decode_step(idx, position, _CacheTensors(list(keys_values[:n]), list(keys_values[n:]), slots))
+        cache = _CacheTensors(list(keys_values[:n]), list(keys_values[n:]), slots)
+        return self.model.decode_step(idx, position, cache, fused=True)
 
 
 class _CacheTensors:

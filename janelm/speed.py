@@ -6,6 +6,7 @@ from __future__ import annotations
 import resource
 import tempfile
 import time
+from statistics import median
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +20,8 @@ from janelm.decode_step import INFERENCE_COMPILE_OPTIONS, cpu_compiled_step
 from janelm.generate import SamplingOptions, generate_tokens
 
 GREEDY = SamplingOptions(temperature=0)
+PAIRED_ROUNDS = 5  # decode against the floor: the median of this many rounds
+PAIRED_FLOOR_S = 0.3  # each round's floor: about as long as its decode of 255 tokens
 
 
 def timed_generation(model, prompt: list[int], n: int, use_cache: bool, compile: bool | None = False,
@@ -33,13 +36,29 @@ def timed_generation(model, prompt: list[int], n: int, use_cache: bool, compile:
     return n * batch_size / (time.perf_counter() - start)
 
 
+def paired_rounds(model, prompt: list[int], n: int, paths: dict[str, dict[str, Any]], shapes: list[tuple[int, int]],
+                  weights: str, device: torch.device, rounds: int) -> list[dict[str, Any]]:
+    """`rounds` (at least one) times: the matmul floor of `weights`, then each path's decode of `n`
+    tokens right after it (tokens/s; a path: timed_generation's keywords by name)."""
+    from janelm.precision import matmul_floor
+
+    return [{"floor": matmul_floor(shapes, weights, device, PAIRED_FLOOR_S),
+             **{name: timed_generation(model, prompt, n, True, **path) for name, path in paths.items()}}
+            for _ in range(max(1, rounds))]
+
+
 @torch.inference_mode()
 def measure_sampling(model, dtype: torch.dtype | None = None, new_tokens: int = 255, repeats: int = 3,
-                     compile: bool | None = None, quantize: str | None = None, samples: int = 1) -> dict[str, Any]:
+                     compile: bool | None = None, quantize: str | None = None, samples: int = 1,
+                     rounds: int = PAIRED_ROUNDS) -> dict[str, Any]:
     """Prefill, cached decode, cache-less decode, and decode far past the context, in tokens/s, with
     the matmul floors of the model's own matrices measured in the same process.
 
-    The floors are timed before and after the decode timings, and the faster of the two kept.
+    Every format's floor is timed before and after the decode timings, the faster of the two kept.
+    Decode's share of the floor (`floor_fraction`) is the median of `rounds` paired rounds, each
+    timing the fastest format's floor and then the decode beside it (`paired_rounds`): the machine's
+    speed moves by a third from one second to the next, and a floor and a decode timed seconds
+    apart measure two machines.
     `model` is float32; its weights are set here as generation sets them (`dtype`, `quantize`;
     janelm.quantize.inference_weights). `compile` is sample's flag: decode is timed on the path
     `janelm sample` takes with it. On the CPU that is, unless `compile` is False, the compiled step
@@ -92,25 +111,30 @@ def measure_sampling(model, dtype: torch.dtype | None = None, new_tokens: int = 
         timed_generation(model, prompt, 1, True, compiled)  # a GPU's compilation and graph capture
     ready = {"compile_s": time.perf_counter() - start} if compiled else {}
 
-    def decode(n: int, batch: int = 1, compile: bool | None = compiled, cuda_graphs: bool = True) -> float:
-        timed_generation(model, prompt, min(32, n), True, compile, batch, cuda_graphs)  # warm-up
-        return max(timed_generation(model, prompt, n, True, compile, batch, cuda_graphs) for _ in range(repeats))
-
-    fastest = decode(new_tokens)
+    # The paths timed against the floor: sample's, and where it has one, the same steps uncompiled
+    # (the first run, before the step is compiled; --no-compile) or, on a GPU, launched one by one.
+    paths = {"decode": {"compile": compiled}}
+    if device.type == "cuda" and not compile:
+        paths["eager"] = {"compile": compiled, "cuda_graphs": False}
+    elif device.type == "cpu" and compiled:
+        paths["eager"] = {"compile": False}
+    for path in paths.values():
+        timed_generation(model, prompt, min(32, new_tokens), True, **path)  # warm-up
+    paired_format = max(floors, key=floors.get)
+    paired = paired_rounds(model, prompt, new_tokens, paths, shapes, paired_format, device, rounds)
+    fastest = max(r["decode"] for r in paired)
     long = timed_generation(model, prompt, 3 * context, True, compiled)
-    eager = {}
-    if device.type == "cuda" and not compile:  # what the CUDA graph saves: the same steps launched one by one
-        eager = {"eager_decode_tokens_per_s": decode(new_tokens, cuda_graphs=False)}
-    elif device.type == "cpu" and compiled:  # a first run, before the step is compiled; and --no-compile
-        eager = {"eager_decode_tokens_per_s": decode(new_tokens, compile=False)}
-    # The floors again, the better kept: decode keeps its best repeat, and a busy moment of the
-    # machine must not flatter the ratio either way.
+    eager = {"eager_decode_tokens_per_s": max(r["eager"] for r in paired)} if "eager" in paths else {}
+    # The floors again, the better kept, for the table of formats (the fraction is the rounds').
     floors = {name: max(floor, matmul_floor(shapes, name, device)) for name, floor in floors.items()}
+    floors[paired_format] = max(floors[paired_format], *(r["floor"] for r in paired))
     batched = {}
     if samples > 1:
         # As `sample --num-samples` would run: on the CPU by default a batch uses a step only if one is cached.
         batch_compile = compile if device.type == "cpu" else compiled
-        batched = {"samples": samples, "batched_decode_tokens_per_s": decode(new_tokens, samples, batch_compile)}
+        timed_generation(model, prompt, min(32, new_tokens), True, batch_compile, samples)  # warm-up
+        batched = {"samples": samples, "batched_decode_tokens_per_s": max(
+            timed_generation(model, prompt, new_tokens, True, batch_compile, samples) for _ in range(repeats))}
     best = max(floors.values())
     return {
         "dtype": precision,
@@ -128,9 +152,11 @@ def measure_sampling(model, dtype: torch.dtype | None = None, new_tokens: int = 
         "long_vs_in_context": long / fastest,
         "matmul_floor_tokens_per_s": floors[precision],
         "matmul_floors_tokens_per_s": floors,
-        "floor_fraction": fastest / best,
+        "floor_fraction": median(r["decode"] / r["floor"] for r in paired),
+        "paired_format": paired_format,
+        "paired_rounds": paired,
         **eager,
-        **({"eager_floor_fraction": eager["eager_decode_tokens_per_s"] / best} if eager else {}),
+        **({"eager_floor_fraction": median(r["eager"] / r["floor"] for r in paired)} if eager else {}),
         **batched,
     }
 

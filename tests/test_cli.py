@@ -1,6 +1,7 @@
 """The CLI as a user meets it: help without torch, the quickstart end to end, pipelines."""
 
 import json
+import statistics
 import subprocess
 import sys
 
@@ -124,8 +125,13 @@ def test_compiled_sampling_is_kept_for_later_runs(trained, tmp_path, monkeypatch
     assert result["compiled"] and result["why"] == "the fastest format measured for these matrices on this CPU"
     assert result["compile_s"] < 5  # loaded, not compiled again
     assert result["matmul_floor_tokens_per_s"] == floors[result["dtype"]]
-    assert result["floor_fraction"] == pytest.approx(result["decode_tokens_per_s"] / max(floors.values()))
-    assert result["eager_floor_fraction"] == pytest.approx(result["eager_decode_tokens_per_s"] / max(floors.values()))
+    # Decode's share of the floor pairs each decode with a floor timed just before it: the median of the rounds.
+    rounds = result["paired_rounds"]
+    assert len(rounds) == 5 and result["paired_format"] == max(floors, key=floors.get)
+    assert result["floor_fraction"] == pytest.approx(statistics.median(r["decode"] / r["floor"] for r in rounds))
+    assert result["eager_floor_fraction"] == pytest.approx(statistics.median(r["eager"] / r["floor"] for r in rounds))
+    assert result["decode_tokens_per_s"] == max(r["decode"] for r in rounds)
+    assert max(floors.values()) >= max(r["floor"] for r in rounds)
 
 
 def test_bench_sample_json_uncompiled_with_a_batch(trained):
@@ -133,7 +139,8 @@ def test_bench_sample_json_uncompiled_with_a_batch(trained):
                                 "--no-compile", "--json").stdout)
     assert batched["samples"] == 3 and batched["batched_decode_tokens_per_s"] > 0 and batched["decode_tokens_per_s"] > 0
     assert not batched["compiled"] and "compile_s" not in batched and "eager_decode_tokens_per_s" not in batched
-    assert batched["floor_fraction"] == pytest.approx(batched["decode_tokens_per_s"] / max(batched["matmul_floors_tokens_per_s"].values()))
+    assert "eager" not in batched["paired_rounds"][0]
+    assert batched["floor_fraction"] == pytest.approx(statistics.median(r["decode"] / r["floor"] for r in batched["paired_rounds"]))
 
 
 def test_quantized_sampling_and_eval(trained, tmp_path):

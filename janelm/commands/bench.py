@@ -132,7 +132,8 @@ def show(result: dict, what: str) -> None:
         table.add_row("past-context ÷ in-context speed", f"{result['long_vs_in_context']:.2f}")
         floors = ", ".join(f"{k} {v:,.0f}" for k, v in result["matmul_floors_tokens_per_s"].items())
         table.add_row("matmul floor (tokens/s, weights)", floors)
-        table.add_row("decode ÷ best floor", f"{result['floor_fraction']:.2f}" + (
+        table.add_row(f"decode ÷ {result['paired_format']} floor (median of {len(result['paired_rounds'])} rounds, "
+                      "each timing both)", f"{result['floor_fraction']:.2f}" + (
             f" (uncompiled {result['eager_floor_fraction']:.2f})" if "eager_floor_fraction" in result else ""))
         if "samples" in result:
             table.add_row(f"decode, {result['samples']} samples as one batch",
