@@ -248,9 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=4096, help="the most max_tokens a request may ask for (default: 4096)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="the largest request body; larger ones get 413 (default: 1048576)")
     cores = os.cpu_count() or 1
-    p.add_argument("--threads", type=int, default=max(1, cores - 1),
-                   help="threads for the model's arithmetic; one core is left for the HTTP side, which otherwise waits "
-                        f"behind PyTorch's threads (on 2 cores: half the speed of one stream) (default: cores - 1, here {max(1, cores - 1)})")
+    p.add_argument("--threads", type=int, default=cores,
+                   help="threads for the model's arithmetic: a lone text steps on this many, a batch on one fewer, "
+                        f"leaving a core to the HTTP side, which many streams keep busy; 0: PyTorch's choice (default: the cores, here {cores})")
     add_sampling_flags(p, seed=False)
 
     p = command("bench", "measure speed: sampling or training throughput")
@@ -266,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sample: also time this many samples decoded as one batch (default: 1, no batch)")
     p.add_argument("--clients", type=int, default=16, help="serve: concurrent streaming clients (default: 16)")
     p.add_argument("--tokens", type=int, default=200, help="serve: tokens each client asks for (default: 200)")
+    p.add_argument("--server-threads", type=int, default=0, help="serve: the server's --threads (default: its own default)")
     p.add_argument("--preset", choices=PRESET_CHOICES, default="bench", help="configuration; flags override it (default: bench)")
     add_config_flags(p, "bench")
 

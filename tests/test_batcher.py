@@ -4,6 +4,7 @@ join and leave between steps, a cancelled row is freed, limits hold, and closing
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -100,3 +101,41 @@ def test_stop_cancel_limits_and_close(parts):
         batcher.close(0)
         batcher.join(10)
     assert not batcher.thread.is_alive()
+
+
+def test_decoding_on_the_callers_thread_a_lone_row_on_all_threads(parts, monkeypatch):
+    """`run` decodes on the calling thread (serve's main thread) until closed; with `threads`, a lone
+    row steps on that many and a batch on one fewer, and the texts stay their lone runs'."""
+    model, tokenizer = parts
+    seen, step = set(), model.decode_step
+
+    def recording(idx, position, cache, fused=False):
+        seen.add((idx.size(0), torch.get_num_threads()))
+        return step(idx, position, cache, fused)
+
+    monkeypatch.setattr(model, "decode_step", recording)
+    before = torch.get_num_threads()
+    batcher = Batcher(model, tokenizer, max_rows=2, max_waiting=2, threads=2)
+    long, short = Collector(), Collector()
+
+    def client() -> None:
+        try:
+            batcher.submit([Job([1], 30, GREEDY, 0, [], long)])
+            deadline = time.monotonic() + 30
+            while len(long.events) < 3 and time.monotonic() < deadline:  # alone for a few steps first
+                time.sleep(0.001)
+            batcher.submit([Job([2], 6, GREEDY, 0, [], short)])
+            short.text(), long.text()
+        finally:
+            batcher.close(0)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        batcher.run()  # returns once closed and idle
+    finally:
+        torch.set_num_threads(before)
+        thread.join(30)
+    assert long.text() == lone_text(model, tokenizer, [1], 30, GREEDY, 0)
+    assert short.text() == lone_text(model, tokenizer, [2], 6, GREEDY, 0)
+    assert seen == {(1, 2), (2, 1)}

@@ -75,7 +75,8 @@ def bench_serve(args: argparse.Namespace) -> dict:
     from janelm.serving.load import concurrent_streams, server_process
 
     dtype = [] if args.dtype in (None, "auto") else ["--dtype", args.dtype]
-    with server_process(["-c", str(checkpoint), "--max-rows", str(max(16, args.clients)), *dtype]) as (port, _):
+    threads = ["--threads", str(args.server_threads)] if args.server_threads else []
+    with server_process(["-c", str(checkpoint), "--max-rows", str(max(16, args.clients)), *dtype, *threads]) as (port, _):
         concurrent_streams(port, 1, 8)  # warm-up: the first request pays for lazy set-up
         note(f"bench serve: one stream, then {args.clients} at once, {args.tokens} tokens each")
         alone = concurrent_streams(port, 1, args.tokens)

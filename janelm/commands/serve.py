@@ -57,12 +57,12 @@ def run(args: argparse.Namespace) -> int:
     from janelm.serving.batcher import Batcher
 
     device = pick_device(args.device)
-    if args.threads:
+    if args.threads:  # before loading: the weights' format is the one measured fastest on these threads
         import torch
 
         torch.set_num_threads(args.threads)
     model, tokenizer, _ = load_model(checkpoint, device, pick_weight_dtype(args.dtype, device), args.quantize)
-    batcher = Batcher(model, tokenizer, args.max_rows, args.max_queue, compile=args.compile).start()
+    batcher = Batcher(model, tokenizer, args.max_rows, args.max_queue, args.compile, args.threads)  # run by serve()
     settings = Settings(args.model_name or model_name(checkpoint), opts, args.user, args.bot, args.max_reply,
                         args.api_key, args.max_body_bytes, args.max_tokens)
     return serve(Guard(create_app(batcher, tokenizer, settings), settings), batcher, sock)

@@ -75,10 +75,16 @@ class _Row:
 
 
 class Batcher:
-    """Decodes jobs in a thread of its own; `submit` and `close` are called from any thread."""
+    """Decodes jobs on the thread that calls `run` (the server's main thread: PyTorch's CPU threads
+    run a step at half speed when another thread drives them; docs/speed.md), or on a thread of its
+    own with `start`; `submit` and `close` are called from any thread."""
 
-    def __init__(self, model, tokenizer, max_rows: int = 16, max_waiting: int = 64, compile: bool | None = None):
+    def __init__(self, model, tokenizer, max_rows: int = 16, max_waiting: int = 64, compile: bool | None = None,
+                 threads: int = 0):
         self.model, self.tokenizer, self.compile = model, tokenizer, compile
+        # A lone row steps on `threads` (0: as set); a batch on one fewer, leaving a core to the HTTP
+        # side, which many streams keep busy (docs/speed.md: on 2 cores, 16 streams fell to one's speed).
+        self.lone_threads, self.batch_threads = threads, max(1, threads - 1)
         self.max_rows, self.max_waiting = max_rows, max_waiting
         self.device = model.tok_embed.weight.device
         self.context = model.config.context
@@ -92,9 +98,11 @@ class Batcher:
         # A lone row's step is sample's: compiled where it is cached (or compiled now, with `compile`).
         self.lone_step = decode_step_for(model, self.cache.rows(0, 1), torch.zeros(1, dtype=torch.long, device=self.device),
                                          1, compile, cuda_graphs=False)
-        self.thread = threading.Thread(target=self._run, name="janelm-batcher", daemon=True)
+        self.thread: threading.Thread | None = None
 
     def start(self) -> "Batcher":
+        """Decode on a thread of its own."""
+        self.thread = threading.Thread(target=self.run, name="janelm-batcher", daemon=True)
         self.thread.start()
         return self
 
@@ -117,7 +125,8 @@ class Batcher:
             self.lock.notify()
 
     def join(self, timeout: float | None = None) -> None:
-        self.thread.join(timeout)
+        if self.thread is not None:
+            self.thread.join(timeout)
 
     def load(self) -> dict[str, int]:
         return {"rows": len(self.rows), "waiting": len(self.waiting), "max_rows": self.max_rows,
@@ -125,7 +134,8 @@ class Batcher:
 
     # The decoding thread.
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Decode until closed and idle."""
         with torch.inference_mode():
             while (joining := self._next_jobs()) is not None:
                 try:
@@ -214,6 +224,9 @@ class Batcher:
         token = torch.cat([row.last for row in rows])[:, None]
         position = torch.tensor([row.position for row in rows], device=self.device)
         view = self.views.setdefault(len(rows), self.cache.rows(0, len(rows)))  # slicing 2 x n_block tensors costs
+        threads = self.lone_threads if len(rows) == 1 else self.batch_threads
+        if self.lone_threads and threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
         if len(rows) == 1:  # as generate_tokens steps a lone sample
             view.slots = self.cache.slots
             logits = self.lone_step(token, position, view)

@@ -6,6 +6,7 @@ import errno
 import ipaddress
 import signal
 import socket
+import threading
 
 from janelm.console import note
 from janelm.errors import InputError
@@ -38,26 +39,36 @@ def listen(host: str, port: int) -> socket.socket:
 
 def serve(app, batcher: Batcher, sock: socket.socket, grace: float = SHUTDOWN_GRACE_S) -> int:
     """Serve until SIGTERM or Ctrl-C; then take no new requests, let rows finish for `grace` seconds,
-    end the rest, and return 0."""
+    end the rest, and return 0. HTTP runs on a thread of its own and the batcher decodes on this
+    one, the main thread: PyTorch's CPU threads step at half speed when another thread drives them."""
     import uvicorn
-
-    class Server(uvicorn.Server):
-        def handle_exit(self, sig, frame) -> None:
-            batcher.close(grace)  # new requests get 503 at once; streams in flight end within `grace`
-            super().handle_exit(sig, frame)
 
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                             timeout_graceful_shutdown=int(grace) + 2)
-    # uvicorn raises the signal it caught again once it has shut down; these handlers make that a
-    # no-op, so a server stopped on purpose exits 0.
+    server = uvicorn.Server(config)  # off the main thread, uvicorn leaves the signals to us
+
+    def stop(sig, frame) -> None:
+        batcher.close(grace)  # new requests get 503 at once; streams in flight end within `grace`
+        server.force_exit = server.should_exit  # a second signal: stop waiting for connections
+        server.should_exit = True
+
+    def http() -> None:
+        try:
+            server.run(sockets=[sock])
+        finally:
+            batcher.close(0)  # the server stopped on its own (a failure): so does decoding
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *args: None)
+        signal.signal(sig, stop)
+    thread = threading.Thread(target=http, name="janelm-http")
+    thread.start()
     host, port = sock.getsockname()[:2]
     note(f"janelm serve: http://{host if ':' not in host else f'[{host}]'}:{port}/ (the page), "
          f"OpenAI API at /v1; SIGTERM or Ctrl-C stops it")
     try:
-        Server(config).run(sockets=[sock])
+        batcher.run()
     finally:
         batcher.close(0)
-        batcher.join(grace + 5)
+        server.should_exit = True
+        thread.join(grace + 5)
     return 0
