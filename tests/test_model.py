@@ -195,7 +195,7 @@ def test_rms_norm_trains_with_the_gradients_of_f_rms_norm():
 def test_rotated_heads_train_with_the_gradients_of_plain_rotary(n_kv_head):
     """Rotary.heads' eager path (model._RotatedHeads, its own backward) against autograd through
     Rotary's plain formula on slices of qkv, and against finite differences."""
-    from janelm.model import Rotary, _RotatedHeads
+    from janelm.rotary import Rotary, _RotatedHeads
 
     torch.manual_seed(0)
     rotary = Rotary(8, 16, 10000.0).double()
