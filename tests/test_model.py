@@ -193,7 +193,7 @@ def test_rms_norm_trains_with_the_gradients_of_f_rms_norm():
 
 @pytest.mark.parametrize("n_kv_head", [3, 1])
 def test_rotated_heads_train_with_the_gradients_of_plain_rotary(n_kv_head):
-    """Rotary.heads' eager path (model._RotatedHeads, its own backward) against autograd through
+    """Rotary.heads' eager path (rotary._RotatedHeads, its own backward) against autograd through
     Rotary's plain formula on slices of qkv, and against finite differences."""
     from janelm.rotary import Rotary, _RotatedHeads
 
