@@ -44,7 +44,7 @@ INFERENCE_COMPILE_OPTIONS = {"freezing": True}
 # (the reference-shape step: 1.76 ms against 1.90-2.48). The matrix products keep every thread.
 CPU_STEP_OPTIONS = {**INFERENCE_COMPILE_OPTIONS, "cpp.threads": 1}
 CACHE_LIMIT_BYTES = 2 << 30  # the cache keeps its most recently used files within this size
-SOURCES = ("model.py", "quantize.py", "decode_step.py")  # the code a compiled step is made from
+SOURCES = ("model.py", "rotary.py", "norm.py", "quantize.py", "decode_step.py")  # the code a compiled step is made from
 
 
 def cache_root() -> Path:

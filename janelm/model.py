@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from janelm.config import ModelConfig
 from janelm.norm import make_norm, normalize
+from janelm.rotary import Rotary
 
 
 class KVCache:
@@ -51,56 +52,6 @@ class KVCache:
         view.keys, view.values = [k[start:stop] for k in self.keys], [v[start:stop] for v in self.values]
         view.capacity, view.slots, view.length = self.capacity, self.slots[:span], 0
         return view
-
-
-class Rotary(nn.Module):
-    """Rotary position embedding: rotates pairs of query/key features by a position-dependent angle,
-    so attention scores depend on how far apart two tokens are, not where they sit. Feature i is
-    paired with feature i + D/2 ("rotate half"), which needs fewer operations than interleaving."""
-
-    def __init__(self, head_dim: int, max_positions: int, base: float):
-        super().__init__()
-        if torch.get_default_device().type == "meta":
-            # A model for its shapes only (checkpoint loading's check): the tables hold no
-            # weights, and computing them on `meta` would import the compiler (~2 s of start-up).
-            self.register_buffer("cos", torch.empty(max_positions, head_dim), persistent=False)
-            self.register_buffer("sin", torch.empty(max_positions, head_dim), persistent=False)
-            return
-        inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-        angles = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
-        angles = torch.cat((angles, angles), dim=-1)  # (T, D)
-        # Buffers, not parameters: derived from the config, so not saved in checkpoints. The sines'
-        # first half is negated, so rotating is x·cos + roll(x, D/2)·sin: two products and a roll.
-        sin = angles.sin()
-        sin[:, : head_dim // 2].neg_()
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", sin, persistent=False)
-
-    def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        """Rotate x of shape (B, T, ..., D) as positions start .. start+T-1."""
-        T = x.size(1)
-        shape = (T,) + (1,) * (x.dim() - 3) + (x.size(-1),)  # broadcast over the dims between T and D
-        cos, sin = self.cos[start : start + T].view(shape), self.sin[start : start + T].view(shape)
-        return self.rotate(x, cos.to(x.dtype), sin.to(x.dtype))
-
-    def angles(self, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`rotate`'s cos and sin for the positions held in `position` (B,), one per row: (B, 1, D).
-        With no Python integer, so a compiled step is traced once for every position."""
-        return self.cos.index_select(0, position)[:, None], self.sin.index_select(0, position)[:, None]
-
-    def matrix(self, position: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """The rotations of the positions held in `position` (B,), one per row, as (B, D, D)
-        matrices: `x[b] @ R[b]` rotates row b. For an eager decode step, where one product per
-        block costs less than the four operations of `rotate`; made once per step."""
-        cos, sin = self.angles(position)
-        half = cos.size(-1) // 2
-        # Row i of R holds cos on the diagonal, and sin where feature i lands after the roll.
-        eye = torch.eye(cos.size(-1), dtype=cos.dtype, device=cos.device)
-        return (eye * cos + eye.roll(half, dims=1) * sin).to(dtype)
-
-    @staticmethod
-    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        return x * cos + x.roll(x.size(-1) // 2, dims=-1) * sin
 
 
 class CausalSelfAttention(nn.Module):
@@ -141,11 +92,10 @@ class CausalSelfAttention(nn.Module):
         positions from `start`."""
         B, T, _ = x.shape
         qkv = self.qkv(x).view(B, T, self.n_head + 2 * self.n_kv_head, self.head_dim)
-        qk = qkv[:, :, : self.n_head + self.n_kv_head]
         if self.rotary is not None:  # queries and keys rotated in one pass
-            qk = self.rotary(qk, start)
-        q, k = qk.split((self.n_head, self.n_kv_head), dim=2)
-        v = qkv[:, :, self.n_head + self.n_kv_head :]
+            q, k, v = self.rotary.heads(qkv, start, self.n_head, self.n_kv_head)
+        else:
+            q, k, v = qkv.split((self.n_head, self.n_kv_head, self.n_kv_head), dim=2)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     def _merge(self, y: torch.Tensor) -> torch.Tensor:

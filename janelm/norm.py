@@ -10,26 +10,32 @@ from janelm.config import ModelConfig
 
 
 class _RMSNormCPU(torch.autograd.Function):
-    """RMSNorm with PyTorch's fused forward kernel and a backward written out in five passes. On the
-    CPU, autograd through `F.rms_norm` runs it as a chain of separate operations both ways, and
-    PyTorch has no fused backward kernel there: fwd + bwd at 8 × 256 × 384 took 0.6× the time this
-    way, a few percent of a training step (the model has 2 norms per block)."""
+    """RMSNorm with both passes written out for the CPU, where PyTorch runs the norm (even
+    `_fused_rms_norm`) as a chain of separate operations both ways: the forward in three passes
+    over memory (a norm, two products), saving the normalised input so the backward need not
+    recompute it, and the backward in six. Fwd + bwd at 8 × 256 × 384: 0.6× the time of autograd
+    through `F.rms_norm`; then 0.55× that of the fused forward with a five-pass backward under
+    the AVX2 caps (1.26 against 2.29 ms), 0.63× natively: the model has 2 norms per block."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float | None) -> torch.Tensor:
-        y, rstd = torch.ops.aten._fused_rms_norm(x, [x.size(-1)], weight, eps)
-        ctx.save_for_backward(x, rstd, weight)
-        return y
+        eps = torch.finfo(x.dtype).eps if eps is None else eps
+        # 1 / rms from one reduction (the norm's square is the sum of squares), on (..., 1) only.
+        rstd = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.size(-1)).add_(eps).rsqrt_()
+        normed = x * rstd
+        ctx.save_for_backward(normed, rstd, weight)
+        return normed * weight
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        x, rstd, weight = ctx.saved_tensors
-        normed = x * rstd
-        grad_normed = grad * weight
+        normed, rstd, weight = ctx.saved_tensors
+        # One product serves both gradients: the weight's is its column sums, and grad·weight·normed
+        # summed along each row (for d/dx) is a matrix-vector product with the weight.
+        product = (grad * normed).flatten(0, -2)
+        dot = (product @ weight).div_(normed.size(-1)).view(rstd.shape)
         # d/dx of x·rstd: the gradient, less its projection on the normalised input, scaled by rstd.
-        dot = (grad_normed * normed).mean(-1, keepdim=True)
-        grad_x = torch.addcmul(grad_normed, normed, dot, value=-1.0).mul_(rstd)
-        return grad_x, (grad * normed).flatten(0, -2).sum(0), None
+        grad_x = torch.mul(grad, weight).addcmul_(normed, dot, value=-1.0).mul_(rstd)
+        return grad_x, product.sum(0), None
 
 
 class RMSNorm(nn.RMSNorm):

@@ -189,3 +189,24 @@ def test_rms_norm_trains_with_the_gradients_of_f_rms_norm():
     double = (torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True),
               torch.randn(8, dtype=torch.float64, requires_grad=True))
     assert torch.autograd.gradcheck(lambda x, w: _RMSNormCPU.apply(x, w, 1e-6), double)
+
+
+@pytest.mark.parametrize("n_kv_head", [3, 1])
+def test_rotated_heads_train_with_the_gradients_of_plain_rotary(n_kv_head):
+    """Rotary.heads' eager path (rotary._RotatedHeads, its own backward) against autograd through
+    Rotary's plain formula on slices of qkv, and against finite differences."""
+    from janelm.rotary import Rotary, _RotatedHeads
+
+    torch.manual_seed(0)
+    rotary = Rotary(8, 16, 10000.0).double()
+    n_head = 3
+    qkv = torch.randn(2, 5, n_head + 2 * n_kv_head, 8, dtype=torch.float64, requires_grad=True)
+    grads = [torch.randn(2, 5, n, 8, dtype=torch.float64) for n in (n_head, n_kv_head, n_kv_head)]
+    ours = rotary.heads(qkv, 4, n_head, n_kv_head)
+    q, k = rotary(qkv[:, :, : n_head + n_kv_head], 4).split((n_head, n_kv_head), dim=2)
+    theirs = (q, k, qkv[:, :, n_head + n_kv_head :])
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(torch.autograd.grad(ours, qkv, grads), torch.autograd.grad(theirs, qkv, grads))
+    cos, sin = rotary.cos[4:9, None], rotary.sin[4:9, None]
+    assert torch.autograd.gradcheck(lambda x: _RotatedHeads.apply(x, cos, sin, n_head, n_kv_head), (qkv,))
