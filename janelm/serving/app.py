@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import secrets
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -63,10 +64,34 @@ class BodyTooLarge(APIError):
                          code="request_too_large")
 
 
+class Handover:
+    """Events from the batcher's thread to the event loop: one wake-up of the loop carries all that
+    arrived since the last (a step of 16 rows: one wake-up, not 16, each a write to the loop's pipe
+    and a turn of the loop under the GIL the decoding shares)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.lock = loop, threading.Lock()
+        self.pending: list[tuple[asyncio.Queue, Any]] = []
+
+    def post(self, queue: asyncio.Queue, item: Any) -> None:
+        with self.lock:
+            self.pending.append((queue, item))
+            if len(self.pending) > 1:
+                return  # a wake-up is on its way, and takes this too
+        self.loop.call_soon_threadsafe(self._hand_over)
+
+    def _hand_over(self) -> None:
+        with self.lock:
+            pending, self.pending = self.pending, []
+        for queue, item in pending:
+            queue.put_nowait(item)
+
+
 def create_app(batcher: Batcher, tokenizer, settings: Settings) -> FastAPI:
     app = FastAPI(title="JaneLM", docs_url=None, redoc_url=None, openapi_url=None)
     context = batcher.context
     quotes = pick_quotes(tokenizer)
+    handovers: dict[asyncio.AbstractEventLoop, Handover] = {}  # one loop, in practice
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, e: APIError) -> JSONResponse:
@@ -134,9 +159,10 @@ def create_app(batcher: Batcher, tokenizer, settings: Settings) -> FastAPI:
                                d.repetition_penalty if body.repetition_penalty is None else body.repetition_penalty)
         seed = body.seed if body.seed is not None else int.from_bytes(os.urandom(7), "little")
         loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+        handover = handovers.get(loop) or handovers.setdefault(loop, Handover(loop))
 
         def deliverer(index: int):
-            return lambda event: loop.call_soon_threadsafe(queue.put_nowait, (index, event))
+            return lambda event: handover.post(queue, (index, event))
 
         jobs: list[Job] = []
         for ids in prompts:
