@@ -6,10 +6,10 @@ from __future__ import annotations
 import resource
 import tempfile
 import time
-from statistics import median
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import torch

@@ -3,6 +3,7 @@ join and leave between steps, a cancelled row is freed, limits hold, and closing
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 
@@ -139,3 +140,26 @@ def test_decoding_on_the_callers_thread_a_lone_row_on_all_threads(parts, monkeyp
     assert long.text() == lone_text(model, tokenizer, [1], 30, GREEDY, 0)
     assert short.text() == lone_text(model, tokenizer, [2], 6, GREEDY, 0)
     assert seen == {(1, 2), (2, 1)}
+
+
+def test_an_http_failure_ends_serve_in_one_line(parts, monkeypatch):
+    """HTTP runs on a thread of its own: if it fails, decoding stops and serve says why in one line
+    (a JaneLMError, which the CLI prints), not a thread's traceback and an exit status of 0."""
+    uvicorn = pytest.importorskip("uvicorn")
+    from janelm.errors import JaneLMError
+    from janelm.serving.run import listen, serve
+
+    def broken(self, sockets=None):
+        raise OSError("the socket went away")
+
+    monkeypatch.setattr(uvicorn.Server, "run", broken)
+    model, tokenizer = parts
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    sock = listen("127.0.0.1", 0)
+    try:
+        with pytest.raises(JaneLMError, match="^the HTTP server stopped: the socket went away$"):
+            serve(None, Batcher(model, tokenizer, max_rows=1, max_waiting=1), sock, grace=0.1)
+    finally:
+        sock.close()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)

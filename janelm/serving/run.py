@@ -9,7 +9,7 @@ import socket
 import threading
 
 from janelm.console import note
-from janelm.errors import InputError
+from janelm.errors import InputError, JaneLMError, first_line
 from janelm.serving.batcher import Batcher
 
 SHUTDOWN_GRACE_S = 2.0  # after SIGTERM, rows still decoding this long are ended
@@ -52,11 +52,15 @@ def serve(app, batcher: Batcher, sock: socket.socket, grace: float = SHUTDOWN_GR
         server.force_exit = server.should_exit  # a second signal: stop waiting for connections
         server.should_exit = True
 
+    failed: list[str] = []
+
     def http() -> None:
         try:
             server.run(sockets=[sock])
+        except BaseException as e:  # noqa: BLE001 - said in one line below, never a thread's traceback
+            failed.append(first_line(e, 300))
         finally:
-            batcher.close(0)  # the server stopped on its own (a failure): so does decoding
+            batcher.close(0)  # the server stopped, on purpose or not: so does decoding
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop)
@@ -71,4 +75,6 @@ def serve(app, batcher: Batcher, sock: socket.socket, grace: float = SHUTDOWN_GR
         batcher.close(0)
         server.should_exit = True
         thread.join(grace + 5)
+    if failed:
+        raise JaneLMError(f"the HTTP server stopped: {failed[0]}")
     return 0
