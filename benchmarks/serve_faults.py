@@ -31,10 +31,17 @@ VALID = {"complete", "chat_stream"}
 
 
 def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    """The resident memory of `pid` and its children (the server's decoding process)."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        try:
+            parent = int(entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1]) if entry.name.isdigit() else -1
+            if entry.name == str(pid) or parent == pid:
+                total += next(int(line.split()[1]) * 1024 for line in entry.joinpath("status").read_text().splitlines()
+                              if line.startswith("VmRSS:"))
+        except (OSError, StopIteration, ValueError, IndexError):
+            continue  # gone meanwhile, or a kernel thread
+    return total
 
 
 def request(port: int, kind: str, rng: random.Random) -> str:

@@ -129,7 +129,7 @@ def add_sampling_flags(p: argparse.ArgumentParser, seed: bool = True) -> None:
 def add_decoding_flags(p: argparse.ArgumentParser) -> None:
     """How the model runs when generating: both change speed only, apart from int8's rounding."""
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="compile the decoding step. On the CPU it is compiled once per model (about 30 s on 2 cores) and kept "
+                   help="compile the decoding step (serve: a lone text's and the batches'). On the CPU it is compiled once per model (about 30 s on 2 cores) and kept "
                         "in ~/.cache/janelm ($JANELM_CACHE), and later runs use it without the flag; --no-compile never "
                         "does. On a GPU it is compiled in every run (default: on the CPU, a cached step if there is one, "
                         f"and compiled for -n {AUTO_COMPILE_TOKENS:,} or more; on a GPU, off)")

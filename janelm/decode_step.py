@@ -11,7 +11,8 @@ spends more time between the products than in them (docs/speed.md). Compiling re
   step is used when there is one, and one is compiled (~30 s on 2 cores) only when asked for
   (`--compile`) or when the output is long enough to repay it (`AUTO_COMPILE_TOKENS`). Its
   attention reads only the cache positions in use (rounded up to `SPAN_STEP`): one library,
-  compiled with that length variable.
+  compiled with that length variable. A server's batches take one compiled with the number of
+  rows variable too (`batch_step_for`).
 - **GPU**: the step (compiled with `--compile`) is captured in a CUDA graph: a small model's step
   is a few hundred tiny kernels, and the GPU otherwise waits for the CPU to launch them.
 """
@@ -139,26 +140,28 @@ class CachedCompiledStep:
 
 
 class _Found:
-    """What a model has learnt of its compiled steps, by batch size: their keys (hashing the
-    weights once) and the steps loaded (once: chat's turns). A copy of the model starts afresh: it
-    may be changed, and a loaded library cannot be copied."""
+    """What a model has learnt of its compiled steps, by (batch size, any_batch): their keys
+    (hashing the weights once) and the steps loaded (once: chat's turns). A copy of the model
+    starts afresh: it may be changed, and a loaded library cannot be copied."""
 
     def __init__(self):
-        self.keys: dict[int, str] = {}
-        self.steps: dict[int, CachedCompiledStep] = {}
-        self.failed: set[int] = set()  # compiling failed: not tried again (chat's turns), said once
+        self.keys: dict[tuple[int, bool], str] = {}
+        self.steps: dict[tuple[int, bool], CachedCompiledStep] = {}
+        self.failed: set[tuple[int, bool]] = set()  # compiling failed: not tried again (chat's turns), said once
 
     def __deepcopy__(self, memo) -> "_Found":
         return _Found()
 
 
-def step_key(model, batch_size: int) -> str:
+def step_key(model, batch_size: int, any_batch: bool = False) -> str:
     """What a compiled step depends on, hashed: the weights as decoding stores them, the config,
-    the batch size, the code that defines the step, PyTorch's version and the CPU's instruction set."""
+    the batch size (or sizes), the code that defines the step, PyTorch's version and the CPU's
+    instruction set."""
     digest = hashlib.sha256()
     code = Path(__file__).parent
     about = {"janelm": __version__, "code": [hashlib.sha256((code / name).read_bytes()).hexdigest() for name in SOURCES],
              "torch": torch.__version__, "isa": torch.backends.cpu.get_cpu_capability(), "batch": batch_size,
+             **({"any_batch": True} if any_batch else {}),
              "config": asdict(model.config), "activations": str(model.tok_embed.weight.dtype)}
     digest.update(json.dumps(about, sort_keys=True).encode())
     for name, tensor in model.state_dict().items():
@@ -167,9 +170,10 @@ def step_key(model, batch_size: int) -> str:
     return digest.hexdigest()[:32]
 
 
-def compile_ahead(model, batch_size: int, path: Path) -> None:
-    """Compile `model.decode_step` for `batch_size` with AOTInductor into the package `path`,
-    written under a temporary name and renamed, so a reader never sees half a file."""
+def compile_ahead(model, batch_size: int, path: Path, any_batch: bool = False) -> None:
+    """Compile `model.decode_step` for `batch_size` rows (with `any_batch`, for any number from 2 to
+    `batch_size`: a server's batch) with AOTInductor into the package `path`, written under a
+    temporary name and renamed, so a reader never sees half a file."""
     import torch._inductor as inductor  # imported only to compile: ~3 s
 
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -179,7 +183,8 @@ def compile_ahead(model, batch_size: int, path: Path) -> None:
     context = model.config.context
     # The span varies from SPAN_STEP to the context (a context that short: one span, fixed).
     span = {0: torch.export.Dim("span", min=SPAN_STEP, max=context)} if context > SPAN_STEP else None
-    dynamic = (None, None, span, (None,) * (len(inputs) - 3))  # the last: *keys_values
+    rows = {0: torch.export.Dim("rows", min=2, max=batch_size)} if any_batch else None
+    dynamic = (rows, rows, span, (rows,) * (len(inputs) - 3))  # the last: *keys_values
     temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp.pt2")  # AOTInductor wants the suffix
     temporary.touch()  # a folder that cannot be written fails now, in words, not after compiling
     try:
@@ -210,28 +215,30 @@ def _trim_cache(folder: Path, keep: Path) -> None:
             f.unlink(missing_ok=True)
 
 
-def cpu_compiled_step(model, batch_size: int, compile: bool) -> Callable | None:
-    """The model's compiled decode step from the cache; with `compile`, compiled now if missing.
-    None when there is none and `compile` is off, or where it cannot be made (a note says why)."""
+def cpu_compiled_step(model, batch_size: int, compile: bool, any_batch: bool = False) -> Callable | None:
+    """The model's compiled decode step for `batch_size` rows (with `any_batch`, for any batch of 2
+    to `batch_size` rows, whose cache is the first rows of a `batch_size`-row one) from the cache;
+    with `compile`, compiled now if missing. None when there is none and `compile` is off, or where
+    it cannot be made (a note says why)."""
     if not hasattr(torch._C, "_aoti"):  # PyTorch before 2.6, or built without AOTInductor
         if compile:
             note(f"note: compiling the decode step needs PyTorch 2.6 or later (this is {torch.__version__}): decoding uncompiled")
         return None
-    found = model.__dict__.setdefault("_compiled_steps", _Found())
-    if batch_size not in found.steps:
-        if batch_size not in found.keys:
-            found.keys[batch_size] = step_key(model, batch_size)
-        compile = compile and batch_size not in found.failed
-        step = _cached_or_compiled(model, batch_size, cache_root() / f"{found.keys[batch_size]}.pt2", compile)
+    found, which = model.__dict__.setdefault("_compiled_steps", _Found()), (batch_size, any_batch)
+    if which not in found.steps:
+        if which not in found.keys:
+            found.keys[which] = step_key(model, batch_size, any_batch)
+        compile = compile and which not in found.failed
+        step = _cached_or_compiled(model, batch_size, any_batch, cache_root() / f"{found.keys[which]}.pt2", compile)
         if step is None:
             if compile:
-                found.failed.add(batch_size)
+                found.failed.add(which)
             return None
-        found.steps[batch_size] = step
-    return found.steps[batch_size]
+        found.steps[which] = step
+    return found.steps[which]
 
 
-def _cached_or_compiled(model, batch_size: int, path: Path, compile: bool) -> CachedCompiledStep | None:
+def _cached_or_compiled(model, batch_size: int, any_batch: bool, path: Path, compile: bool) -> CachedCompiledStep | None:
     if path.is_file():
         try:
             step = CachedCompiledStep(path)
@@ -246,18 +253,19 @@ def _cached_or_compiled(model, batch_size: int, path: Path, compile: bool) -> Ca
             return step
     if not compile:
         return None
-    note(f"compiling the decode step for this model, once (about {compile_estimate_s(model.config):.0f} s here); "
+    what = "batches' decode step" if any_batch else "decode step"
+    note(f"compiling the {what} for this model, once (about {compile_estimate_s(model.config, any_batch):.0f} s here); "
          f"kept in {path.parent}")
     start = time.monotonic()
     try:
-        compile_ahead(model, batch_size, path)
+        compile_ahead(model, batch_size, path, any_batch)
         step = CachedCompiledStep(path)
     except Exception as e:  # noqa: BLE001 - a read-only cache, no C++ compiler, an operation the compiler lacks...
         note(f"note: {_why_not_compiled(e, path.parent)}: decoding uncompiled")
         return None
     seconds = time.monotonic() - start
     note(f"compiled in {seconds:.0f} s")
-    _remember_compile_time(model.config, seconds)
+    _remember_compile_time(model.config, seconds, any_batch)
     _trim_cache(path.parent, path)
     return step
 
@@ -271,28 +279,28 @@ def _why_not_compiled(error: Exception, folder: Path) -> str:
 COMPILE_TIMES = "compile_times.json"  # in the cache folder: how long compiling took here, by shape
 
 
-def _compile_key(config) -> str:
-    return f"{config.n_block}x{config.n_embed}, {torch.get_num_threads()} threads"
+def _compile_key(config, any_batch: bool) -> str:
+    return f"{config.n_block}x{config.n_embed}{', any batch' if any_batch else ''}, {torch.get_num_threads()} threads"
 
 
-def compile_estimate_s(config) -> float:
+def compile_estimate_s(config, any_batch: bool = False) -> float:
     """About how long compiling a model's decode step takes here: the last time measured on this
     machine for this shape (and a margin), else (4 + 5 · blocks) s on 2 cores, twice that on one
     (the compiler builds its C++ in parallel): 2 blocks took 9-12 s, 6 blocks 28-37 s (docs/speed.md)."""
     with suppress(OSError, ValueError, TypeError, AttributeError):  # none yet, or a damaged file
-        measured = json.loads((cache_root() / COMPILE_TIMES).read_text()).get(_compile_key(config))
+        measured = json.loads((cache_root() / COMPILE_TIMES).read_text()).get(_compile_key(config, any_batch))
         if measured is not None:
             return 1.2 * float(measured) + 2.0
     return (4.0 + 5.0 * config.n_block) * 2 / max(1, min(torch.get_num_threads(), 2))
 
 
-def _remember_compile_time(config, seconds: float) -> None:
+def _remember_compile_time(config, seconds: float, any_batch: bool = False) -> None:
     path = cache_root() / COMPILE_TIMES
     known = {}
     with suppress(OSError, ValueError, TypeError):  # none yet, or a damaged file: start again
         known = dict(json.loads(path.read_text()))
     with suppress(OSError, WriteFailure):  # a read-only cache only means estimating from the formula
-        atomic_write_text(path, json.dumps({**known, _compile_key(config): round(seconds, 1)}))
+        atomic_write_text(path, json.dumps({**known, _compile_key(config, any_batch): round(seconds, 1)}))
 
 
 def compile_for_sampling(checkpoint: Path) -> float | None:
@@ -324,4 +332,17 @@ def decode_step_for(model, cache, position: torch.Tensor, batch_size: int, compi
     step = compiled_decode_step(model) if compile else model.decode_step
     if position.device.type == "cuda" and cuda_graphs:
         step = GraphedDecodeStep(step, position, cache, batch_size)
+    return step
+
+
+def batch_step_for(model, max_rows: int, compile: bool | None) -> Callable | None:
+    """The compiled step for a server's batches of 2 to `max_rows` rows (rows of a `max_rows`-row
+    cache, each at its own position) on a CPU: cached, or with `compile` compiled now. None where
+    batches step eagerly: on a GPU, with --no-compile, or when none is cached (a note says how)."""
+    if model.tok_embed.weight.device.type != "cpu" or compile is False or max_rows < 2:
+        return None
+    step = cpu_compiled_step(model, max_rows, compile=bool(compile), any_batch=True)
+    if step is None and compile is None and hasattr(torch._C, "_aoti"):
+        note(f"note: batches decode uncompiled; --compile compiles their step once "
+             f"(about {compile_estimate_s(model.config, any_batch=True):.0f} s here)")
     return step

@@ -153,17 +153,18 @@ class CausalSelfAttention(nn.Module):
         values.view(-1, self.head_dim).index_copy_(0, slots, qkv[:, self.n_head + self.n_kv_head :].reshape(-1, self.head_dim))
         # Attention reads the cache's first `span` positions: a batch's furthest row (the server's
         # batches), rounded up to a multiple of 32 in a compiled step, the whole cache otherwise.
-        # Both are read transposed, (B · n_kv_head, D, span): a slice of a variable span there is
-        # never contiguous, so the compiler need not ask whether it is (which fixes the span).
         span = cache.slots.size(0)
-        keys, values = (t.flatten(0, 1).transpose(1, 2)[:, :, :span].float() for t in (keys, values))
         q = qk[:, : self.n_head].reshape(B * self.n_kv_head, group, self.head_dim).float()
         if fused:  # the same sums, over D and then over the span, as broadcast products
+            # Read transposed, (B · n_kv_head, D, span): a slice of a variable span there is never
+            # contiguous, so the compiler need not ask whether it is (which fixes the span).
+            keys, values = (t.flatten(0, 1).transpose(1, 2)[:, :, :span].float() for t in (keys, values))
             scores = (q[..., None] * keys[:, None]).sum(2) * (1 / math.sqrt(self.head_dim)) + bias
             y = (scores.softmax(-1)[:, :, None] * values[:, None]).sum(-1)
-        else:
-            scores = torch.baddbmm(bias, q, keys, alpha=1 / math.sqrt(self.head_dim))
-            y = torch.bmm(values, scores.softmax(-1).transpose(1, 2)).transpose(1, 2)
+        else:  # as stored, (B · n_kv_head, span, D): 2-4x faster products than read transposed
+            keys, values = (t.flatten(0, 1)[:, :span].float() for t in (keys, values))
+            scores = torch.baddbmm(bias, q, keys.transpose(1, 2), alpha=1 / math.sqrt(self.head_dim))
+            y = torch.bmm(scores.softmax(-1), values)
         # y: (B · n_kv_head, group, D)
         return self.proj(y.to(x.dtype).reshape(B, 1, self.n_head * self.head_dim))
 

@@ -43,7 +43,8 @@ class HalfLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # torch.mm on a 2-D view: F.linear's extra dispatch costs ~15 µs a call at batch 1.
         rows = x.reshape(-1, self.in_features).to(self.weight.dtype)
-        if rows.size(0) <= HALF_MAX_ROWS:
+        # A step compiled for any batch size (a server's batches) has a symbolic row count: float32.
+        if not isinstance(rows.size(0), torch.SymInt) and rows.size(0) <= HALF_MAX_ROWS:
             y = torch.mm(rows, self.weight.t()).to(x.dtype)
         else:
             y = torch.mm(rows.to(x.dtype), self.weight.t().to(x.dtype)).to(self.weight.dtype).to(x.dtype)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from janelm.config import ModelConfig
+from janelm.decode_step import cpu_compiled_step
 from janelm.generate import SamplingOptions, generate_tokens
 from janelm.model import GPT
 from janelm.serving.batcher import Batcher, Closed, Event, Job, QueueFull
@@ -49,11 +50,16 @@ def lone_text(model, tokenizer, prompt: list[int], n: int, opts: SamplingOptions
     return tokenizer.decode([t.item() for t in tokens])
 
 
-def test_rows_in_a_batch_give_their_lone_texts(parts):
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_rows_in_a_batch_give_their_lone_texts(parts, compile):
     """Rows of different prompts, lengths, options and seeds, joining while others decode, past the
-    context (16: each slides several times): each text is its lone run's."""
+    context (16: each slides several times): each text is its lone run's. Compiled: batches of 2 and
+    3 rows step through one library compiled for any batch size."""
     model, tokenizer = parts
+    if compile:  # the batches' step only (the lone one stays eager): found in the cache by the default
+        assert cpu_compiled_step(model, 3, compile=True, any_batch=True) is not None
     batcher = Batcher(model, tokenizer, max_rows=3, max_waiting=8).start()
+    assert (batcher.batch_step is not None) == bool(compile)
     try:
         specs = [([1, 2, 3], 50, GREEDY, 0), ([5], 37, SAMPLED, 1), ([7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19], 44, SAMPLED, 2),
                  ([4, 4], 23, GREEDY, 0), ([9], 30, SAMPLED, 5)]

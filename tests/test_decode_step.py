@@ -133,7 +133,7 @@ def test_the_cache_keeps_the_recently_used(tmp_path, monkeypatch):
 def test_the_default_compiles_only_long_outputs(model, tmp_path, monkeypatch):
     made = []
     monkeypatch.setenv("JANELM_CACHE", str(tmp_path))
-    monkeypatch.setattr(decode_step, "_cached_or_compiled", lambda model, batch, path, compile: made.append(compile))
+    monkeypatch.setattr(decode_step, "_cached_or_compiled", lambda model, batch, any_batch, path, compile: made.append(compile))
     position = torch.zeros((), dtype=torch.long)
     for n, compile in ((500, None), (decode_step.AUTO_COMPILE_TOKENS, None), (10, True), (10**6, False)):
         fresh = copy.deepcopy(model)  # each its own: a failed compilation is not tried again on a model
@@ -164,3 +164,27 @@ def test_a_compiled_step_reads_the_cache_positions_in_use(tmp_path, monkeypatch)
     assert [t.tolist() for t in generate_tokens(long, [1, 2], 100, GREEDY, compile=True)] == eager
     assert sorted(set(spans)) == [32, 64, 80]  # in steps of SPAN_STEP, then the whole context
     assert len(list((tmp_path / "decode").glob("*.pt2"))) == 1
+
+
+def test_a_step_compiled_for_any_batch_serves_every_size_up_to_its_own(model, tmp_path, monkeypatch):
+    """A server's batch step: one library for 2 to max rows, the first rows of a max-row cache, at
+    their own positions; its products go through float32 (rounded as the 16-bit kernel rounds), so
+    its logits are the eager step's to rounding. A fixed-size step of that size is another file."""
+    monkeypatch.setenv("JANELM_CACHE", str(tmp_path))
+    fresh = copy.deepcopy(model)
+    step = decode_step.cpu_compiled_step(fresh, 4, compile=True, any_batch=True)
+    assert isinstance(step, CachedCompiledStep)
+    cache = fresh.new_cache(4)
+    torch.manual_seed(1)
+    for layer in cache.keys + cache.values:  # an earlier text in every row
+        layer.normal_()
+    with torch.inference_mode():
+        for rows in (2, 3, 4):
+            token, position = torch.randint(0, 40, (rows, 1)), torch.tensor([3, 15, 7, 0][:rows])
+            eager_cache = cache.rows(0, rows)
+            expected = fresh.decode_step(token, position, eager_cache)  # before the step writes the cache
+            compiled = step(token, position, cache.rows(0, rows))
+            assert compiled.shape == (rows, 40)
+            torch.testing.assert_close(compiled, expected, atol=2e-2, rtol=2e-2)
+    assert len(list((tmp_path / "decode").glob("*.pt2"))) == 1
+    assert decode_step.step_key(fresh, 4, any_batch=True) != decode_step.step_key(fresh, 4)

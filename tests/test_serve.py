@@ -157,6 +157,48 @@ def test_key_queue_and_sigterm(trained, tmp_path):
     assert "Traceback" not in (tmp_path / "serve.log").read_text()
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux's /proc)."""
+    found = []
+    for stat in os.listdir("/proc"):
+        if stat.isdigit():
+            try:
+                fields = open(f"/proc/{stat}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(stat))
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the decoding process through /proc")
+def test_a_decoding_process_that_dies_ends_serve_in_one_line(trained, tmp_path):
+    """Decoding runs in a process of its own: if it dies, the streams in flight end with an error
+    event and serve exits 1 with one line saying so, not a hang or a traceback."""
+    log = (tmp_path / "serve.log").open("w")
+    with running_server("-c", str(trained), log=log) as (proc, url):
+        stream = client(url).completions.create(model="janelm", prompt="Emma", max_tokens=4000, stream=True)
+        next(iter(stream))
+        decoders = [pid for pid in children(proc.pid)
+                    if "resource_tracker" not in open(f"/proc/{pid}/cmdline").read()]
+        assert len(decoders) == 1
+        os.kill(decoders[0], signal.SIGKILL)
+        with pytest.raises(openai.APIError, match="decoding process stopped"):
+            for _ in stream:
+                pass
+        assert proc.wait(10) == 1
+    log.close()
+    text = (tmp_path / "serve.log").read_text()
+    assert "Traceback" not in text and "the decoding process stopped" in text.splitlines()[-1]
+
+
+def test_a_damaged_checkpoint_is_one_line_from_the_decoding_process(tmp_path):
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(b"PK\x03\x04 not a checkpoint")
+    proc = janelm("serve", "-c", str(damaged), "--port", "0", check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "damaged.pt" in proc.stderr
+
+
 def test_a_public_host_needs_a_key_and_help_imports_nothing_heavy(trained):
     refused = janelm("serve", "-c", str(trained), "--host", "0.0.0.0", check=False)
     assert refused.returncode == 2 and "--api-key" in refused.stderr and len(refused.stderr.splitlines()) == 1

@@ -76,7 +76,8 @@ def bench_serve(args: argparse.Namespace) -> dict:
 
     dtype = [] if args.dtype in (None, "auto") else ["--dtype", args.dtype]
     threads = ["--threads", str(args.server_threads)] if args.server_threads else []
-    with server_process(["-c", str(checkpoint), "--max-rows", str(max(16, args.clients)), *dtype, *threads]) as (port, _):
+    compile = ["--no-compile" if args.compile is False else "--compile"]  # as bench sample: compiled unless --no-compile
+    with server_process(["-c", str(checkpoint), "--max-rows", str(max(16, args.clients)), *dtype, *threads, *compile]) as (port, _):
         concurrent_streams(port, 1, 8)  # warm-up: the first request pays for lazy set-up
         note(f"bench serve: one stream, then {args.clients} at once, {args.tokens} tokens each")
         alone = concurrent_streams(port, 1, args.tokens)

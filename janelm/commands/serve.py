@@ -51,18 +51,11 @@ def run(args: argparse.Namespace) -> int:
     from janelm.serving.run import listen, serve
 
     sock = listen(args.host, args.port)  # a port in use fails before the model loads
-    from janelm.checkpoint import load_model
-    from janelm.device import pick_device, pick_weight_dtype
     from janelm.serving.app import Guard, Settings, create_app
-    from janelm.serving.batcher import Batcher
+    from janelm.serving.decoder import DecoderProcess
 
-    device = pick_device(args.device)
-    if args.threads:  # before loading: the weights' format is the one measured fastest on these threads
-        import torch
-
-        torch.set_num_threads(args.threads)
-    model, tokenizer, _ = load_model(checkpoint, device, pick_weight_dtype(args.dtype, device), args.quantize)
-    batcher = Batcher(model, tokenizer, args.max_rows, args.max_queue, args.compile, args.threads)  # run by serve()
+    load = {"checkpoint": str(checkpoint), "device": args.device, "dtype": args.dtype, "quantize": args.quantize}
+    decoder = DecoderProcess(load, args.max_rows, args.max_queue, args.compile, args.threads)  # run by serve()
     settings = Settings(args.model_name or model_name(checkpoint), opts, args.user, args.bot, args.max_reply,
                         args.api_key, args.max_body_bytes, args.max_tokens)
-    return serve(Guard(create_app(batcher, tokenizer, settings), settings), batcher, sock)
+    return serve(Guard(create_app(decoder, decoder.tokenizer, settings), settings), decoder, sock)

@@ -1,9 +1,9 @@
 """The HTTP side of `janelm serve`: OpenAI's completions, chat completions and models endpoints,
 a health check and the page, on FastAPI.
 
-Handlers never decode: they turn a request into jobs for the batcher (janelm.serving.batcher),
-which runs in its own thread, and read back what it delivers through an asyncio queue, so the event
-loop stays free for other requests while the model works. Every failure is OpenAI's error object
+Handlers never decode: they turn a request into jobs for the batcher (janelm.serving.batcher, in
+a process of its own: janelm.serving.decoder), and read back what it delivers through an asyncio
+queue, so the event loop stays free for other requests while the model works. Every failure is OpenAI's error object
 with a status (400 bad input, 401 key, 413 body, 429 queue, 503 shutting down), never a traceback.
 """
 
@@ -16,7 +16,7 @@ import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import fastapi
 from fastapi import FastAPI, Request
@@ -29,6 +29,9 @@ from janelm.dialogue import fit_history, narration, pick_quotes, replied, reply_
 from janelm.errors import InputError, first_line
 from janelm.generate import SamplingOptions
 from janelm.serving.batcher import Batcher, Closed, Job, QueueFull
+
+if TYPE_CHECKING:
+    from janelm.serving.decoder import DecoderProcess
 from janelm.serving.schemas import ChatRequest, CompletionRequest, Reply, Sampling, error_body, usage
 
 STATIC = Path(__file__).parent / "static"
@@ -78,7 +81,10 @@ class Handover:
             self.pending.append((queue, item))
             if len(self.pending) > 1:
                 return  # a wake-up is on its way, and takes this too
-        self.loop.call_soon_threadsafe(self._hand_over)
+        try:
+            self.loop.call_soon_threadsafe(self._hand_over)
+        except RuntimeError:  # the loop is closed: the server has stopped, and no client waits for these
+            pass
 
     def _hand_over(self) -> None:
         with self.lock:
@@ -87,7 +93,8 @@ class Handover:
             queue.put_nowait(item)
 
 
-def create_app(batcher: Batcher, tokenizer, settings: Settings) -> FastAPI:
+def create_app(batcher: Batcher | DecoderProcess, tokenizer, settings: Settings) -> FastAPI:
+    """The app over a batcher: in `janelm serve` a DecoderProcess, which stands in for one."""
     app = FastAPI(title="JaneLM", docs_url=None, redoc_url=None, openapi_url=None)
     context = batcher.context
     quotes = pick_quotes(tokenizer)

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import torch
 
 from janelm.console import note
-from janelm.decode_step import decode_step_for
+from janelm.decode_step import batch_step_for, decode_step_for
 from janelm.errors import first_line
 from janelm.generate import SamplingOptions, StopFilter, StreamDecoder, draw, filter_logits, pick_next, prefill, slid
 
@@ -80,8 +80,9 @@ class Batcher:
     own with `start`; `submit` and `close` are called from any thread."""
 
     def __init__(self, model, tokenizer, max_rows: int = 16, max_waiting: int = 64, compile: bool | None = None,
-                 threads: int = 0):
+                 threads: int = 0, flush: Callable[["Batcher"], None] | None = None):
         self.model, self.tokenizer, self.compile = model, tokenizer, compile
+        self.flush = flush  # called on the decoding thread after each turn's events (a decoding process sends them)
         # A lone row steps on `threads` (0: as set); a batch on one fewer, leaving a core to the HTTP
         # side, which many streams keep busy (docs/speed.md: on 2 cores, 16 streams fell to one's speed).
         self.lone_threads, self.batch_threads = threads, max(1, threads - 1)
@@ -98,6 +99,8 @@ class Batcher:
         # A lone row's step is sample's: compiled where it is cached (or compiled now, with `compile`).
         self.lone_step = decode_step_for(model, self.cache.rows(0, 1), torch.zeros(1, dtype=torch.long, device=self.device),
                                          1, compile, cuda_graphs=False)
+        # A batch's: on a CPU, one compiled for any number of rows, cached or compiled as the lone one.
+        self.batch_step = batch_step_for(model, max_rows, compile)  # None: eager
         self.thread: threading.Thread | None = None
 
     def start(self) -> "Batcher":
@@ -148,6 +151,8 @@ class Batcher:
                     for row in self.rows:
                         row.job.deliver(Event(finish="error", error="decoding failed", tokens=row.produced))
                     self.rows = []
+                if self.flush:
+                    self.flush(self)
 
     def _next_jobs(self) -> list[Job] | None:
         """Wait until there is work; the waiting jobs that free rows take. None once closed and idle."""
@@ -230,9 +235,12 @@ class Batcher:
         if len(rows) == 1:  # as generate_tokens steps a lone sample
             view.slots = self.cache.slots
             logits = self.lone_step(token, position, view)
-        else:  # attention over the positions in use only: a batch's rows round as batches do anyway
+        elif self.batch_step is None:  # eager: attention over the positions in use only
             view.slots = self.cache.slots[: max(r.position for r in rows) + 1]
             logits = self.model.decode_step(token, position, view)
+        else:  # compiled: it picks the positions to read itself
+            view.slots = self.cache.slots
+            logits = self.batch_step(token, position, view)
         self.steps, self.stepped_rows = self.steps + 1, self.stepped_rows + len(rows)
         for i, row in enumerate(rows):
             if i not in slides:

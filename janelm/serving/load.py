@@ -25,15 +25,16 @@ PROMPTS = ("It is a truth universally acknowledged", "Emma Woodhouse, handsome, 
 @contextmanager
 def server_process(args: list[str], stderr=None, env: dict[str, str] | None = None) -> Iterator[tuple[int, subprocess.Popen]]:
     """`janelm serve ARGS --port 0` in a process of its own (with `env`, else ours); yields its port
-    and the process; stopped with SIGTERM. Its notes after the first line go to `stderr` (a file),
-    else to ours."""
+    and the process; stopped with SIGTERM. Its notes go to `stderr` (a file), else to ours."""
     proc = subprocess.Popen([sys.executable, "-m", "janelm", "serve", "--port", "0", *args],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env or os.environ.copy())
     try:
-        line = proc.stderr.readline()
-        if not line.startswith("janelm serve: http://"):
-            raise JaneLMError(f"janelm serve did not start: {(line + proc.stderr.read()).strip()[-300:]}")
-        out = stderr or sys.stderr
+        out, before = stderr or sys.stderr, ""
+        while not (line := proc.stderr.readline()).startswith("janelm serve: http://"):  # notes first (compiling...)
+            if not line:
+                raise JaneLMError(f"janelm serve did not start: {before.strip()[-300:]}")
+            before += line
+            out.write(line)
         threading.Thread(target=lambda: [out.write(text) for text in proc.stderr], daemon=True).start()
         yield int(line.split()[2].rstrip("/").rsplit(":", 1)[1]), proc
     finally:

@@ -7,10 +7,14 @@ import ipaddress
 import signal
 import socket
 import threading
+from typing import TYPE_CHECKING
 
 from janelm.console import note
 from janelm.errors import InputError, JaneLMError, first_line
 from janelm.serving.batcher import Batcher
+
+if TYPE_CHECKING:
+    from janelm.serving.decoder import DecoderProcess
 
 SHUTDOWN_GRACE_S = 2.0  # after SIGTERM, rows still decoding this long are ended
 
@@ -37,10 +41,11 @@ def listen(host: str, port: int) -> socket.socket:
         raise InputError(f"cannot listen on {host}:{port} ({e.strerror}): choose another --host or --port") from None
 
 
-def serve(app, batcher: Batcher, sock: socket.socket, grace: float = SHUTDOWN_GRACE_S) -> int:
+def serve(app, batcher: Batcher | DecoderProcess, sock: socket.socket, grace: float = SHUTDOWN_GRACE_S) -> int:
     """Serve until SIGTERM or Ctrl-C; then take no new requests, let rows finish for `grace` seconds,
-    end the rest, and return 0. HTTP runs on a thread of its own and the batcher decodes on this
-    one, the main thread: PyTorch's CPU threads step at half speed when another thread drives them."""
+    end the rest, and return 0. HTTP runs on a thread of its own and `batcher.run()` on this one,
+    the main thread: a Batcher decodes there (PyTorch's CPU threads step at half speed when another
+    thread drives them); a DecoderProcess (janelm serve's) hands out its process's events."""
     import uvicorn
 
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",

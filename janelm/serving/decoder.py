@@ -1,0 +1,193 @@
+"""The batcher in a process of its own: `janelm serve` decodes there, HTTP runs in the first.
+
+Both halves are Python, and a process has one interpreter lock. In one process the decoding
+thread and the event loop take turns with it: the compiled step holds it for its whole run (a
+16-row step: ~14 ms), so the loop waits through every step, and a busy loop beside the step
+slows it 2-3x, since each time the step needs the lock back it waits for a switch interval
+(docs/speed.md). Here each half has its own: the decoding process runs the Batcher on its main
+thread (PyTorch's CPU threads step at full speed only there), and the two exchange small messages
+over a pipe: jobs and cancellations one way, every step's events in one message the other.
+
+`DecoderProcess` stands in for a Batcher in the HTTP process (submit, close, load, deadline,
+max_rows, context); its `run` reads the decoder's messages on serve's main thread and hands each
+event to its job, until the decoder ends.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import threading
+import time
+from contextlib import suppress
+from typing import Any, Sequence
+
+from janelm.errors import InputError, JaneLMError
+from janelm.serving.batcher import Closed, Event, Job, QueueFull
+from janelm.tokenizer import tokenizer_from_dict
+
+STOPPED = "the decoding process stopped"
+
+
+class DecoderProcess:
+    """A Batcher running in a child process. `start` returns once the model is loaded there (with
+    its tokenizer), or raises the child's error in one line."""
+
+    def __init__(self, load: dict[str, Any], max_rows: int, max_waiting: int, compile: bool | None, threads: int):
+        parent, child = multiprocessing.get_context("spawn").Pipe()
+        self.conn, self.max_rows, self.max_waiting = parent, max_rows, max_waiting
+        self.process = multiprocessing.get_context("spawn").Process(
+            target=decode_in_child, args=(child, load, max_rows, max_waiting, compile, threads),
+            name="janelm-decoder", daemon=True)
+        self.process.start()
+        child.close()
+        self.jobs: dict[int, Job] = {}  # submitted and not finished, by id
+        self.cancelled: set[int] = set()  # ids whose cancellation was sent
+        self.next_id = 0
+        # submit (HTTP thread) and run (main thread) share the jobs and the pipe; reentrant, since a
+        # signal's handler (close) runs on the main thread, possibly inside run's hold of it.
+        self.lock = threading.RLock()
+        self.deadline: float | None = None
+        self.stats = {"rows": 0, "waiting": 0, "max_rows": max_rows, "steps": 0, "stepped_rows": 0}
+        kind, *info = self._receive()
+        if kind != "ready":
+            self.process.join(10)
+            if kind == "failed":  # the child's error, as the CLI would have said it
+                raise (InputError if info[1] else JaneLMError)(info[0])
+            raise JaneLMError(f"{STOPPED} while loading the model (exit code {self.process.exitcode})")
+        self.tokenizer, self.context = tokenizer_from_dict(info[0]), info[1]
+
+    def _receive(self) -> tuple:
+        try:
+            return self.conn.recv()
+        except (EOFError, OSError):
+            return ("gone",)
+
+    def _send(self, message: tuple) -> None:
+        with suppress(OSError):  # the decoder is gone: run() says so
+            self.conn.send(message)
+
+    def submit(self, jobs: Sequence[Job]) -> None:
+        """As Batcher.submit: all of the jobs or none (QueueFull, Closed), checked here against the
+        jobs the decoder has not finished."""
+        with self.lock:
+            if self.deadline is not None:
+                raise Closed("the server is shutting down")
+            if len(self.jobs) + len(jobs) > self.max_waiting + self.max_rows:
+                raise QueueFull(f"all {self.max_rows} rows are decoding and "
+                                f"{max(0, len(self.jobs) - self.max_rows)} texts wait for one")
+            sent = []
+            for job in jobs:
+                self.jobs[self.next_id] = job
+                sent.append((self.next_id, list(job.prompt), job.max_tokens, job.opts, job.seed, list(job.stops)))
+                self.next_id += 1
+            self._send(("submit", sent))
+
+    def close(self, grace: float) -> None:
+        with self.lock:
+            if self.deadline is None:
+                self.deadline = time.monotonic() + grace
+                self._send(("close", grace))
+
+    def load(self) -> dict[str, int]:
+        return dict(self.stats)
+
+    def run(self) -> None:
+        """Hand the decoder's events to their jobs until it ends; a decoder that ends before it was
+        closed fails the jobs in flight and raises (serve says so in one line)."""
+        while True:
+            kind, *info = self._receive()
+            if kind != "events":
+                break
+            events, self.stats = info
+            with self.lock:
+                for i, event in events:
+                    job = self.jobs.pop(i, None) if event.finish else self.jobs.get(i)
+                    if job is not None:
+                        job.deliver(event)
+                # A client gone (the app marks its jobs) frees its row at the decoder's next step.
+                gone = [i for i, job in self.jobs.items() if job.cancelled and i not in self.cancelled]
+                if gone:
+                    self.cancelled.update(gone)
+                    self._send(("cancel", gone))
+                self.cancelled.intersection_update(self.jobs)
+        self.process.join(5)
+        with self.lock:
+            closed, jobs, self.jobs = self.deadline is not None, list(self.jobs.values()), {}
+            self.deadline = self.deadline or time.monotonic()
+        for job in jobs:
+            job.deliver(Event(finish="error", error="the server is shutting down" if closed else STOPPED))
+        if kind != "done" and not closed:
+            raise JaneLMError(f"{STOPPED} (exit code {self.process.exitcode}): the server cannot decode; start it again")
+
+
+def decode_in_child(conn, load: dict[str, Any], max_rows: int, max_waiting: int, compile: bool | None, threads: int) -> None:
+    """The decoding process: load the model, report ready, then run the Batcher on this (main)
+    thread while a second thread takes the HTTP process's messages."""
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the HTTP process decides when to stop (a terminal's Ctrl-C reaches both)
+        signal.signal(sig, signal.SIG_IGN)
+    try:
+        import torch
+
+        from janelm.checkpoint import load_model
+        from janelm.serving.batcher import Batcher
+
+        if threads:  # before loading: the weights' format is the one measured fastest on these threads
+            torch.set_num_threads(threads)
+        from janelm.device import pick_device, pick_weight_dtype
+
+        device = pick_device(load["device"])
+        model, tokenizer, _ = load_model(load["checkpoint"], device, pick_weight_dtype(load["dtype"], device), load["quantize"])
+        outbox: list[tuple[int, Event]] = []
+        lock, sent = threading.Lock(), [{}]
+
+        def flush(batcher: Batcher) -> None:
+            """The turn's events in one message, and the load when it changed (a row freed: /health)."""
+            with lock:
+                events = outbox[:]
+                outbox.clear()
+            load = batcher.load()
+            if events or load["rows"] != sent[0].get("rows") or load["waiting"] != sent[0].get("waiting"):
+                conn.send(("events", events, load))
+                sent[0] = load
+
+        batcher = Batcher(model, tokenizer, max_rows, max_waiting, compile, threads, flush=flush)
+    except JaneLMError as e:
+        conn.send(("failed", str(e), isinstance(e, InputError)))
+        return
+    conn.send(("ready", tokenizer.to_dict(), model.config.context))
+    jobs: dict[int, Job] = {}
+
+    def deliverer(i: int):
+        def deliver(event: Event) -> None:
+            with lock:
+                outbox.append((i, event))
+            if event.finish:
+                jobs.pop(i, None)
+        return deliver
+
+    def take_messages() -> None:
+        try:
+            while True:
+                kind, payload = conn.recv()
+                if kind == "submit":
+                    new = [Job(prompt, n, opts, seed, stops, deliverer(i)) for i, prompt, n, opts, seed, stops in payload]
+                    jobs.update((i, job) for (i, *_), job in zip(payload, new))
+                    try:
+                        batcher.submit(new)
+                    except (QueueFull, Closed) as e:  # the HTTP process checks first: a race with closing
+                        for job in new:
+                            job.deliver(Event(finish="error", error=str(e)))
+                elif kind == "cancel":
+                    for i in payload:
+                        if (job := jobs.get(i)) is not None:
+                            job.cancelled = True
+                elif kind == "close":
+                    batcher.close(payload)
+        except (EOFError, OSError):  # the HTTP process is gone: stop
+            batcher.close(0)
+
+    threading.Thread(target=take_messages, name="janelm-messages", daemon=True).start()
+    batcher.run()
+    flush(batcher)
+    conn.send(("done",))
