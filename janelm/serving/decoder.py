@@ -34,9 +34,10 @@ class DecoderProcess:
     its tokenizer), or raises the child's error in one line."""
 
     def __init__(self, load: dict[str, Any], max_rows: int, max_waiting: int, compile: bool | None, threads: int):
-        parent, child = multiprocessing.get_context("spawn").Pipe()
+        spawn = multiprocessing.get_context("spawn")  # not fork: PyTorch's thread pools do not survive one
+        parent, child = spawn.Pipe()
         self.conn, self.max_rows, self.max_waiting = parent, max_rows, max_waiting
-        self.process = multiprocessing.get_context("spawn").Process(
+        self.process = spawn.Process(
             target=decode_in_child, args=(child, load, max_rows, max_waiting, compile, threads),
             name="janelm-decoder", daemon=True)
         self.process.start()
