@@ -22,8 +22,9 @@ import torch  # noqa: E402
 
 from janelm.checkpoint import load_model  # noqa: E402
 from janelm.device import pick_device, pick_weight_dtype  # noqa: E402
-from janelm.generate import SamplingOptions  # noqa: E402
-from janelm.serving.batcher import Batcher, Job  # noqa: E402
+from janelm.config import SamplingOptions  # noqa: E402
+from janelm.serving.batcher import Batcher  # noqa: E402
+from janelm.serving.jobs import Job  # noqa: E402
 
 OPENINGS = ("It is a truth universally acknowledged, that a single man in possession of a good fortune",
             "Emma Woodhouse, handsome, clever, and rich, with a comfortable home and happy disposition",
@@ -64,9 +65,10 @@ def main() -> int:
     alone = [decode(batcher, [p], args.tokens)[0] for p in prompts]
     together = decode(batcher, prompts, args.tokens)
     batcher.close(0)
+    batcher.join(10)  # a decoding thread still running at exit aborts the interpreter
     parted = [next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), None) for x, y in zip(alone, together)]
     print(json.dumps({"rows": args.rows, "tokens": args.tokens, "dtype": str(model.tok_embed.weight.dtype),
-                      "weights": args.dtype, "parted": sum(p is not None for p in parted),
+                      "weights": args.dtype, "batch_step": "compiled" if batcher.batch_step else "eager", "parted": sum(p is not None for p in parted),
                       "first_difference_at_character": parted, "torch": torch.__version__}))
     return 0
 

@@ -43,7 +43,10 @@ INFERENCE_COMPILE_OPTIONS = {"freezing": True}
 # On the CPU the step's own kernels (norms, rotation, softmax, the SwiGLU gate) run on one thread: on
 # vectors of a few hundred numbers, waking the second core for each of them cost more than the work
 # (the reference-shape step: 1.76 ms against 1.90-2.48). The matrix products keep every thread.
-CPU_STEP_OPTIONS = {**INFERENCE_COMPILE_OPTIONS, "cpp.threads": 1}
+# And it rounds where the eager step rounds: by default the compiler drops a float16 round trip
+# inside a fused kernel (HalfLinear's float32 path rounds its input and output to float16), which
+# parted 8 of 16 greedy texts of a server's batch step from their lone twins (0 with it; docs/speed.md).
+CPU_STEP_OPTIONS = {**INFERENCE_COMPILE_OPTIONS, "cpp.threads": 1, "emulate_precision_casts": True}
 CACHE_LIMIT_BYTES = 2 << 30  # the cache keeps its most recently used files within this size
 SOURCES = ("model.py", "rotary.py", "norm.py", "quantize.py", "decode_step.py")  # the code a compiled step is made from
 

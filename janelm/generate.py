@@ -10,32 +10,12 @@ runs at a steady speed. With `use_cache=False` the same window is recomputed in 
 from __future__ import annotations
 
 import codecs
-from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
 
+from janelm.config import SamplingOptions
 from janelm.decode_step import decode_step_for
-from janelm.errors import InputError
-
-
-@dataclass(frozen=True)
-class SamplingOptions:
-    temperature: float = 0.8  # 0 means greedy: always the most likely token
-    top_k: int = 0  # 0 means no top-k filter
-    top_p: float = 1.0  # 1 means no nucleus filter
-    repetition_penalty: float = 1.0  # 1 means none
-
-    def validate(self) -> None:
-        """Checked before any model is loaded, so a typo costs nothing."""
-        if self.temperature < 0:
-            raise InputError(f"--temperature must be 0 (greedy) or positive, got {self.temperature}")
-        if self.top_k < 0:
-            raise InputError(f"--top-k must be at least 1 (or 0 for no limit), got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise InputError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if self.repetition_penalty <= 0:
-            raise InputError(f"--repetition-penalty must be positive (1 means none), got {self.repetition_penalty}")
 
 
 def filter_logits(logits: torch.Tensor, opts: SamplingOptions, history: torch.Tensor | None = None) -> torch.Tensor:

@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from janelm.config import ModelConfig, TrainConfig
+from janelm.config import ModelConfig, SamplingOptions, TrainConfig
 from janelm.device import peak_matmul_flops, pick_device, pick_dtype, synchronize
 from janelm.decode_step import INFERENCE_COMPILE_OPTIONS, cpu_compiled_step
-from janelm.generate import SamplingOptions, generate_tokens
+from janelm.generate import generate_tokens
 
 GREEDY = SamplingOptions(temperature=0)
 PAIRED_ROUNDS = 5  # decode against the floor: the median of this many rounds

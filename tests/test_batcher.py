@@ -10,11 +10,12 @@ import time
 import pytest
 import torch
 
-from janelm.config import ModelConfig
+from janelm.config import ModelConfig, SamplingOptions
 from janelm.decode_step import cpu_compiled_step
-from janelm.generate import SamplingOptions, generate_tokens
+from janelm.generate import generate_tokens
 from janelm.model import GPT
-from janelm.serving.batcher import Batcher, Closed, Event, Job, QueueFull
+from janelm.serving.batcher import Batcher
+from janelm.serving.jobs import Closed, Event, Job, QueueFull
 from janelm.tokenizer import CharTokenizer
 
 GREEDY = SamplingOptions(temperature=0)
@@ -95,7 +96,11 @@ def test_stop_cancel_limits_and_close(parts):
             batcher.submit([Job([3], 5, GREEDY, 0, [], Collector())])
         first.cancelled = True  # its client went away: the row is freed, the waiting job runs
         assert waiting.text() == lone_text(model, tokenizer, [2], 5, GREEDY, 0)
-        assert batcher.load()["rows"] == 0 and not running.finished.is_set()
+        assert batcher.load()["rows"] == 0 and running.events[-1].finish == "cancelled"  # its one finish event
+        gone = Job([4], 5, GREEDY, 0, [], Collector())
+        gone.cancelled = True  # gone before its row came: it never runs, and ends too
+        batcher.submit([gone])
+        assert gone.deliver.finished.wait(10) and gone.deliver.events == [Event(finish="cancelled")]
 
         endless = Collector()
         batcher.submit([Job([1], 10**6, GREEDY, 0, [], endless)])

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import janelm.decode_step as decode_step
-from janelm.config import ModelConfig
+from janelm.config import ModelConfig, SamplingOptions
 from janelm.decode_step import CachedCompiledStep, decode_step_for
-from janelm.generate import SamplingOptions, generate_tokens
+from janelm.generate import generate_tokens
 from janelm.model import GPT
 from janelm.quantize import inference_weights
 

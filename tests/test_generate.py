@@ -5,8 +5,8 @@ import copy
 import pytest
 import torch
 
-from janelm.config import ModelConfig
-from janelm.generate import SamplingOptions, StopFilter, StreamDecoder, filter_logits, generate_tokens, pick_next
+from janelm.config import ModelConfig, SamplingOptions
+from janelm.generate import StopFilter, StreamDecoder, filter_logits, generate_tokens, pick_next
 from janelm.errors import InputError
 from janelm.model import GPT
 from janelm.tokenizer import train_tokenizer

@@ -5,9 +5,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from janelm.config import ModelConfig
+from janelm.config import ModelConfig, SamplingOptions
 from janelm.errors import InputError
-from janelm.generate import SamplingOptions, generate_tokens
+from janelm.generate import generate_tokens
 from janelm.model import GPT
 from janelm.quantize import HalfLinear, Int8Linear, inference_weights, quantize_int8
 

@@ -125,14 +125,20 @@ def test_concurrent_requests_share_steps_and_disconnects_free_rows(server):
     assert all(texts) and after["rows"] == 0
     assert after["stepped_rows"] - before["stepped_rows"] > after["steps"] - before["steps"]  # some steps served several
 
-    with httpx.stream("POST", f"{server}/v1/completions", json={"prompt": "Emma", "max_tokens": 4000, "stream": True}) as r:
+    assert leave_mid_stream(server) == 0  # the row is freed
+
+
+def leave_mid_stream(url: str) -> int:
+    """Start a long stream, leave after a few chunks; the rows decoding once the server noticed
+    (within 10 s)."""
+    with httpx.stream("POST", f"{url}/v1/completions", json={"prompt": "Emma", "max_tokens": 4000, "stream": True}) as r:
         for i, _ in enumerate(r.iter_lines()):
             if i == 3:
                 break
-    deadline = time.monotonic() + 5
-    while httpx.get(f"{server}/health").json()["rows"] and time.monotonic() < deadline:
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{url}/health").json()["rows"] and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert httpx.get(f"{server}/health").json()["rows"] == 0
+    return httpx.get(f"{url}/health").json()["rows"]
 
 
 def test_key_queue_and_sigterm(trained, tmp_path):
@@ -155,6 +161,16 @@ def test_key_queue_and_sigterm(trained, tmp_path):
         assert proc.wait(10) == 0 and time.monotonic() - start < 8
     log.close()
     assert "Traceback" not in (tmp_path / "serve.log").read_text()
+
+
+def test_clients_that_leave_do_not_fill_the_queue(trained):
+    """More disconnects than rows and queue together: each frees its place, and the next request
+    is answered, not refused as if the server were full."""
+    with running_server("-c", str(trained), "--max-rows", "1", "--max-queue", "0") as (proc, url):
+        for _ in range(3):
+            assert leave_mid_stream(url) == 0
+        answer = client(url).completions.create(model="janelm", prompt="Emma", max_tokens=5)
+        assert answer.usage.completion_tokens == 5
 
 
 def children(pid: int) -> list[int]:
@@ -208,6 +224,10 @@ def test_a_public_host_needs_a_key_and_help_imports_nothing_heavy(trained):
             "assert not heavy, heavy")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr
+    # The HTTP process never loads PyTorch: only the decoding process does (janelm.serving.decoder).
+    http_side = ("import sys, janelm.commands.serve, janelm.serving.app, janelm.serving.decoder, janelm.serving.run\n"
+                 "assert 'torch' not in sys.modules")
+    assert subprocess.run([sys.executable, "-c", http_side], capture_output=True, text=True, cwd=REPO).returncode == 0
 
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")

@@ -10,7 +10,7 @@ from janelm.errors import InputError
 
 
 def sampling_options(args: argparse.Namespace):
-    from janelm.generate import SamplingOptions
+    from janelm.config import SamplingOptions
 
     opts = SamplingOptions(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
     opts.validate()

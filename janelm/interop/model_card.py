@@ -112,7 +112,8 @@ def card_sample(model, tokenizer, n_tokens: int = 48, seed: int = 0) -> tuple[st
     """A short text the model writes from a fresh paragraph, and how it was sampled."""
     import torch
 
-    from janelm.generate import SamplingOptions, generate_tokens
+    from janelm.config import SamplingOptions
+    from janelm.generate import generate_tokens
 
     opts = SamplingOptions(temperature=0.8, top_p=0.95)
     rng = torch.Generator().manual_seed(seed)

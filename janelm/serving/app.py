@@ -27,10 +27,11 @@ from starlette.exceptions import HTTPException
 from janelm.console import note
 from janelm.dialogue import fit_history, narration, pick_quotes, replied, reply_opening, reply_piece, reply_stops, said
 from janelm.errors import InputError, first_line
-from janelm.generate import SamplingOptions
-from janelm.serving.batcher import Batcher, Closed, Job, QueueFull
+from janelm.config import SamplingOptions
+from janelm.serving.jobs import Closed, Job, QueueFull
 
 if TYPE_CHECKING:
+    from janelm.serving.batcher import Batcher
     from janelm.serving.decoder import DecoderProcess
 from janelm.serving.schemas import ChatRequest, CompletionRequest, Reply, Sampling, error_body, usage
 

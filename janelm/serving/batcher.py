@@ -22,43 +22,12 @@ from typing import Callable, Sequence
 
 import torch
 
+from janelm.config import SamplingOptions
 from janelm.console import note
 from janelm.decode_step import batch_step_for, decode_step_for
 from janelm.errors import first_line
-from janelm.generate import SamplingOptions, StopFilter, StreamDecoder, draw, filter_logits, pick_next, prefill, slid
-
-
-@dataclass
-class Event:
-    """What a row delivers: text as it is decoded, then once `finish` ("stop", "length", or
-    "error" with `error` saying why) with the number of tokens generated."""
-
-    text: str = ""
-    finish: str | None = None
-    tokens: int = 0
-    error: str = ""
-
-
-@dataclass(eq=False)
-class Job:
-    """One text to generate. `deliver` is called on the batcher's thread; setting `cancelled`
-    (the client went away) frees the row at the next step."""
-
-    prompt: Sequence[int]
-    max_tokens: int
-    opts: SamplingOptions
-    seed: int
-    stops: Sequence[str]
-    deliver: Callable[[Event], None]
-    cancelled: bool = False
-
-
-class QueueFull(Exception):
-    """More jobs waiting than the server takes."""
-
-
-class Closed(Exception):
-    """The server is shutting down."""
+from janelm.generate import StopFilter, StreamDecoder, draw, filter_logits, pick_next, prefill, slid
+from janelm.serving.jobs import Closed, Event, Job, QueueFull
 
 
 @dataclass(eq=False)
@@ -164,7 +133,15 @@ class Batcher:
                     job.deliver(Event(finish="error", error="the server is shutting down"))
                 self.rows, self.waiting = [], deque()
                 return None
-            self._drop([i for i, row in enumerate(self.rows) if row.job.cancelled])
+            # Cancelled jobs end too, "cancelled": every job gets one finish event (a DecoderProcess
+            # counts the jobs in flight by them).
+            gone = [i for i, row in enumerate(self.rows) if row.job.cancelled]
+            for i in gone:
+                self.rows[i].job.deliver(Event(finish="cancelled", tokens=self.rows[i].produced))
+            self._drop(gone)
+            for job in self.waiting:
+                if job.cancelled:
+                    job.deliver(Event(finish="cancelled"))
             self.waiting = deque(job for job in self.waiting if not job.cancelled)
             joining = []
             while self.waiting and len(self.rows) + len(joining) < self.max_rows:

@@ -23,7 +23,7 @@ from contextlib import suppress
 from typing import Any, Sequence
 
 from janelm.errors import InputError, JaneLMError
-from janelm.serving.batcher import Closed, Event, Job, QueueFull
+from janelm.serving.jobs import Closed, Event, Job, QueueFull
 from janelm.tokenizer import tokenizer_from_dict
 
 STOPPED = "the decoding process stopped"

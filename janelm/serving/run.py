@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING
 
 from janelm.console import note
 from janelm.errors import InputError, JaneLMError, first_line
-from janelm.serving.batcher import Batcher
-
 if TYPE_CHECKING:
+    from janelm.serving.batcher import Batcher
     from janelm.serving.decoder import DecoderProcess
 
 SHUTDOWN_GRACE_S = 2.0  # after SIGTERM, rows still decoding this long are ended
