@@ -22,7 +22,7 @@ import time
 from contextlib import suppress
 from typing import Any, Sequence
 
-from janelm.errors import InputError, JaneLMError
+from janelm.errors import InputError, JaneLMError, first_line
 from janelm.serving.jobs import Closed, Event, Job, QueueFull
 from janelm.tokenizer import tokenizer_from_dict
 
@@ -147,14 +147,17 @@ def decode_in_child(conn, load: dict[str, Any], max_rows: int, max_waiting: int,
             with lock:
                 events = outbox[:]
                 outbox.clear()
-            load = batcher.load()
-            if events or load["rows"] != sent[0].get("rows") or load["waiting"] != sent[0].get("waiting"):
-                conn.send(("events", events, load))
-                sent[0] = load
+            now = batcher.load()
+            if events or now["rows"] != sent[0].get("rows") or now["waiting"] != sent[0].get("waiting"):
+                conn.send(("events", events, now))
+                sent[0] = now
 
         batcher = Batcher(model, tokenizer, max_rows, max_waiting, compile, threads, flush=flush)
     except JaneLMError as e:
         conn.send(("failed", str(e), isinstance(e, InputError)))
+        return
+    except Exception as e:  # noqa: BLE001 - one line in the HTTP process, never a traceback here
+        conn.send(("failed", f"the decoding process could not load the model ({first_line(e, 200)})", False))
         return
     conn.send(("ready", tokenizer.to_dict(), model.config.context))
     jobs: dict[int, Job] = {}
