@@ -47,6 +47,15 @@ INFERENCE_COMPILE_OPTIONS = {"freezing": True}
 # inside a fused kernel (HalfLinear's float32 path rounds its input and output to float16), which
 # parted 8 of 16 greedy texts of a server's batch step from their lone twins (0 with it; docs/speed.md).
 CPU_STEP_OPTIONS = {**INFERENCE_COMPILE_OPTIONS, "cpp.threads": 1, "emulate_precision_casts": True}
+
+
+def step_options(any_batch: bool) -> dict:
+    """The compiler's options for a step: a batch's own kernels (attention over 16 rows' caches is
+    16 times a lone row's) run on the threads it steps on, fixed when it is compiled (a 16-row step
+    on 2 threads: 7.3 ms against 9.8 with them on one; docs/speed.md)."""
+    return {**CPU_STEP_OPTIONS, "cpp.threads": torch.get_num_threads()} if any_batch else dict(CPU_STEP_OPTIONS)
+
+
 CACHE_LIMIT_BYTES = 2 << 30  # the cache keeps its most recently used files within this size
 SOURCES = ("model.py", "rotary.py", "norm.py", "quantize.py", "decode_step.py")  # the code a compiled step is made from
 
@@ -164,7 +173,7 @@ def step_key(model, batch_size: int, any_batch: bool = False) -> str:
     code = Path(__file__).parent
     about = {"janelm": __version__, "code": [hashlib.sha256((code / name).read_bytes()).hexdigest() for name in SOURCES],
              "torch": torch.__version__, "isa": torch.backends.cpu.get_cpu_capability(), "batch": batch_size,
-             **({"any_batch": True} if any_batch else {}),
+             **({"any_batch": True, "threads": torch.get_num_threads()} if any_batch else {}),
              "config": asdict(model.config), "activations": str(model.tok_embed.weight.dtype)}
     digest.update(json.dumps(about, sort_keys=True).encode())
     for name, tensor in model.state_dict().items():
@@ -191,11 +200,14 @@ def compile_ahead(model, batch_size: int, path: Path, any_batch: bool = False) -
     temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp.pt2")  # AOTInductor wants the suffix
     temporary.touch()  # a folder that cannot be written fails now, in words, not after compiling
     try:
-        with warnings.catch_warnings():  # PyTorch's own deprecation notices, not the user's business
+        # Without gradients, or the compiler ignores "freezing": the batch step then converted every
+        # float16 matrix to float32 at each step, on one thread, and multiplied it unpacked (a 16-row
+        # step 1.7x slower; docs/speed.md).
+        with warnings.catch_warnings(), torch.no_grad():  # the warnings: PyTorch's own deprecation notices
             warnings.simplefilter("ignore")
             exported = torch.export.export(_StepModule(model).eval(), inputs, dynamic_shapes=dynamic, strict=False)
             inductor.aoti_compile_and_package(exported, package_path=str(temporary),
-                                              inductor_configs=CPU_STEP_OPTIONS)
+                                              inductor_configs=step_options(any_batch))
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)

@@ -171,9 +171,19 @@ def test_a_step_compiled_for_any_batch_serves_every_size_up_to_its_own(model, tm
     their own positions; its products go through float32 (rounded as the 16-bit kernel rounds), so
     its logits are the eager step's to rounding. A fixed-size step of that size is another file."""
     monkeypatch.setenv("JANELM_CACHE", str(tmp_path))
+    import torch._inductor as inductor
+
+    compiling, seen = inductor.aoti_compile_and_package, []
+
+    def recorded(*args, **kwargs):  # the compiler's "freezing" (weights folded and packed) needs gradients off
+        seen.append((torch.is_grad_enabled(), kwargs["inductor_configs"]["cpp.threads"]))
+        return compiling(*args, **kwargs)
+
+    monkeypatch.setattr(inductor, "aoti_compile_and_package", recorded)
     fresh = copy.deepcopy(model)
     step = decode_step.cpu_compiled_step(fresh, 4, compile=True, any_batch=True)
     assert isinstance(step, CachedCompiledStep)
+    assert seen == [(False, torch.get_num_threads())]  # a batch's kernels on the threads it steps on
     cache = fresh.new_cache(4)
     torch.manual_seed(1)
     for layer in cache.keys + cache.values:  # an earlier text in every row
@@ -188,3 +198,10 @@ def test_a_step_compiled_for_any_batch_serves_every_size_up_to_its_own(model, tm
             torch.testing.assert_close(compiled, expected, atol=2e-2, rtol=2e-2)
     assert len(list((tmp_path / "decode").glob("*.pt2"))) == 1
     assert decode_step.step_key(fresh, 4, any_batch=True) != decode_step.step_key(fresh, 4)
+    threads = torch.get_num_threads()
+    key = decode_step.step_key(fresh, 4, any_batch=True)
+    try:  # compiled for its threads: another count is another library
+        torch.set_num_threads(threads % 2 + 1)
+        assert decode_step.step_key(fresh, 4, any_batch=True) != key
+    finally:
+        torch.set_num_threads(threads)
