@@ -16,7 +16,8 @@ from dataclasses import fields
 
 from janelm import __version__
 from janelm.config import (AUTO, AUTO_COMPILE_TOKENS, COMPUTE_TABLE, DEFAULT_BUDGET, DEFAULT_PRESET, DTYPES, MLPS, NORMS,
-                           OPTIMIZERS, POSITIONS, PRESET_CHOICES, PRESETS, PROBE_PRESET, PrepareDefaults, preset_configs)
+                           OPTIMIZERS, POSITIONS, PRESET_CHOICES, PRESETS, PROBE_PRESET, STREAM_INTERVAL_S, PrepareDefaults,
+                           preset_configs)
 from janelm.errors import JaneLMError
 from janelm.mixing import SCHEDULE_HELP, extra_weight_arg
 
@@ -247,10 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int, default=64, help="texts waiting for a row; past that, requests get 429 (default: 64)")
     p.add_argument("--max-tokens", type=int, default=4096, help="the most max_tokens a request may ask for (default: 4096)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="the largest request body; larger ones get 413 (default: 1048576)")
+    p.add_argument("--stream-interval", type=float, default=STREAM_INTERVAL_S, metavar="SECONDS",
+                   help="a stream's text goes out at most this often, each chunk all that was decoded since the last "
+                        "(the first text and the end at once); 0: every token, at a cost in speed "
+                        f"(default: {STREAM_INTERVAL_S})")
     cores = os.cpu_count() or 1
     p.add_argument("--threads", type=int, default=cores,
-                   help="threads for the model's arithmetic: a lone text steps on this many, a batch on one fewer, "
-                        f"leaving a core to the HTTP side, which many streams keep busy; 0: PyTorch's choice (default: the cores, here {cores})")
+                   help="threads for the model's arithmetic, lone texts and batches alike; 0: PyTorch's choice "
+                        f"(default: the cores, here {cores})")
     add_sampling_flags(p, seed=False)
 
     p = command("bench", "measure speed: sampling or training throughput")

@@ -25,6 +25,10 @@ DEVICES = ("auto", "cpu", "cuda")
 # token there (docs/speed.md), so this run alone already gains from it; from then on every run of
 # the same model starts with it at once.
 AUTO_COMPILE_TOKENS = 20_000
+# `janelm serve` sends a stream's text at most this often (seconds), all decoded since the last
+# chunk at once: a chunk a token cost the decoding its speed on the same cores (docs/speed.md),
+# and 20 updates a second still read as a stream.
+STREAM_INTERVAL_S = 0.05
 
 @dataclass(frozen=True)
 class ModelConfig:

@@ -115,9 +115,9 @@ def test_stop_cancel_limits_and_close(parts):
     assert not batcher.thread.is_alive()
 
 
-def test_decoding_on_the_callers_thread_a_lone_row_on_all_threads(parts, monkeypatch):
+def test_decoding_on_the_callers_thread_on_all_threads(parts, monkeypatch):
     """`run` decodes on the calling thread (serve's main thread) until closed; with `threads`, a lone
-    row steps on that many and a batch on one fewer, and the texts stay their lone runs'."""
+    row and a batch step on that many, and the texts stay their lone runs'."""
     model, tokenizer = parts
     seen, step = set(), model.decode_step
 
@@ -127,6 +127,7 @@ def test_decoding_on_the_callers_thread_a_lone_row_on_all_threads(parts, monkeyp
 
     monkeypatch.setattr(model, "decode_step", recording)
     before = torch.get_num_threads()
+    torch.set_num_threads(1)
     batcher = Batcher(model, tokenizer, max_rows=2, max_waiting=2, threads=2)
     long, short = Collector(), Collector()
 
@@ -150,7 +151,7 @@ def test_decoding_on_the_callers_thread_a_lone_row_on_all_threads(parts, monkeyp
         thread.join(30)
     assert long.text() == lone_text(model, tokenizer, [1], 30, GREEDY, 0)
     assert short.text() == lone_text(model, tokenizer, [2], 6, GREEDY, 0)
-    assert seen == {(1, 2), (2, 1)}
+    assert seen == {(1, 2), (2, 2)}
 
 
 def test_an_http_failure_ends_serve_in_one_line(parts, monkeypatch):
@@ -174,3 +175,30 @@ def test_an_http_failure_ends_serve_in_one_line(parts, monkeypatch):
         sock.close()
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+
+
+def test_the_decoding_process_sends_a_streams_text_at_most_every_interval():
+    """A row's first text and every finish go at once (time to first token, the end of a stream);
+    the rest waits for the interval, each job's events since the last message merged into one."""
+    from janelm.serving.decoder import Outbox
+
+    now = [0.0]
+    outbox = Outbox(0.05, clock=lambda: now[0])
+    outbox.add(1, Event("It", tokens=1))
+    assert outbox.take() == [(1, Event("It", tokens=1))]  # the first text: at once
+    outbox.add(1, Event(" is", tokens=2))
+    outbox.add(2, Event("Emma", tokens=1))  # another job's first: at once, with what job 1 has
+    assert outbox.take() == [(1, Event(" is", tokens=2)), (2, Event("Emma", tokens=1))]
+    now[0] = 0.02
+    outbox.add(1, Event(" a", tokens=3))
+    outbox.add(1, Event(" truth", tokens=4))
+    assert outbox.take() == []  # 0.02 s since the last message: held
+    now[0] = 0.06
+    assert outbox.take() == [(1, Event(" a truth", tokens=4))]
+    now[0] = 0.07
+    outbox.add(2, Event(",", tokens=2))
+    outbox.add(2, Event("", finish="length", tokens=3))  # a finish: at once, merged with the text before it
+    assert outbox.take() == [(2, Event(",", finish="length", tokens=3))]
+    outbox.add(1, Event(" universally", tokens=5))
+    assert outbox.take() == [] and outbox.take(force=True) == [(1, Event(" universally", tokens=5))]
+    assert outbox.take(force=True) == []

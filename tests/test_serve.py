@@ -63,6 +63,8 @@ def test_a_lone_completion_is_samples_text(server, trained, options, flags):
     assert "".join(c.choices[0].text for c in streamed if c.choices) == answer.choices[0].text
     assert streamed[-1].usage.completion_tokens == answer.usage.completion_tokens
     assert [c.choices[0].finish_reason for c in streamed if c.choices][-1] == answer.choices[0].finish_reason
+    if answer.usage.completion_tokens >= 20:  # a chunk carries all decoded since the last (--stream-interval)
+        assert len([c for c in streamed if c.choices and c.choices[0].text]) < answer.usage.completion_tokens
 
 
 def test_chat_is_janelm_chats_reply(server, trained):
@@ -218,6 +220,8 @@ def test_a_damaged_checkpoint_is_one_line_from_the_decoding_process(tmp_path):
 def test_a_public_host_needs_a_key_and_help_imports_nothing_heavy(trained):
     refused = janelm("serve", "-c", str(trained), "--host", "0.0.0.0", check=False)
     assert refused.returncode == 2 and "--api-key" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    refused = janelm("serve", "-c", str(trained), "--stream-interval", "-1", check=False)
+    assert refused.returncode == 2 and "--stream-interval" in refused.stderr and len(refused.stderr.splitlines()) == 1
     code = ("import sys, runpy; sys.argv = ['janelm', 'serve', '--help']\n"
             "try:\n    runpy.run_module('janelm', run_name='__main__')\nexcept SystemExit:\n    pass\n"
             "heavy = [m for m in ('torch', 'fastapi', 'uvicorn', 'starlette') if m in sys.modules]\n"

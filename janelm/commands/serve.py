@@ -20,6 +20,8 @@ def check_flags(args: argparse.Namespace) -> None:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.max_queue < 0:
         raise InputError(f"--max-queue must be 0 or more, got {args.max_queue}")
+    if not 0 <= args.stream_interval <= 1:
+        raise InputError(f"--stream-interval must be 0 to 1 seconds, got {args.stream_interval}")
     if args.max_body_bytes < 1024:
         raise InputError(f"--max-body-bytes must be at least 1024, got {args.max_body_bytes}")
     if not 0 <= args.port <= 65535:
@@ -55,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     from janelm.serving.decoder import DecoderProcess
 
     load = {"checkpoint": str(checkpoint), "device": args.device, "dtype": args.dtype, "quantize": args.quantize}
-    decoder = DecoderProcess(load, args.max_rows, args.max_queue, args.compile, args.threads)  # run by serve()
+    decoder = DecoderProcess(load, args.max_rows, args.max_queue, args.compile, args.threads,
+                             args.stream_interval)  # run by serve()
     settings = Settings(args.model_name or model_name(checkpoint), opts, args.user, args.bot, args.max_reply,
                         args.api_key, args.max_body_bytes, args.max_tokens)
     return serve(Guard(create_app(decoder, decoder.tokenizer, settings), settings), decoder, sock)

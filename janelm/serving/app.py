@@ -204,25 +204,32 @@ async def stream(reply: Reply, jobs: list[Job], queue: asyncio.Queue, prompt_tok
             events = [await queue.get()]
             while not queue.empty():  # what came while the last chunk was sent goes in one write
                 events.append(queue.get_nowait())
-            out = []
+            pieces: dict[int, str] = {}  # a choice's text since the last write: one chunk
+            finishes: dict[int, str] = {}
             for i, event in events:
                 if event.finish == "error":
-                    out.append(sse(error_body(event.error, "server_error")))
-                    yield "".join(out)
+                    yield chunks(reply, pieces, finishes) + sse(error_body(event.error, "server_error"))
                     return
                 text = reply_piece(texts[i], event.text) if reply.chat else event.text
                 texts[i] += text
-                if text:
-                    out.append(sse(reply.chunk(i, text)))
+                pieces[i] = pieces.get(i, "") + text
                 if event.finish:
                     left, produced = left - 1, produced + event.tokens
-                    out.append(sse(reply.chunk(i, None if reply.chat else "", event.finish)))
+                    finishes[i] = event.finish
+            out = [chunks(reply, pieces, finishes)]
             if not left:
                 out.append(sse(reply.usage_chunk(usage(prompt_tokens, produced))) + "data: [DONE]\n\n")
             yield "".join(out)
     finally:
         for job in jobs:
             job.cancelled = True  # a finished row is gone already; a running one is freed at the next step
+
+
+def chunks(reply: Reply, pieces: dict[int, str], finishes: dict[int, str]) -> str:
+    """Each choice's new text as one chunk, then a chunk for each that finished."""
+    out = [sse(reply.chunk(i, text)) for i, text in pieces.items() if text]
+    out += [sse(reply.chunk(i, None if reply.chat else "", finish)) for i, finish in finishes.items()]
+    return "".join(out)
 
 
 async def whole(request: Request, reply: Reply, jobs: list[Job], queue: asyncio.Queue, prompt_tokens: int,

@@ -52,9 +52,11 @@ class Batcher:
                  threads: int = 0, flush: Callable[["Batcher"], None] | None = None):
         self.model, self.tokenizer, self.compile = model, tokenizer, compile
         self.flush = flush  # called on the decoding thread after each turn's events (a decoding process sends them)
-        # A lone row steps on `threads` (0: as set); a batch on one fewer, leaving a core to the HTTP
-        # side, which many streams keep busy (docs/speed.md: on 2 cores, 16 streams fell to one's speed).
-        self.lone_threads, self.batch_threads = threads, max(1, threads - 1)
+        # Every step on `threads` (0: as set), batches too: the HTTP side, in a process of its own and
+        # sent a stream's text at most every few hundredths of a second, needs little of a core
+        # (docs/speed.md: 16 streams 1.3-1.5x faster than with a batch on one thread fewer).
+        if threads:
+            torch.set_num_threads(threads)
         self.max_rows, self.max_waiting = max_rows, max_waiting
         self.device = model.tok_embed.weight.device
         self.context = model.config.context
@@ -203,12 +205,10 @@ class Batcher:
         """One decode step for rows 0..n-1. A row that slid has its logits already: its token is
         written again at its next position, which its own next token overwrites before it is read."""
         rows = self.rows
-        token = torch.cat([row.last for row in rows])[:, None]
+        token = torch.cat([row.last for row in rows])[:, None] if len(rows) > 1 else rows[0].last[:, None]
         position = torch.tensor([row.position for row in rows], device=self.device)
-        view = self.views.setdefault(len(rows), self.cache.rows(0, len(rows)))  # slicing 2 x n_block tensors costs
-        threads = self.lone_threads if len(rows) == 1 else self.batch_threads
-        if self.lone_threads and threads != torch.get_num_threads():
-            torch.set_num_threads(threads)
+        if (view := self.views.get(len(rows))) is None:  # slicing 2 x n_block tensors costs ~30 µs: once per size
+            view = self.views[len(rows)] = self.cache.rows(0, len(rows))
         if len(rows) == 1:  # as generate_tokens steps a lone sample
             view.slots = self.cache.slots
             logits = self.lone_step(token, position, view)

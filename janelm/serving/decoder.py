@@ -6,7 +6,10 @@ thread and the event loop take turns with it: the compiled step holds it for its
 slows it 2-3x, since each time the step needs the lock back it waits for a switch interval
 (docs/speed.md). Here each half has its own: the decoding process runs the Batcher on its main
 thread (PyTorch's CPU threads step at full speed only there), and the two exchange small messages
-over a pipe: jobs and cancellations one way, every step's events in one message the other.
+over a pipe: jobs and cancellations one way, events the other. Events go at most every
+`stream_interval` seconds (a row's first text and every finish at once), each row's text since the
+last message as one event: per token, that trip (pickling, a wake-up of the HTTP process, an SSE
+chunk, the client's parsing) took CPU from the step on the same cores (docs/speed.md).
 
 `DecoderProcess` stands in for a Batcher in the HTTP process (submit, close, load, deadline,
 max_rows, context); its `run` reads the decoder's messages on serve's main thread and hands each
@@ -20,7 +23,7 @@ import signal
 import threading
 import time
 from contextlib import suppress
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from janelm.errors import InputError, JaneLMError, first_line
 from janelm.serving.jobs import Closed, Event, Job, QueueFull
@@ -33,12 +36,13 @@ class DecoderProcess:
     """A Batcher running in a child process. `start` returns once the model is loaded there (with
     its tokenizer), or raises the child's error in one line."""
 
-    def __init__(self, load: dict[str, Any], max_rows: int, max_waiting: int, compile: bool | None, threads: int):
+    def __init__(self, load: dict[str, Any], max_rows: int, max_waiting: int, compile: bool | None, threads: int,
+                 stream_interval: float = 0.0):
         spawn = multiprocessing.get_context("spawn")  # not fork: PyTorch's thread pools do not survive one
         parent, child = spawn.Pipe()
         self.conn, self.max_rows, self.max_waiting = parent, max_rows, max_waiting
         self.process = spawn.Process(
-            target=decode_in_child, args=(child, load, max_rows, max_waiting, compile, threads),
+            target=decode_in_child, args=(child, load, max_rows, max_waiting, compile, threads, stream_interval),
             name="janelm-decoder", daemon=True)
         self.process.start()
         child.close()
@@ -122,7 +126,41 @@ class DecoderProcess:
             raise JaneLMError(f"{STOPPED} (exit code {self.process.exitcode}): the server cannot decode; start it again")
 
 
-def decode_in_child(conn, load: dict[str, Any], max_rows: int, max_waiting: int, compile: bool | None, threads: int) -> None:
+class Outbox:
+    """Events waiting to go to the HTTP process, one per job: a job's events since the last
+    message merge into one (its text joined, its last count and finish). `due` says when to send:
+    a job's first text (time to first token) and every finish at once, the rest once
+    `interval` seconds have passed since the last message."""
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic):
+        self.interval, self.clock, self.lock = interval, clock, threading.Lock()
+        self.events: dict[int, Event] = {}
+        self.started: set[int] = set()  # jobs whose first event was sent
+        self.urgent, self.last = False, 0.0
+
+    def add(self, i: int, event: Event) -> None:
+        with self.lock:
+            if (before := self.events.get(i)) is not None:
+                event = Event(before.text + event.text, event.finish, event.tokens, event.error)
+            self.events[i] = event
+            if event.finish or i not in self.started:
+                self.urgent = True
+                self.started.add(i)
+            if event.finish:
+                self.started.discard(i)
+
+    def take(self, force: bool = False) -> list[tuple[int, Event]]:
+        """The events due now (all of them with `force`), oldest job first; none if not due."""
+        with self.lock:
+            now = self.clock()
+            if not self.events or not (force or self.urgent or now - self.last >= self.interval):
+                return []
+            events, self.events, self.urgent, self.last = list(self.events.items()), {}, False, now
+            return events
+
+
+def decode_in_child(conn, load: dict[str, Any], max_rows: int, max_waiting: int, compile: bool | None, threads: int,
+                    stream_interval: float = 0.0) -> None:
     """The decoding process: load the model, report ready, then run the Batcher on this (main)
     thread while a second thread takes the HTTP process's messages."""
     for sig in (signal.SIGINT, signal.SIGTERM):  # the HTTP process decides when to stop (a terminal's Ctrl-C reaches both)
@@ -139,16 +177,15 @@ def decode_in_child(conn, load: dict[str, Any], max_rows: int, max_waiting: int,
 
         device = pick_device(load["device"])
         model, tokenizer, _ = load_model(load["checkpoint"], device, pick_weight_dtype(load["dtype"], device), load["quantize"])
-        outbox: list[tuple[int, Event]] = []
-        lock, sent = threading.Lock(), [{}]
+        outbox, sent = Outbox(stream_interval), [{}]
 
-        def flush(batcher: Batcher) -> None:
-            """The turn's events in one message, and the load when it changed (a row freed: /health)."""
-            with lock:
-                events = outbox[:]
-                outbox.clear()
+        def flush(batcher: Batcher, force: bool = False) -> None:
+            """The events due in one message, with the load; sent also when the load changed (a row
+            freed or taken: /health)."""
             now = batcher.load()
-            if events or now["rows"] != sent[0].get("rows") or now["waiting"] != sent[0].get("waiting"):
+            changed = now["rows"] != sent[0].get("rows") or now["waiting"] != sent[0].get("waiting")
+            events = outbox.take(force or changed)
+            if events or changed:
                 conn.send(("events", events, now))
                 sent[0] = now
 
@@ -164,8 +201,7 @@ def decode_in_child(conn, load: dict[str, Any], max_rows: int, max_waiting: int,
 
     def deliverer(i: int):
         def deliver(event: Event) -> None:
-            with lock:
-                outbox.append((i, event))
+            outbox.add(i, event)
             if event.finish:
                 jobs.pop(i, None)
         return deliver
@@ -193,5 +229,5 @@ def decode_in_child(conn, load: dict[str, Any], max_rows: int, max_waiting: int,
 
     threading.Thread(target=take_messages, name="janelm-messages", daemon=True).start()
     batcher.run()
-    flush(batcher)
+    flush(batcher, force=True)
     conn.send(("done",))
