@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from janelm.errors import JaneLMError
 
@@ -94,6 +94,18 @@ def concurrent_streams(port: int, clients: int, tokens: int) -> dict[str, Any]:
     return {"clients": clients, "tokens": sum(r["tokens"] for r in results), "seconds": elapsed,
             "tokens_per_s": sum(r["tokens"] for r in results) / elapsed,
             "ttft_p50_s": percentile(ttfts, 50), "ttft_p95_s": percentile(ttfts, 95)}
+
+
+def paired_rounds(port: int, tokens: int, decode: Callable[[], float], rounds: int = 3) -> list[dict[str, Any]]:
+    """`rounds` times: one stream of `tokens` tokens, then `decode()` (tokens/s) right after it. The
+    machine's speed moves by a third from one second to the next, so a stream and a decode timed
+    apart measure two machines; side by side, their ratio stands."""
+    out = []
+    for _ in range(max(1, rounds)):
+        stream = concurrent_streams(port, 1, tokens)
+        out.append({"stream": stream, "decode": decode()})
+        time.sleep(0.3)  # this process's idle compute threads spin a while before they sleep: not beside a stream
+    return out
 
 
 def percentile(sorted_values: list[float], p: float) -> float:
