@@ -252,7 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a stream's text goes out at most this often, each chunk all that was decoded since the last "
                         "(the first text and the end at once); 0: every token, at a cost in speed "
                         f"(default: {STREAM_INTERVAL_S})")
-    cores = os.cpu_count() or 1
+    # The cores this process may run on (a container's or taskset's share), not the machine's: two
+    # threads on one allowed core decoded 10-20% slower than one (taskset -c 0, 2-core Zen 4).
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     p.add_argument("--threads", type=int, default=cores,
                    help="threads for the model's arithmetic, lone texts and batches alike; 0: PyTorch's choice "
                         f"(default: the cores, here {cores})")
