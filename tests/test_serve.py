@@ -217,6 +217,18 @@ def test_a_damaged_checkpoint_is_one_line_from_the_decoding_process(tmp_path):
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "damaged.pt" in proc.stderr
 
 
+def test_a_missing_web_stack_is_one_line_naming_the_extra(trained, monkeypatch, capsys):
+    import importlib.util
+
+    from janelm.cli import main
+
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fastapi" else found(name, *a))
+    assert main(["serve", "-c", str(trained)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "pip install -e '.[serve]'" in err
+
+
 def test_a_public_host_needs_a_key_and_help_imports_nothing_heavy(trained):
     refused = janelm("serve", "-c", str(trained), "--host", "0.0.0.0", check=False)
     assert refused.returncode == 2 and "--api-key" in refused.stderr and len(refused.stderr.splitlines()) == 1

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 from pathlib import Path
 
@@ -45,20 +46,19 @@ def run(args: argparse.Namespace) -> int:
     from janelm.checkpoint import check_checkpoint_file, resolve_checkpoint
 
     checkpoint = check_checkpoint_file(resolve_checkpoint(args.checkpoint))
-    try:
-        import fastapi  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError:
-        raise InputError("janelm serve needs its web stack: pip install -e '.[serve]'") from None
+    if not all(importlib.util.find_spec(name) for name in ("fastapi", "uvicorn")):  # found, not imported yet
+        raise InputError("janelm serve needs its web stack: pip install -e '.[serve]'")
     from janelm.serving.run import listen, serve
 
     sock = listen(args.host, args.port)  # a port in use fails before the model loads
-    from janelm.serving.app import Guard, Settings, create_app
     from janelm.serving.decoder import DecoderProcess
 
     load = {"checkpoint": str(checkpoint), "device": args.device, "dtype": args.dtype, "quantize": args.quantize}
     decoder = DecoderProcess(load, args.max_rows, args.max_queue, args.compile, args.threads,
-                             args.stream_interval)  # run by serve()
+                             args.stream_interval)  # loading the model; run by serve()
+    from janelm.serving.app import Guard, Settings, create_app  # meanwhile
+
+    decoder.wait_ready()
     settings = Settings(args.model_name or model_name(checkpoint), opts, args.user, args.bot, args.max_reply,
                         args.api_key, args.max_body_bytes, args.max_tokens)
     return serve(Guard(create_app(decoder, decoder.tokenizer, settings), settings), decoder, sock)

@@ -33,8 +33,9 @@ STOPPED = "the decoding process stopped"
 
 
 class DecoderProcess:
-    """A Batcher running in a child process. `start` returns once the model is loaded there (with
-    its tokenizer), or raises the child's error in one line."""
+    """A Batcher running in a child process, started at once; `wait_ready` returns once the model
+    is loaded there (with its tokenizer), or raises the child's error in one line. Between the two
+    the HTTP process imports its web stack (~0.3 s) while the child imports PyTorch."""
 
     def __init__(self, load: dict[str, Any], max_rows: int, max_waiting: int, compile: bool | None, threads: int,
                  stream_interval: float = 0.0):
@@ -54,6 +55,9 @@ class DecoderProcess:
         self.lock = threading.RLock()
         self.deadline: float | None = None
         self.stats = {"rows": 0, "waiting": 0, "max_rows": max_rows, "steps": 0, "stepped_rows": 0}
+
+    def wait_ready(self) -> None:
+        """Wait until the model is loaded; its tokenizer and context are then known."""
         kind, *info = self._receive()
         if kind != "ready":
             self.process.join(10)
