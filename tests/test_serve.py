@@ -4,6 +4,7 @@ SIGTERM, and the page in a real headless browser."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -215,6 +216,23 @@ def test_a_damaged_checkpoint_is_one_line_from_the_decoding_process(tmp_path):
     damaged.write_bytes(b"PK\x03\x04 not a checkpoint")
     proc = janelm("serve", "-c", str(damaged), "--port", "0", check=False)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "damaged.pt" in proc.stderr
+
+
+def test_bench_serve_pairs_one_stream_with_the_decode_beside_it(trained):
+    """A real server, one stream from token 0 five times, each beside the decode of the same tokens
+    in the benchmark's process, then concurrent streams: the JSON holds what the ratios are made of."""
+    import statistics
+
+    proc = janelm("bench", "serve", "-c", str(trained), "--clients", "3", "--tokens", "12", "--no-compile", "--json")
+    result = json.loads(proc.stdout)
+    rounds = result["rounds"]
+    assert len(rounds) == 5 and "bench serve: one stream beside" in proc.stderr
+    assert result["one_stream_tokens_per_s"] == max(r["one_stream_tokens_per_s"] for r in rounds)
+    assert result["sample_decode_tokens_per_s"] == max(r["sample_decode_tokens_per_s"] for r in rounds)
+    assert result["one_stream_vs_sample_decode"] == pytest.approx(statistics.median(
+        r["one_stream_tokens_per_s"] / r["sample_decode_tokens_per_s"] for r in rounds))
+    assert result["aggregate_vs_one_stream"] == pytest.approx(result["aggregate_tokens_per_s"] / result["one_stream_tokens_per_s"])
+    assert result["clients"] == 3 and 0 < result["ttft_p50_s"] <= result["ttft_p95_s"]
 
 
 def test_a_missing_web_stack_is_one_line_naming_the_extra(trained, monkeypatch, capsys):

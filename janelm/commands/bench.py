@@ -63,49 +63,19 @@ def bench_sample(args: argparse.Namespace, model_cfg, train_cfg) -> dict:
 
 def bench_serve(args: argparse.Namespace) -> dict:
     """N concurrent streams against a real `janelm serve`, one stream alone, and `bench sample`'s
-    decode of the same model in this process, in one run (janelm.serving.load.paired_rounds)."""
+    decode of the same model in this process, in one run (janelm.serving.load.measure_serving)."""
     if not args.checkpoint:
         raise InputError("bench serve needs a trained model: give -c CKPT")
     if args.clients < 1 or args.tokens < 1:
         raise InputError("--clients and --tokens must be at least 1")
     from janelm.checkpoint import check_checkpoint_file, resolve_checkpoint
+    from janelm.serving.load import measure_serving
 
-    checkpoint = check_checkpoint_file(resolve_checkpoint(args.checkpoint))
-    import torch
-
-    from janelm.checkpoint import load_model
-    from janelm.console import note
-    from janelm.device import pick_device, pick_weight_dtype
-    from janelm.serving.load import concurrent_streams, paired_rounds, server_process
-    from janelm.speed import timed_generation
-
-    device = pick_device("auto")
-    model, _, _ = load_model(checkpoint, device, pick_weight_dtype(args.dtype or "auto", device))
-
-    @torch.inference_mode()
-    def decode() -> float:  # as bench sample decodes: the compiled step where it is cached
-        return timed_generation(model, [0], args.tokens, True, None)
-
-    dtype = [] if args.dtype in (None, "auto") else ["--dtype", args.dtype]
-    threads = ["--threads", str(args.server_threads)] if args.server_threads else []
-    compile = ["--no-compile" if args.compile is False else "--compile"]  # as bench sample: compiled unless --no-compile
-    with server_process(["-c", str(checkpoint), "--max-rows", str(max(16, args.clients)), *dtype, *threads, *compile]) as (port, _):
-        concurrent_streams(port, 1, 8)  # warm-ups: the first request, and the first decode, pay for lazy set-up
-        decode()
-        note(f"bench serve: one stream beside bench sample's decode (3 rounds), then {args.clients} streams at once, "
-             f"{args.tokens} tokens each")
-        rounds = paired_rounds(port, args.tokens, decode)
-        together = concurrent_streams(port, args.clients, args.tokens)
-    alone = max((r["stream"] for r in rounds), key=lambda r: r["tokens_per_s"])
-    shares = sorted(r["stream"]["tokens_per_s"] / r["decode"] for r in rounds)
-    return {"clients": args.clients, "tokens": args.tokens, "one_stream_tokens_per_s": alone["tokens_per_s"],
-            "aggregate_tokens_per_s": together["tokens_per_s"],
-            "aggregate_vs_one_stream": together["tokens_per_s"] / alone["tokens_per_s"],
-            "ttft_p50_s": together["ttft_p50_s"], "ttft_p95_s": together["ttft_p95_s"],
-            "one_stream_ttft_s": alone["ttft_p50_s"], "sample_decode_tokens_per_s": max(r["decode"] for r in rounds),
-            "one_stream_vs_sample_decode": shares[len(shares) // 2],
-            "rounds": [{"one_stream_tokens_per_s": r["stream"]["tokens_per_s"], "sample_decode_tokens_per_s": r["decode"]}
-                       for r in rounds]}
+    flags = [*([] if args.dtype in (None, "auto") else ["--dtype", args.dtype]),
+             *(["--threads", str(args.server_threads)] if args.server_threads else []),
+             "--no-compile" if args.compile is False else "--compile"]  # as bench sample: compiled unless --no-compile
+    return measure_serving(check_checkpoint_file(resolve_checkpoint(args.checkpoint)), args.clients, args.tokens,
+                           args.dtype or "auto", flags)
 
 
 def show(result: dict, what: str) -> None:

@@ -1,4 +1,5 @@
-"""`janelm bench serve`: a real server on loopback and concurrent streaming clients, timed.
+"""`janelm bench serve`: a real server on loopback and concurrent streaming clients, timed, beside
+`bench sample`'s decode of the same model.
 
 The clients use only the standard library (http.client, threads), so the benchmark needs nothing
 beyond the server's own extra; each reads its stream as it comes, noting the time to its first text."""
@@ -14,9 +15,9 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
-from janelm.errors import JaneLMError
+from janelm.errors import InputError, JaneLMError
 
 PROMPTS = ("It is a truth universally acknowledged", "Emma Woodhouse, handsome, clever, and rich,",
            "“My dear Mr. Bennet,” said his lady to him one day,", "The family of Dashwood had long been settled")
@@ -72,23 +73,27 @@ def stream_completion(port: int, body: dict[str, Any]) -> dict[str, float]:
             "start": start, "end": time.perf_counter()}
 
 
-def concurrent_streams(port: int, clients: int, tokens: int) -> dict[str, Any]:
-    """`clients` greedy streams of `tokens` tokens, started together: aggregate tokens/s and time
-    to first token (p50, p95)."""
+def concurrent_streams(port: int, clients: int, tokens: int, prompts: Sequence[str | list[int]] = PROMPTS) -> dict[str, Any]:
+    """`clients` greedy streams of `tokens` tokens, client i's from prompts[i % len(prompts)] (a
+    text or token ids), started together: aggregate tokens/s and time to first token (p50, p95)."""
     results: list[dict[str, float]] = [{} for _ in range(clients)]
+    failures: list[str] = []
     gate = threading.Barrier(clients)
 
     def client(i: int) -> None:
         gate.wait()
-        results[i] = stream_completion(port, {"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": tokens, "temperature": 0})
+        try:
+            results[i] = stream_completion(port, {"prompt": prompts[i % len(prompts)], "max_tokens": tokens, "temperature": 0})
+        except (JaneLMError, OSError, http.client.HTTPException) as e:  # one line for the benchmark, not a thread's traceback
+            failures.append(str(e) or type(e).__name__)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    if any(not r for r in results):
-        raise JaneLMError("a client failed: see the server's notes above")
+    if failures or any(not r for r in results):
+        raise JaneLMError(f"a client failed: {failures[0] if failures else 'no answer'}")
     elapsed = max(r["end"] for r in results) - min(r["start"] for r in results)
     ttfts = sorted(r["ttft_s"] for r in results)
     return {"clients": clients, "tokens": sum(r["tokens"] for r in results), "seconds": elapsed,
@@ -96,13 +101,14 @@ def concurrent_streams(port: int, clients: int, tokens: int) -> dict[str, Any]:
             "ttft_p50_s": percentile(ttfts, 50), "ttft_p95_s": percentile(ttfts, 95)}
 
 
-def paired_rounds(port: int, tokens: int, decode: Callable[[], float], rounds: int = 3) -> list[dict[str, Any]]:
-    """`rounds` times: one stream of `tokens` tokens, then `decode()` (tokens/s) right after it. The
-    machine's speed moves by a third from one second to the next, so a stream and a decode timed
-    apart measure two machines; side by side, their ratio stands."""
+def paired_rounds(port: int, tokens: int, decode: Callable[[], float], prompt: list[int], rounds: int = 5) -> list[dict[str, Any]]:
+    """`rounds` times: one stream of `tokens` tokens from `prompt` (token ids: the decode's own, so
+    both do the same work), then `decode()` (tokens/s) right after it. The machine's speed moves by
+    a third from one second to the next, so a stream and a decode timed apart measure two machines;
+    side by side, their ratio stands."""
     out = []
     for _ in range(max(1, rounds)):
-        stream = concurrent_streams(port, 1, tokens)
+        stream = concurrent_streams(port, 1, tokens, [prompt])
         out.append({"stream": stream, "decode": decode()})
         time.sleep(0.3)  # this process's idle compute threads spin a while before they sleep: not beside a stream
     return out
@@ -112,3 +118,54 @@ def percentile(sorted_values: list[float], p: float) -> float:
     """Nearest rank: the smallest value with at least p% of the values at or below it."""
     rank = max(1, -(-len(sorted_values) * p // 100))
     return sorted_values[int(rank) - 1]
+
+
+def measure_serving(checkpoint, clients: int, tokens: int, dtype: str, flags: list[str]) -> dict[str, Any]:
+    """`janelm serve -c checkpoint FLAGS` measured: one stream from token 0, five times, each beside
+    `bench sample`'s decode of the same tokens in this process (paired_rounds), then `clients`
+    streams of Austen's openings at once; `tokens` tokens each."""
+    import torch
+
+    from janelm.checkpoint import load_model
+    from janelm.console import note
+    from janelm.device import pick_device, pick_weight_dtype
+    from janelm.speed import timed_generation
+
+    device = pick_device("auto")
+    model, tokenizer, _ = load_model(checkpoint, device, pick_weight_dtype(dtype, device))
+    # The openings as token ids, each cut to half the context: any model takes them.
+    openings = [ids[: max(1, model.config.context // 2)] for ids in encodable(tokenizer, PROMPTS)] or [[0]]
+
+    @torch.inference_mode()
+    def decode() -> float:  # as bench sample decodes: from token 0, the compiled step where it is cached
+        return timed_generation(model, [0], tokens, True, None)
+
+    with server_process(["-c", str(checkpoint), "--max-rows", str(max(16, clients)), *flags]) as (port, _):
+        concurrent_streams(port, 1, 8, openings)  # warm-ups: the first request, and the first decode, pay for lazy set-up
+        decode()
+        note(f"bench serve: one stream beside bench sample's decode (5 rounds), then {clients} streams at once, "
+             f"{tokens} tokens each")
+        rounds = paired_rounds(port, tokens, decode, prompt=[0])  # the same tokens as the decode
+        together = concurrent_streams(port, clients, tokens, openings)
+    alone = max((r["stream"] for r in rounds), key=lambda r: r["tokens_per_s"])  # best of the rounds, as the decode
+    shares = sorted(r["stream"]["tokens_per_s"] / r["decode"] for r in rounds)
+    return {"clients": clients, "tokens": tokens, "one_stream_tokens_per_s": alone["tokens_per_s"],
+            "aggregate_tokens_per_s": together["tokens_per_s"],
+            "aggregate_vs_one_stream": together["tokens_per_s"] / alone["tokens_per_s"],
+            "ttft_p50_s": together["ttft_p50_s"], "ttft_p95_s": together["ttft_p95_s"],
+            "one_stream_ttft_s": alone["ttft_p50_s"], "sample_decode_tokens_per_s": max(r["decode"] for r in rounds),
+            "one_stream_vs_sample_decode": shares[len(shares) // 2],
+            "rounds": [{"one_stream_tokens_per_s": r["stream"]["tokens_per_s"], "sample_decode_tokens_per_s": r["decode"]}
+                       for r in rounds]}
+
+
+def encodable(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """The texts' token ids, leaving out any the tokenizer cannot encode (a character vocabulary
+    without curly quotes)."""
+    out = []
+    for text in texts:
+        try:
+            out.append(tokenizer.encode(text))
+        except InputError:
+            continue
+    return out
