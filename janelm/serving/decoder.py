@@ -132,8 +132,8 @@ class DecoderProcess:
 
 class Outbox:
     """Events waiting to go to the HTTP process, one per job: a job's events since the last
-    message merge into one (its text joined, its last count and finish). `due` says when to send:
-    a job's first text (time to first token) and every finish at once, the rest once
+    message merge into one (its text joined, its last count and finish). `take` gives them when
+    due: at once for a job's first text (time to first token) and every finish, else once
     `interval` seconds have passed since the last message."""
 
     def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic):
