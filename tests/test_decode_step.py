@@ -15,6 +15,7 @@ import torch
 import janelm.decode_step as decode_step
 from janelm.config import ModelConfig, SamplingOptions
 from janelm.decode_step import CachedCompiledStep, decode_step_for
+from janelm.device import cpu_has_native_bf16
 from janelm.generate import generate_tokens
 from janelm.model import GPT
 from janelm.quantize import inference_weights
@@ -205,3 +206,28 @@ def test_a_step_compiled_for_any_batch_serves_every_size_up_to_its_own(model, tm
         assert decode_step.step_key(fresh, 4, any_batch=True) != key
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="bf16 batch products are taken only where bf16 is native")
+def test_a_bf16_models_batch_step_multiplies_in_bf16_as_its_lone_rows_do(tmp_path, monkeypatch):
+    """With bf16 matrices (native), a batch step's products stay in bf16, the lone kernel's rounding,
+    and its logits are the eager step's to rounding."""
+    monkeypatch.setenv("JANELM_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    gpt = GPT(ModelConfig(vocab_size=40, context=16, n_block=2, n_embed=32, n_head=4)).eval()
+    bf16 = inference_weights(copy.deepcopy(gpt), "cpu", torch.bfloat16)  # in place: each format its own copy
+
+    def product_dtypes(layer) -> set:  # what the matrix products of `layer` take, for any number of rows
+        rows = {0: torch.export.Dim("rows", min=2, max=4)}
+        graph = torch.export.export(layer, (torch.randn(3, 32),), dynamic_shapes=(rows,), strict=False).graph
+        return {n.args[0].meta["val"].dtype for n in graph.nodes if n.target is torch.ops.aten.mm.default}
+
+    assert product_dtypes(bf16.blocks[0].attn.qkv) == {torch.bfloat16}
+    float16 = inference_weights(copy.deepcopy(gpt), "cpu", torch.float16)
+    assert product_dtypes(float16.blocks[0].attn.qkv) == {torch.float32}  # no float16 arithmetic: through float32
+    step = decode_step.cpu_compiled_step(bf16, 4, compile=True, any_batch=True)
+    cache = bf16.new_cache(4)
+    with torch.inference_mode():
+        token, position = torch.randint(0, 40, (3, 1)), torch.tensor([3, 9, 0])
+        expected = bf16.decode_step(token, position, cache.rows(0, 3))
+        torch.testing.assert_close(step(token, position, cache.rows(0, 3)), expected, atol=5e-2, rtol=5e-2)
