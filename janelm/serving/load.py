@@ -120,7 +120,7 @@ def percentile(sorted_values: list[float], p: float) -> float:
     return sorted_values[int(rank) - 1]
 
 
-def measure_serving(checkpoint, clients: int, tokens: int, dtype: str, flags: list[str]) -> dict[str, Any]:
+def measure_serving(checkpoint: str | os.PathLike, clients: int, tokens: int, dtype: str, flags: list[str]) -> dict[str, Any]:
     """`janelm serve -c checkpoint FLAGS` measured: one stream from token 0, five times, each beside
     `bench sample`'s decode of the same tokens in this process (paired_rounds), then `clients`
     streams of Austen's openings at once; `tokens` tokens each."""
