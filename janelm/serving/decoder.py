@@ -38,7 +38,7 @@ class DecoderProcess:
     the HTTP process imports its web stack (~0.3 s) while the child imports PyTorch."""
 
     def __init__(self, load: dict[str, Any], max_rows: int, max_waiting: int, compile: bool | None, threads: int,
-                 stream_interval: float = 0.0):
+                 stream_interval: float):
         spawn = multiprocessing.get_context("spawn")  # not fork: PyTorch's thread pools do not survive one
         parent, child = spawn.Pipe()
         self.conn, self.max_rows, self.max_waiting = parent, max_rows, max_waiting
@@ -139,7 +139,7 @@ class Outbox:
     def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic):
         self.interval, self.clock, self.lock = interval, clock, threading.Lock()
         self.events: dict[int, Event] = {}
-        self.started: set[int] = set()  # jobs whose first event was sent
+        self.started: set[int] = set()  # jobs that have had their first event (sent at once) and no finish yet
         self.urgent, self.last = False, 0.0
 
     def add(self, i: int, event: Event) -> None:
@@ -164,7 +164,7 @@ class Outbox:
 
 
 def decode_in_child(conn, load: dict[str, Any], max_rows: int, max_waiting: int, compile: bool | None, threads: int,
-                    stream_interval: float = 0.0) -> None:
+                    stream_interval: float) -> None:
     """The decoding process: load the model, report ready, then run the Batcher on this (main)
     thread while a second thread takes the HTTP process's messages."""
     for sig in (signal.SIGINT, signal.SIGTERM):  # the HTTP process decides when to stop (a terminal's Ctrl-C reaches both)
