@@ -133,7 +133,7 @@ def add_decoding_flags(p: argparse.ArgumentParser) -> None:
                    help="compile the decoding step (serve: a lone text's and the batches'). On the CPU it is compiled once per model (about 30 s on 2 cores) and kept "
                         "in ~/.cache/janelm ($JANELM_CACHE), and later runs use it without the flag; --no-compile never "
                         "does. On a GPU it is compiled in every run (default: on the CPU, a cached step if there is one, "
-                        f"and compiled for -n {AUTO_COMPILE_TOKENS:,} or more; on a GPU, off)")
+                        f"and compiled for -n {AUTO_COMPILE_TOKENS:,} or more; serve compiles at its first start; on a GPU, off)")
     p.add_argument("--quantize", choices=QUANTIZE, default=None,
                    help="store the weight matrices as int8 for generation: fewer bytes per token, slightly different outputs (default: off)")
 

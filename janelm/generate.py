@@ -59,13 +59,13 @@ def draw(probs: torch.Tensor, rng: torch.Generator | None) -> torch.Tensor:
     return torch.multinomial(probs, 1, generator=rng).squeeze(1)
 
 
-def prefill(model, window: torch.Tensor, cache) -> torch.Tensor:
+def prefill(model, window: torch.Tensor, cache, lengths: torch.Tensor | None = None) -> torch.Tensor:
     """Logits (B, V) after the window (B, T), processed in one pass from the start of `cache`
-    (None: no cache)."""
+    (None: no cache); with `lengths` (B,), after each row's first lengths[b] tokens (the rest pad)."""
     if cache is None:
-        return model(window, last_only=True)[0][:, -1]
+        return model(window, last_only=True, lengths=lengths)[0][:, -1]
     cache.reset()
-    return model(window, cache=cache, last_only=True)[0][:, -1]
+    return model(window, cache=cache, last_only=True, lengths=lengths)[0][:, -1]
 
 
 def slid(window: torch.Tensor, context: int) -> torch.Tensor | None:

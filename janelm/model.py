@@ -295,11 +295,14 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         cache: KVCache | None = None,
         last_only: bool = False,
+        lengths: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits for each position of idx (B, T); with targets, also the mean cross-entropy loss.
 
         With a cache, idx continues the cached positions and the cache is extended. `last_only`
-        computes logits for the final position only (all generation needs).
+        computes logits for the final position only (all generation needs); with `lengths` (B,), for
+        each row's position lengths[b] - 1 instead: rows of different lengths padded at the end, whose
+        padding no earlier position sees (attention is causal).
         """
         B, T = idx.shape
         start = cache.length if cache is not None else 0
@@ -316,7 +319,7 @@ class GPT(nn.Module):
             cache.length += T
         x = self.norm(x)
         if last_only:
-            x = x[:, -1:, :]
+            x = x[:, -1:, :] if lengths is None else x[torch.arange(B, device=x.device), lengths - 1][:, None]
         logits = self.head(x)
         loss = None
         if targets is not None:

@@ -76,6 +76,55 @@ def test_rows_in_a_batch_give_their_lone_texts(parts, compile):
         batcher.join(10)
 
 
+def test_rows_joining_together_prefill_in_one_pass(parts, monkeypatch):
+    """Jobs that join in one turn have their prompts processed in one padded pass (lengths 1 to 13;
+    one slides past the context later), and each text is still its lone run's; a job joining alone
+    is processed alone, as sample does."""
+    import janelm.serving.batcher as batching
+
+    model, tokenizer = parts
+    windows, prefill = [], batching.prefill
+
+    def recording(model, window, cache, lengths=None):
+        windows.append(tuple(window.shape) if lengths is None else (tuple(window.shape), tuple(lengths.tolist())))
+        return prefill(model, window, cache, lengths)
+
+    monkeypatch.setattr(batching, "prefill", recording)
+    batcher = Batcher(model, tokenizer, max_rows=4, max_waiting=4)  # not started: the jobs wait together
+    specs = [([1], 30, GREEDY, 0), (list(range(7, 20)), 12, SAMPLED, 2), ([4, 4], 23, GREEDY, 0), ([5, 6, 7], 9, SAMPLED, 1)]
+    collectors = [Collector() for _ in specs]
+    batcher.submit([Job(prompt, n, opts, seed, [], c) for (prompt, n, opts, seed), c in zip(specs, collectors)])
+    assert batcher.load()["compiled"] is False  # eager steps: nothing was compiled or cached for this model
+    batcher.start()
+    try:
+        for (prompt, n, opts, seed), c in zip(specs, collectors):
+            assert c.text() == lone_text(model, tokenizer, prompt, n, opts, seed)
+        assert windows[0] == ((4, 13), (13, 3, 2, 1))  # longest first, each padded to 13 tokens
+        assert all(w == (1, 8) for w in windows[1:])  # the slides of the 30-token text: alone
+        alone = Collector()
+        batcher.submit([Job([2, 3], 5, GREEDY, 0, [], alone)])
+        assert alone.text() == lone_text(model, tokenizer, [2, 3], 5, GREEDY, 0) and windows[-1] == (1, 2)
+    finally:
+        batcher.close(0)
+        batcher.join(10)
+
+
+def test_prefill_groups_bound_the_padding():
+    """Windows go longest first into groups whose padding stays within a quarter of their real
+    tokens; windows of up to 32 tokens all share one pass; every window is in exactly one group."""
+    from janelm.serving.batcher import prefill_groups
+
+    assert prefill_groups([]) == []
+    assert prefill_groups([12, 30, 1, 8]) == [[1, 0, 3, 2]]
+    # 200, 190, 180 together; 40 beside them would pad 160 tokens, and 10 beside 40 pad 30.
+    assert prefill_groups([200, 10, 190, 180, 40, 1]) == [[0, 2, 3], [4], [1, 5]]
+    lengths = [256, 3, 100, 120, 64, 7, 250, 33, 240]
+    for group in prefill_groups(lengths):
+        longest = max(lengths[i] for i in group)
+        assert longest <= 32 or 4 * longest * len(group) <= 5 * sum(lengths[i] for i in group)
+    assert sorted(i for g in prefill_groups(lengths) for i in g) == list(range(len(lengths)))
+
+
 def test_stop_cancel_limits_and_close(parts):
     model, tokenizer = parts
     batcher = Batcher(model, tokenizer, max_rows=1, max_waiting=1).start()

@@ -1,10 +1,10 @@
 """The batcher: one thread decodes every request's text as a row of one batch.
 
-Rows join between steps (their prompt is processed alone into a free row of the shared cache) and
-leave when done, stopped or abandoned, so a request never waits for another to finish. Each row
-keeps its own position, window, sampling options, generator and stop strings; one decode step
-serves all rows at once (`GPT.decode_step` takes a position per row), which reads the weights
-once for all of them.
+Rows join between steps (their prompts processed into free rows of the shared cache: together,
+padded, when several arrive at once) and leave when done, stopped or abandoned, so a request never
+waits for another to finish. Each row keeps its own position, window, sampling options, generator
+and stop strings; one decode step serves all rows at once (`GPT.decode_step` takes a position per
+row), which reads the weights once for all of them.
 
 A row alone runs exactly as `janelm sample` does (`janelm.generate.generate_tokens`): the same
 prefill, the same step (the compiled one where it is cached), the same slide past the context and
@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -102,9 +102,12 @@ class Batcher:
         if self.thread is not None:
             self.thread.join(timeout)
 
-    def load(self) -> dict[str, int]:
+    def load(self) -> dict[str, Any]:
+        """What /health reports: rows in use and waiting, steps taken and the rows they served, and
+        whether every step is compiled (batches' too, where there are any)."""
+        compiled = self.lone_step != self.model.decode_step and (self.batch_step is not None or self.max_rows < 2)
         return {"rows": len(self.rows), "waiting": len(self.waiting), "max_rows": self.max_rows,
-                "steps": self.steps, "stepped_rows": self.stepped_rows}
+                "steps": self.steps, "stepped_rows": self.stepped_rows, "compiled": compiled}
 
     # The decoding thread.
 
@@ -113,8 +116,7 @@ class Batcher:
         with torch.inference_mode():
             while (joining := self._next_jobs()) is not None:
                 try:
-                    for job in joining:
-                        self._join(job)
+                    self._join(joining)
                     if self.rows:
                         self._advance()
                 except Exception as e:  # noqa: BLE001 - a failure ends the rows in flight, never the server
@@ -150,21 +152,38 @@ class Batcher:
                 joining.append(self.waiting.popleft())
         return joining
 
-    def _join(self, job: Job) -> None:
-        if job.max_tokens == 0:
-            job.deliver(Event(finish="length"))
-            return
-        window = torch.tensor(list(job.prompt)[-self.context :], device=self.device)[None]
-        row = _Row(job, window, torch.Generator(self.device).manual_seed(job.seed),
-                   StreamDecoder(self.tokenizer), StopFilter(job.stops))
-        self.rows.append(row)
-        self._prefill(len(self.rows) - 1)
+    def _join(self, jobs: list[Job]) -> None:
+        """Rows for the jobs, their prompts processed into the cache: a job joining alone as a lone
+        sample would, several at once in padded passes of like lengths (`prefill_groups`)."""
+        new = []
+        for job in jobs:
+            if job.max_tokens == 0:
+                job.deliver(Event(finish="length"))
+                continue
+            window = torch.tensor(list(job.prompt)[-self.context :], device=self.device)[None]
+            new.append(_Row(job, window, torch.Generator(self.device).manual_seed(job.seed),
+                            StreamDecoder(self.tokenizer), StopFilter(job.stops)))
+        for group in prefill_groups([row.window.size(1) for row in new]):
+            self.rows.extend(new[j] for j in group)
+            self._prefill(len(self.rows) - len(group), len(group))
 
-    def _prefill(self, i: int) -> None:
-        """Process row i's window alone into its row of the cache, as a lone sample would."""
-        row, view = self.rows[i], self.cache.rows(i, i + 1)
-        row.logits = prefill(self.model, row.window, view)
-        row.position = view.length
+    def _prefill(self, first: int, count: int = 1) -> None:
+        """Process the windows of rows first..first+count-1 into their rows of the cache: one row
+        alone exactly as a lone sample would; several in one pass, each padded to the longest (its
+        padding is written past the row's position, where no step reads before overwriting it)."""
+        rows, view = self.rows[first : first + count], self.cache.rows(first, first + count)
+        if count == 1:
+            rows[0].logits = prefill(self.model, rows[0].window, view)
+        else:
+            lengths = [row.window.size(1) for row in rows]
+            window = torch.zeros(count, max(lengths), dtype=torch.long, device=self.device)
+            for j, row in enumerate(rows):
+                window[j, : lengths[j]] = row.window[0]
+            logits = prefill(self.model, window, view, torch.tensor(lengths, device=self.device))
+            for j, row in enumerate(rows):
+                row.logits = logits[j : j + 1]
+        for row in rows:
+            row.position = row.window.size(1)
 
     def _drop(self, gone: list[int]) -> None:
         """Free rows (highest first), moving the last row into each gap so rows stay 0..n-1."""
@@ -254,3 +273,21 @@ class Batcher:
         for row, token in zip(rows, picked):
             row.last = token
         return torch.cat(picked).tolist()
+
+
+def prefill_groups(lengths: Sequence[int], short: int = 32) -> list[list[int]]:
+    """Indices of windows of these lengths, grouped for padded prefill passes: longest first, a
+    window joining the last group while the group's padding stays within a quarter of its real
+    tokens (a pass costs its tokens, padding too), or while the group's longest is `short` tokens
+    at most (a pass over so few costs its operations, not its tokens: 16 openings of 8-15 tokens in
+    one pass, 50-65 ms against 150-194 ms for 16 passes on 2 cores)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        group = groups[-1] if groups else None
+        if group and (lengths[group[0]] <= short
+                      or 4 * lengths[group[0]] * (len(group) + 1) <= 5 * (sum(lengths[j] for j in group) + lengths[i])):
+            group.append(i)
+        else:
+            groups.append([i])
+    return groups

@@ -64,7 +64,7 @@ class DecoderProcess:
             if kind == "failed":  # the child's error, as the CLI would have said it
                 raise (InputError if info[1] else JaneLMError)(info[0])
             raise JaneLMError(f"{STOPPED} while loading the model (exit code {self.process.exitcode})")
-        self.tokenizer, self.context = tokenizer_from_dict(info[0]), info[1]
+        self.tokenizer, self.context, self.stats = tokenizer_from_dict(info[0]), info[1], info[2]
 
     def _receive(self) -> tuple:
         try:
@@ -98,7 +98,7 @@ class DecoderProcess:
                 self.deadline = time.monotonic() + grace
                 self._send(("close", grace))
 
-    def load(self) -> dict[str, int]:
+    def load(self) -> dict[str, Any]:
         return dict(self.stats)
 
     def run(self) -> None:
@@ -181,6 +181,10 @@ def decode_in_child(conn, load: dict[str, Any], max_rows: int, max_waiting: int,
 
         device = pick_device(load["device"])
         model, tokenizer, _ = load_model(load["checkpoint"], device, pick_weight_dtype(load["dtype"], device), load["quantize"])
+        if compile is None and device.type == "cpu":
+            # A server is long-lived: its steps compile at its first start, once (kept in the cache,
+            # found by later starts), where sample compiles only for outputs long enough to repay it.
+            compile = True
         outbox, sent = Outbox(stream_interval), [{}]
 
         def flush(batcher: Batcher, force: bool = False) -> None:
@@ -200,7 +204,7 @@ def decode_in_child(conn, load: dict[str, Any], max_rows: int, max_waiting: int,
     except Exception as e:  # noqa: BLE001 - one line in the HTTP process, never a traceback here
         conn.send(("failed", f"the decoding process could not load the model ({first_line(e, 200)})", False))
         return
-    conn.send(("ready", tokenizer.to_dict(), model.config.context))
+    conn.send(("ready", tokenizer.to_dict(), model.config.context, batcher.load()))
     jobs: dict[int, Job] = {}
 
     def deliverer(i: int):
