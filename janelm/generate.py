@@ -68,9 +68,11 @@ def prefill(model, window: torch.Tensor, cache, lengths: torch.Tensor | None = N
     return model(window, cache=cache, last_only=True, lengths=lengths)[0][:, -1]
 
 
-def slid(window: torch.Tensor, context: int) -> torch.Tensor | None:
-    """The window to process again once it has outgrown the context: its last half (so sliding
-    costs one pass every context / 2 tokens); None while it fits."""
+def slid(window: torch.Tensor | list[int], context: int) -> torch.Tensor | list[int] | None:
+    """The window (1, T), or a list of its ids, to process again once it has outgrown the context:
+    its last half (so sliding costs one pass every context / 2 tokens); None while it fits."""
+    if isinstance(window, list):
+        return window[-(context // 2) :] if len(window) > context else None
     return window[:, -(context // 2) :] if window.size(1) > context else None
 
 
