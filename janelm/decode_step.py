@@ -34,6 +34,7 @@ import torch
 from janelm import __version__
 from janelm.config import AUTO_COMPILE_TOKENS
 from janelm.console import note
+from janelm.device import use_compiler_cache
 from janelm.errors import first_line
 from janelm.files import WRITE_FAILURES, WriteFailure, atomic_write_text, cache_home
 
@@ -99,6 +100,7 @@ def compiled_decode_step(model) -> Callable:
     on an H100, where torch.compile's own "reduce-overhead" graphs gave 575."""
     step = getattr(model, "_compiled_decode_step", None)
     if step is None:
+        use_compiler_cache()
         step = torch.compile(model.decode_step, dynamic=False, fullgraph=True, options=INFERENCE_COMPILE_OPTIONS)
         model._compiled_decode_step = step
     return step
@@ -188,6 +190,7 @@ def compile_ahead(model, batch_size: int, path: Path, any_batch: bool = False) -
     temporary name and renamed, so a reader never sees half a file."""
     import torch._inductor as inductor  # imported only to compile: ~3 s
 
+    use_compiler_cache()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     cache = model.new_cache(batch_size)
     inputs = (torch.zeros(batch_size, 1, dtype=torch.long), torch.zeros(batch_size, dtype=torch.long), cache.slots,

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from janelm.config import ModelConfig, SamplingOptions, TrainConfig
-from janelm.device import peak_matmul_flops, pick_device, pick_dtype, synchronize
+from janelm.device import peak_matmul_flops, pick_device, pick_dtype, synchronize, use_compiler_cache
 from janelm.decode_step import INFERENCE_COMPILE_OPTIONS, cpu_compiled_step
 from janelm.generate import generate_tokens
 
@@ -96,6 +96,8 @@ def measure_sampling(model, dtype: torch.dtype | None = None, new_tokens: int = 
     synchronize(device)
     prefill = repeats * context / (time.perf_counter() - start)
 
+    if compile:
+        use_compiler_cache()
     cacheless = torch.compile(model, dynamic=True, options=INFERENCE_COMPILE_OPTIONS) if compile else model  # acts as the model
     timed_generation(cacheless, prompt, min(32, new_tokens), False)  # warm-up (and compilation)
     recompute = max(timed_generation(cacheless, prompt, new_tokens, False) for _ in range(max(1, repeats - 1)))

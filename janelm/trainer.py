@@ -24,10 +24,10 @@ from janelm.checkpoint import BEST, LAST, build_model, checkpoint_tokenizer, sav
 from janelm.config import ModelConfig, TrainConfig
 from janelm.console import note
 from janelm.data import BatchSampler, Corpus, Mix, tokenizer_fingerprint
-from janelm.device import autocast, keep_freed_memory, peak_matmul_flops, pick_device, pick_dtype
+from janelm.device import autocast, keep_freed_memory, peak_matmul_flops, pick_device, pick_dtype, use_compiler_cache
 from janelm.distributed import Distributed
 from janelm.errors import InputError, Interrupted, JaneLMError, first_line
-from janelm.files import cache_home, reporting_write_failures
+from janelm.files import reporting_write_failures
 from janelm.metrics_log import METRICS_FILE, MetricsLog
 from janelm.model import GPT
 from janelm.optim import make_optimizer
@@ -139,9 +139,7 @@ class Trainer:
         self.step_model = self.eager_model = self.dist.wrap(self.model)
         self.compile_pending = cfg.compile  # compiling happens in the first step, which may fail
         if cfg.compile:
-            # The compiler's own cache, kept with JaneLM's: a later run compiles in seconds (6.6 s
-            # against 29 s for the 3 × 384 step on 2 cores), where /tmp may be emptied at boot.
-            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_home() / "inductor"))
+            use_compiler_cache()
             # On one GPU, CUDA graphs replay each step's hundreds of kernel launches at once: the
             # seed preset's step went from 15.5 to 12.4 ms on an H100, where launches, not maths,
             # set the pace. DDP's all-reduce hooks do not go into a graph, so several processes use

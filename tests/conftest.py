@@ -25,6 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 # never the user's cache: shared by the tests, so each model and batch size compiles once.
 DECODE_CACHE = tempfile.TemporaryDirectory(prefix="janelm-test-cache-")
 os.environ["JANELM_CACHE"] = DECODE_CACHE.name
+# torch.compile's own cache: one folder for every worker of the suite (they run on one instruction
+# set), as PyTorch's default is, not one per worker (janelm.device.use_compiler_cache).
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), "janelm-tests-inductor"))
 
 WORDS = ("the a an her his their young lady gentleman sister mother house garden letter ball evening "
          "morning visit walk conversation fortune marriage regard opinion feeling heart manner "
