@@ -171,17 +171,15 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
 
 
 def use_compiler_cache() -> None:
-    """Point torch.compile's own cache (Inductor's) at JaneLM's cache folder, a folder per CPU
-    instruction set, unless TORCHINDUCTOR_CACHE_DIR says where. Kept with JaneLM's, a later run
-    compiles in seconds (6.6 s against 29 s for the 3 × 384 training step on 2 cores), where /tmp
-    may be emptied at boot. Per instruction set, because Inductor's cache key leaves out the one
-    ATen runs at (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS): on one
-    machine, a training step compiled natively and found again under the AVX2 caps gave NaN losses
-    from its second step, and nanoGPT's the other way round corrupted the heap (docs/speed.md)."""
+    """Give torch.compile's own cache (Inductor's) a folder per CPU instruction set, inside
+    PyTorch's default one (in the temporary folder: a compiled decode step's entry holds its
+    weights, ~28 MB a model), unless TORCHINDUCTOR_CACHE_DIR says where. Inductor's cache key
+    leaves out the instruction set ATen runs at (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA,
+    MKL_ENABLE_INSTRUCTIONS): on one machine, a training step compiled natively and found again
+    under the AVX2 caps gave NaN losses from its second step, and nanoGPT's the other way round
+    corrupted the heap (docs/speed.md)."""
     import torch
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir  # imported to compile anyway
-
-    from janelm.files import cache_home
 
     # PyTorch writes its default into the variable once it has looked (importing the compiler does):
     # that one is not the user's choice.
@@ -189,7 +187,7 @@ def use_compiler_cache() -> None:
         return
     caps = [torch.backends.cpu.get_cpu_capability()]
     caps += [os.environ[name] for name in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS") if os.environ.get(name)]
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_home() / "inductor" / "-".join(caps).lower())
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(default_cache_dir(), "-".join(caps).lower())
 
 
 def keep_freed_memory() -> None:
