@@ -78,6 +78,7 @@ class Batcher:
                                          1, compile, cuda_graphs=False)
         # A batch's: on a CPU, one compiled for any number of rows, cached or compiled as the lone one.
         self.batch_step = batch_step_for(model, max_rows, compile)  # None: eager
+        self.compiled = self.lone_step != model.decode_step and (self.batch_step is not None or max_rows < 2)
         self.thread: threading.Thread | None = None
 
     def start(self) -> "Batcher":
@@ -111,9 +112,8 @@ class Batcher:
     def load(self) -> dict[str, Any]:
         """What /health reports: rows in use and waiting, steps taken and the rows they served, and
         whether every step is compiled (batches' too, where there are any)."""
-        compiled = self.lone_step != self.model.decode_step and (self.batch_step is not None or self.max_rows < 2)
         return {"rows": len(self.rows), "waiting": len(self.waiting), "max_rows": self.max_rows,
-                "steps": self.steps, "stepped_rows": self.stepped_rows, "compiled": compiled}
+                "steps": self.steps, "stepped_rows": self.stepped_rows, "compiled": self.compiled}
 
     # The decoding thread.
 
