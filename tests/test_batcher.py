@@ -109,6 +109,35 @@ def test_rows_joining_together_prefill_in_one_pass(parts, monkeypatch):
         batcher.join(10)
 
 
+def test_a_requests_choices_share_one_prefill(parts, monkeypatch):
+    """Jobs with the same window (a request's n choices, each its own seed) are processed once, the
+    others' cache rows copied: three choices and another prompt take one pass of two rows, and
+    every text is its lone run's."""
+    import janelm.serving.batcher as batching
+
+    model, tokenizer = parts
+    windows, prefill = [], batching.prefill
+
+    def recording(model, window, cache, lengths=None):
+        windows.append(tuple(window.shape))
+        return prefill(model, window, cache, lengths)
+
+    monkeypatch.setattr(batching, "prefill", recording)
+    batcher = Batcher(model, tokenizer, max_rows=4, max_waiting=4)
+    specs = [([3, 1, 4], 20, SAMPLED, 7), ([3, 1, 4], 20, SAMPLED, 8), ([2, 7], 15, GREEDY, 0), ([3, 1, 4], 20, SAMPLED, 9)]
+    collectors = [Collector() for _ in specs]
+    batcher.submit([Job(prompt, n, opts, seed, [], c) for (prompt, n, opts, seed), c in zip(specs, collectors)])
+    batcher.start()
+    try:
+        for (prompt, n, opts, seed), c in zip(specs, collectors):
+            assert c.text() == lone_text(model, tokenizer, prompt, n, opts, seed)
+        assert windows[0] == (2, 3) and all(w == (1, 8) for w in windows[1:])  # then slides past the context
+        assert len({c.text() for c in collectors[:2] + collectors[3:]}) > 1  # three seeds, three texts
+    finally:
+        batcher.close(0)
+        batcher.join(10)
+
+
 def test_prefill_groups_bound_the_padding():
     """Windows go longest first into groups whose padding stays within a quarter of their real
     tokens; windows of up to 32 tokens all share one pass; every window is in exactly one group."""

@@ -160,17 +160,26 @@ class Batcher:
 
     def _join(self, jobs: list[Job]) -> None:
         """Rows for the jobs, their prompts processed into the cache: a job joining alone as a lone
-        sample would, several at once in padded passes of like lengths (`prefill_groups`)."""
-        new = []
+        sample would, several at once in padded passes of like lengths (`prefill_groups`), and a
+        window that another joining job has too (a request's `n` choices) once, its cache row copied."""
+        firsts: dict[tuple[int, ...], _Row] = {}  # each window's first row
+        twins: list[tuple[_Row, _Row]] = []  # (row, the first row of its window)
         for job in jobs:
             if job.max_tokens == 0:
                 job.deliver(Event(finish="length"))
                 continue
-            new.append(_Row(job, list(job.prompt)[-self.context :], torch.Generator(self.device).manual_seed(job.seed),
-                            StreamDecoder(self.tokenizer), StopFilter(job.stops)))
+            row = _Row(job, list(job.prompt)[-self.context :], torch.Generator(self.device).manual_seed(job.seed),
+                       StreamDecoder(self.tokenizer), StopFilter(job.stops))
+            if (first := firsts.setdefault(tuple(row.tokens), row)) is not row:
+                twins.append((row, first))
+        new = list(firsts.values())
         for group in prefill_groups([len(row.tokens) for row in new]):
             self.rows.extend(new[j] for j in group)
             self._prefill(len(self.rows) - len(group), len(group))
+        for row, first in twins:
+            self._copy_cache_row(self.rows.index(first), len(self.rows))
+            row.logits, row.position = first.logits, first.position
+            self.rows.append(row)
 
     def _prefill(self, first: int, count: int = 1) -> None:
         """Process the windows of rows first..first+count-1 into their rows of the cache: one row
@@ -194,11 +203,14 @@ class Batcher:
         for i in sorted(gone, reverse=True):
             last = len(self.rows) - 1
             if i != last:
-                for tensors in (self.cache.keys, self.cache.values):
-                    for t in tensors:
-                        t[i].copy_(t[last])
+                self._copy_cache_row(last, i)
                 self.rows[i] = self.rows[last]
             self.rows.pop()
+
+    def _copy_cache_row(self, source: int, target: int) -> None:
+        for tensors in (self.cache.keys, self.cache.values):
+            for t in tensors:
+                t[target].copy_(t[source])
 
     def _advance(self) -> None:
         """Draw every row's next token, deliver its text, retire finished rows, and compute the
