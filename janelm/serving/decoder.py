@@ -54,7 +54,7 @@ class DecoderProcess:
         # signal's handler (close) runs on the main thread, possibly inside run's hold of it.
         self.lock = threading.RLock()
         self.deadline: float | None = None
-        self.stats = {"rows": 0, "waiting": 0, "max_rows": max_rows, "steps": 0, "stepped_rows": 0}
+        self.stats: dict[str, Any] = {}  # the decoder's Batcher.load(), sent with "ready" and every message
 
     def wait_ready(self) -> None:
         """Wait until the model is loaded; its tokenizer and context are then known."""
