@@ -12,12 +12,12 @@ import importlib
 import os
 import sys
 import traceback
-from dataclasses import fields
+from dataclasses import asdict, fields
 
 from janelm import __version__
 from janelm.config import (AUTO, AUTO_COMPILE_TOKENS, COMPUTE_TABLE, DEFAULT_BUDGET, DEFAULT_PRESET, DTYPES, MLPS, NORMS,
-                           OPTIMIZERS, POSITIONS, PRESET_CHOICES, PRESETS, PROBE_PRESET, STREAM_INTERVAL_S, PrepareDefaults,
-                           preset_configs)
+                           OPTIMIZERS, POSITIONS, PRESET_CHOICES, PRESETS, PROBE_PRESET, SAMPLE_DEFAULTS, STREAM_INTERVAL_S,
+                           PrepareDefaults, preset_configs)
 from janelm.errors import JaneLMError
 from janelm.mixing import SCHEDULE_HELP, extra_weight_arg
 
@@ -75,7 +75,6 @@ CHOICES = {"norm": NORMS, "mlp": MLPS, "position": POSITIONS, "optimizer": OPTIM
            "device": ("auto", "cpu", "cuda")}
 TYPES = {"extra_weight": extra_weight_arg}  # where a field's default's type is not the flag's
 QUANTIZE = ("int8",)
-SAMPLING_DEFAULTS = {"temperature": 0.8, "top_k": 0, "top_p": 0.95, "repetition_penalty": 1.0}
 
 
 class Parser(argparse.ArgumentParser):
@@ -114,7 +113,7 @@ def add_checkpoint_flag(p: argparse.ArgumentParser) -> None:
 
 
 def add_sampling_flags(p: argparse.ArgumentParser, seed: bool = True) -> None:
-    d = SAMPLING_DEFAULTS
+    d = asdict(SAMPLE_DEFAULTS)
     p.add_argument("--temperature", type=float, default=d["temperature"], help=f"sampling temperature; 0 is greedy (default: {d['temperature']})")
     p.add_argument("--top-k", type=int, default=d["top_k"], help=f"sample among the k most likely tokens; 0 is no limit (default: {d['top_k']})")
     p.add_argument("--top-p", type=float, default=d["top_p"], help=f"nucleus sampling: the smallest set of tokens with this much probability (default: {d['top_p']})")

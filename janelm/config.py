@@ -310,3 +310,7 @@ class SamplingOptions:
             raise InputError(f"--top-p must be in (0, 1], got {self.top_p}")
         if self.repetition_penalty <= 0:
             raise InputError(f"--repetition-penalty must be positive (1 means none), got {self.repetition_penalty}")
+
+
+# What sample, chat and serve draw with unless told otherwise (their flags' defaults).
+SAMPLE_DEFAULTS = SamplingOptions(temperature=0.8, top_k=0, top_p=0.95, repetition_penalty=1.0)

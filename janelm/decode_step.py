@@ -198,7 +198,8 @@ def compile_ahead(model, batch_size: int, path: Path, any_batch: bool = False) -
     context = model.config.context
     # The span varies from SPAN_STEP to the context (a context that short: one span, fixed).
     span = {0: torch.export.Dim("span", min=SPAN_STEP, max=context)} if context > SPAN_STEP else None
-    rows = {0: torch.export.Dim("rows", min=2, max=batch_size)} if any_batch else None
+    # Rows vary from 2 to batch_size (batches of at most 2 rows: always 2, fixed; a Dim needs min < max).
+    rows = {0: torch.export.Dim("rows", min=2, max=batch_size)} if any_batch and batch_size > 2 else None
     dynamic = (rows, rows, span, (rows,) * (len(inputs) - 3))  # the last: *keys_values
     temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp.pt2")  # AOTInductor wants the suffix
     temporary.touch()  # a folder that cannot be written fails now, in words, not after compiling

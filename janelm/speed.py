@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from janelm.config import ModelConfig, SamplingOptions, TrainConfig
+from janelm.config import SAMPLE_DEFAULTS, ModelConfig, SamplingOptions, TrainConfig
 from janelm.device import peak_matmul_flops, pick_device, pick_dtype, synchronize, use_compiler_cache
 from janelm.decode_step import INFERENCE_COMPILE_OPTIONS, cpu_compiled_step
 from janelm.generate import generate_tokens
@@ -25,11 +25,12 @@ PAIRED_FLOOR_S = 0.3  # each round's floor: about as long as its decode of 255 t
 
 
 def timed_generation(model, prompt: list[int], n: int, use_cache: bool, compile: bool | None = False,
-                     batch_size: int = 1, cuda_graphs: bool = True) -> float:
+                     batch_size: int = 1, cuda_graphs: bool = True, opts: SamplingOptions = GREEDY) -> float:
     """Tokens per second (all samples together) of generating `n` tokens for each of `batch_size`
-    samples (greedy, so every run does the same work)."""
+    samples (greedy by default; drawn with a fixed seed otherwise: every run does the same work)."""
+    rng = torch.Generator().manual_seed(0)
     start = time.perf_counter()
-    for _ in generate_tokens(model, prompt, n, GREEDY, use_cache=use_cache, compile=compile, batch_size=batch_size,
+    for _ in generate_tokens(model, prompt, n, opts, rng=rng, use_cache=use_cache, compile=compile, batch_size=batch_size,
                              cuda_graphs=cuda_graphs):
         pass
     synchronize(model.tok_embed.weight.device)
@@ -115,7 +116,7 @@ def measure_sampling(model, dtype: torch.dtype | None = None, new_tokens: int = 
 
     # The paths timed against the floor: sample's, and where it has one, the same steps uncompiled
     # (the first run, before the step is compiled; --no-compile) or, on a GPU, launched one by one.
-    paths = {"decode": {"compile": compiled}}
+    paths = {"decode": {"compile": compiled}, "drawn": {"compile": compiled, "opts": SAMPLE_DEFAULTS}}  # drawn: sample's default draw
     if device.type == "cuda" and not compile:
         paths["eager"] = {"compile": compiled, "cuda_graphs": False}
     elif device.type == "cpu" and compiled:
@@ -157,6 +158,8 @@ def measure_sampling(model, dtype: torch.dtype | None = None, new_tokens: int = 
         "floor_fraction": median(r["decode"] / r["floor"] for r in paired),
         "paired_format": paired_format,
         "paired_rounds": paired,
+        "drawn_decode_tokens_per_s": max(r["drawn"] for r in paired),
+        "drawn_vs_greedy": median(r["drawn"] / r["decode"] for r in paired),
         **eager,
         **({"eager_floor_fraction": median(r["eager"] / r["floor"] for r in paired)} if eager else {}),
         **batched,

@@ -132,6 +132,9 @@ def test_compiled_sampling_is_kept_for_later_runs(trained, tmp_path, monkeypatch
     assert result["eager_floor_fraction"] == pytest.approx(statistics.median(r["eager"] / r["floor"] for r in rounds))
     assert result["decode_tokens_per_s"] == max(r["decode"] for r in rounds)
     assert max(floors.values()) >= max(r["floor"] for r in rounds)
+    # Beside greedy decoding, the draw sample makes by default, in the same rounds.
+    assert result["drawn_decode_tokens_per_s"] == max(r["drawn"] for r in rounds) > 0
+    assert result["drawn_vs_greedy"] == pytest.approx(statistics.median(r["drawn"] / r["decode"] for r in rounds))
 
 
 def test_bench_sample_json_uncompiled_with_a_batch(trained):

@@ -208,6 +208,20 @@ def test_a_step_compiled_for_any_batch_serves_every_size_up_to_its_own(model, tm
         torch.set_num_threads(threads)
 
 
+def test_a_server_of_two_rows_compiles_its_batch_step(model, tmp_path, monkeypatch):
+    """`--max-rows 2`: batches are always 2 rows, so that step is compiled for 2 alone (a range of
+    2 to 2 rows made the compiler refuse, and batches decoded uncompiled)."""
+    monkeypatch.setenv("JANELM_CACHE", str(tmp_path))
+    fresh = copy.deepcopy(model)
+    step = decode_step.batch_step_for(fresh, 2, compile=True)
+    assert isinstance(step, CachedCompiledStep)
+    cache = fresh.new_cache(2)
+    token, position = torch.tensor([[5], [9]]), torch.tensor([0, 0])
+    with torch.inference_mode():
+        torch.testing.assert_close(step(token, position, cache.rows(0, 2)), fresh.decode_step(token, position, fresh.new_cache(2)),
+                                   atol=2e-2, rtol=2e-2)
+
+
 @pytest.mark.skipif(not cpu_has_native_bf16(), reason="bf16 batch products are taken only where bf16 is native")
 def test_a_bf16_models_batch_step_multiplies_in_bf16_as_its_lone_rows_do(tmp_path, monkeypatch):
     """With bf16 matrices (native), a batch step's products stay in bf16, the lone kernel's rounding,

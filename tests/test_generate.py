@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from janelm.config import ModelConfig, SamplingOptions
-from janelm.generate import StopFilter, StreamDecoder, filter_logits, generate_tokens, pick_next
+from janelm.generate import StopFilter, StreamDecoder, candidates, draw, generate_tokens, penalize, pick_next
 from janelm.errors import InputError
 from janelm.model import GPT
 from janelm.tokenizer import train_tokenizer
@@ -74,26 +74,68 @@ def test_batch_rows_are_independent_samples(model):
     assert len({tuple(r.tolist()) for r in rows}) > 1
 
 
+def kept_list(logits: torch.Tensor, opts: SamplingOptions) -> list[int]:
+    ids, _, last = candidates(logits, opts)
+    return ids[0, : int(last) + 1].tolist()
+
+
+def kept_ids(logits: torch.Tensor, opts: SamplingOptions) -> set[int]:
+    return set(kept_list(logits, opts))
+
+
 def test_top_k_keeps_ties_and_nothing_below():
     logits = torch.tensor([[1.0, 3.0, 3.0, 2.0, 3.0]])
-    out = filter_logits(logits, SamplingOptions(temperature=1.0, top_k=2))
-    assert torch.isfinite(out).tolist() == [[False, True, True, False, True]]  # all three tied at the top stay
-    out = filter_logits(logits, SamplingOptions(temperature=1.0, top_k=4))
-    assert torch.isfinite(out).sum() == 4
+    assert kept_ids(logits, SamplingOptions(temperature=1.0, top_k=2)) == {1, 2, 4}  # all three tied at the top stay
+    assert kept_ids(logits, SamplingOptions(temperature=1.0, top_k=4)) == {1, 2, 3, 4}
 
 
 def test_top_p_keeps_the_smallest_nucleus():
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
-    out = filter_logits(probs.log(), SamplingOptions(temperature=1.0, top_p=0.75))
-    assert torch.isfinite(out).tolist() == [[True, True, False, False]]
-    out = filter_logits(probs.log(), SamplingOptions(temperature=1.0, top_p=0.1))
-    assert torch.isfinite(out).tolist() == [[True, False, False, False]]
+    assert kept_ids(probs.log(), SamplingOptions(temperature=1.0, top_p=0.75)) == {0, 1}
+    assert kept_ids(probs.log(), SamplingOptions(temperature=1.0, top_p=0.1)) == {0}
+    # Within top-k's tokens: 0.3 of 0.95 is past 0.5 of the three's mass, so two stay.
+    assert kept_ids(probs.log(), SamplingOptions(temperature=1.0, top_k=3, top_p=0.55)) == {0, 1}
+    assert kept_ids(probs.log(), SamplingOptions(temperature=1.0, top_k=3, top_p=0.5)) == {0}
+
+
+@pytest.mark.parametrize("opts", [SamplingOptions(temperature=1.0), SamplingOptions(temperature=0.7),
+                                  SamplingOptions(temperature=1.0, top_k=3), SamplingOptions(temperature=1.0, top_p=0.8),
+                                  SamplingOptions(temperature=1.3, top_k=4, top_p=0.9)])
+def test_draws_follow_the_filtered_distribution(opts):
+    """Inverse-transform draws land on each candidate as often as its probability, renormalised
+    over the candidates, says; never elsewhere (3 rows, each its own distribution)."""
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0], [0.0, 0.0, 3.0, 0.0, 1.0, -9.0], [5.0, 0.1, 0.2, 0.3, 4.0, 4.5]])
+    n = 40_000
+    u = torch.rand(n, 1, generator=torch.Generator().manual_seed(0))
+    for row in range(3):
+        line = logits[row : row + 1]
+        tokens = draw(line.expand(n, -1), opts, u)
+        counts = torch.bincount(tokens, minlength=6).double() / n
+        allowed = torch.zeros(6, dtype=torch.bool)
+        allowed[kept_list(line, opts) if opts.top_k or opts.top_p < 1 else slice(None)] = True
+        expected = (line[0].double() / opts.temperature).masked_fill(~allowed, float("-inf")).softmax(-1)
+        assert counts[~allowed].sum() == 0
+        assert torch.allclose(counts, expected, atol=0.01), (row, counts, expected)
+
+
+def test_greedy_takes_the_most_likely_token_whatever_the_filters():
+    logits = torch.tensor([[0.1, 2.0, -1.0, 2.0], [3.0, 0.0, 0.0, 0.0]])
+    for opts in (GREEDY, SamplingOptions(temperature=0, top_k=1), SamplingOptions(temperature=0, top_p=0.01)):
+        assert pick_next(logits, opts, None).tolist() == [1, 0]  # the first of equals, as argmax
+
+
+def test_a_seeded_draw_repeats_and_rows_of_one_generator_differ():
+    logits = torch.zeros(4, 50)
+    opts = SamplingOptions(temperature=1.0, top_p=0.9)
+    first = pick_next(logits, opts, torch.Generator().manual_seed(3))
+    assert first.tolist() == pick_next(logits, opts, torch.Generator().manual_seed(3)).tolist()
+    assert len(set(first.tolist())) > 1
 
 
 def test_repetition_penalty_lowers_seen_tokens():
     logits = torch.tensor([[2.0, -1.0, 2.0]])
-    out = filter_logits(logits, SamplingOptions(temperature=1.0, repetition_penalty=2.0), torch.tensor([[0, 1]]))
-    assert out.tolist() == [[1.0, -2.0, 2.0]]
+    assert penalize(logits, 2.0, torch.tensor([[0, 1]])).tolist() == [[1.0, -2.0, 2.0]]
+    assert pick_next(logits, SamplingOptions(temperature=0, repetition_penalty=2.0), None, torch.tensor([[0]])).item() == 2
     assert pick_next(logits, GREEDY, None, torch.tensor([[0]])).item() == 0  # penalty 1: unchanged
 
 

@@ -6,6 +6,7 @@ import argparse
 import json
 from dataclasses import replace
 
+from janelm.config import SAMPLE_DEFAULTS
 from janelm.errors import InputError
 
 
@@ -102,6 +103,10 @@ def show(result: dict, what: str) -> None:
             table.add_row("compiled step ready in (compiled, or loaded from the cache)", f"{result['compile_s']:.2f} s")
         table.add_row("prefill", f"{result['prefill_tokens_per_s']:,.0f} tokens/s")
         table.add_row(f"decode, KV cache ({result['new_tokens']} tokens)", f"{result['decode_tokens_per_s']:,.1f} tokens/s")
+        d = SAMPLE_DEFAULTS
+        table.add_row(f"decode, drawn as sample draws by default (temperature {d.temperature}, top-p {d.top_p})",
+                      f"{result['drawn_decode_tokens_per_s']:,.1f} tokens/s ({result['drawn_vs_greedy']:.2f} of greedy, "
+                      f"median of the rounds)")
         if "eager_decode_tokens_per_s" in result:
             what = "no CUDA graph" if result["device"] == "cuda" else "uncompiled (--no-compile)"
             table.add_row(f"decode, KV cache, {what}", f"{result['eager_decode_tokens_per_s']:,.1f} tokens/s")

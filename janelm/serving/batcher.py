@@ -26,7 +26,7 @@ from janelm.config import SamplingOptions
 from janelm.console import note
 from janelm.decode_step import batch_step_for, decode_step_for
 from janelm.errors import first_line
-from janelm.generate import StopFilter, StreamDecoder, draw, filter_logits, pick_next, prefill, slid
+from janelm.generate import StopFilter, StreamDecoder, draw, pick_next, prefill, slid, uniforms
 from janelm.serving.jobs import Closed, Event, Job, QueueFull
 
 
@@ -261,14 +261,14 @@ class Batcher:
 
     def _pick(self) -> list[int]:
         """The next token of every row. Rows sharing sampling options (and no repetition penalty,
-        which reads each row's own window) are filtered together, each drawing with its own
+        which reads each row's own window) draw together, each with a number from its own
         generator; a row alone is exactly `pick_next`, as in generate_tokens."""
         rows = self.rows
         if len(rows) == 1:
             row = rows[0]
             row.last = int(pick_next(row.logits, row.job.opts, row.rng, self._history(row)))
             return [row.last]
-        logits = torch.cat([row.logits for row in rows])
+        logits = torch.cat([row.logits for row in rows]).float()
         groups: dict[SamplingOptions, list[int]] = {}
         for i, row in enumerate(rows):
             if row.job.opts.repetition_penalty != 1.0:
@@ -276,14 +276,13 @@ class Batcher:
             else:
                 groups.setdefault(row.job.opts, []).append(i)
         for opts, members in groups.items():
-            filtered = filter_logits(logits if len(members) == len(rows) else logits[members], opts)
-            if opts.temperature == 0:
-                for i, token in zip(members, filtered.argmax(-1).tolist()):
-                    rows[i].last = token
-            else:
-                probs = filtered.softmax(-1)
-                for j, i in enumerate(members):
-                    rows[i].last = int(draw(probs[j : j + 1], rows[i].rng))
+            chosen = logits if len(members) == len(rows) else logits[members]
+            if opts.temperature == 0:  # as pick_next: the most likely token, which top-k and top-p keep
+                tokens = chosen.argmax(-1)
+            else:  # one uniform number from each row's own generator, as the row alone would draw
+                tokens = draw(chosen, opts, torch.cat([uniforms(rows[i].rng, 1, self.device) for i in members]))
+            for i, token in zip(members, tokens.tolist()):
+                rows[i].last = token
         return [row.last for row in rows]
 
     def _history(self, row: _Row) -> torch.Tensor | None:

@@ -171,7 +171,12 @@ def decode_in_child(conn, load: dict[str, Any], max_rows: int, max_waiting: int,
         signal.signal(sig, signal.SIG_IGN)
     try:
         import torch
+        from tqdm import tqdm
 
+        # Compiling draws a tqdm bar (torch.fx), and tqdm's first bar makes its lock a named
+        # semaphore of multiprocessing's: were this process killed, that semaphore would outlive it
+        # and the resource tracker would print a warning, with a traceback line, as serve exits.
+        tqdm.set_lock(threading.RLock())
         from janelm.checkpoint import load_model
         from janelm.serving.batcher import Batcher
 
