@@ -24,7 +24,7 @@ def pick_next(logits: torch.Tensor, opts: SamplingOptions, rng: torch.Generator 
     logits = penalize(logits.float(), opts.repetition_penalty, history)
     if opts.temperature == 0:
         # The most likely token, which top-k and top-p always keep: filtering first would only cost
-        # time (a sort of the vocabulary, ~20% of a token on 2 CPU cores).
+        # time (a sort of the vocabulary, ~15% of a token on 2 CPU cores).
         return logits.argmax(-1)
     return draw(logits, opts, uniforms(rng, logits.size(0), logits.device))
 
