@@ -53,7 +53,7 @@ def draw(logits: torch.Tensor, opts: SamplingOptions, u: torch.Tensor) -> torch.
     # u < 1, so u × mass rounds below the mass: the first cumulative probability past it is a
     # candidate's, and never that of a token of probability 0 (right=True steps over those).
     if not opts.top_k and opts.top_p >= 1.0:  # every token a candidate, in vocabulary order: no sort
-        cum = (logits / opts.temperature).softmax(-1).cumsum_(-1)
+        cum = scaled(logits, logits.amax(-1, keepdim=True), opts.temperature).softmax(-1).cumsum_(-1)
         return torch.searchsorted(cum, u * cum[:, -1:], right=True).squeeze(1)
     ids, cum, last = candidates(logits, opts)
     return ids.gather(1, torch.searchsorted(cum, u * cum.gather(1, last), right=True)).squeeze(1)
@@ -73,13 +73,20 @@ def candidates(logits: torch.Tensor, opts: SamplingOptions) -> tuple[torch.Tenso
     values, ids = torch.topk(logits, k + 1 if k else vocab)
     if k and bool((values[:, k] == values[:, k - 1]).any()):
         values, ids = torch.topk(logits, vocab)
-    cum = (values / opts.temperature).softmax(-1).cumsum_(-1)
+    cum = scaled(values, values[:, :1], opts.temperature).softmax(-1).cumsum_(-1)
     last = torch.full_like(ids[:, :1], values.size(-1) - 1)
     if k:
         last = (values >= values[:, k - 1 : k]).sum(-1, keepdim=True) - 1
     if opts.top_p < 1.0:  # the first place where the probability so far reaches top_p of the mass left
         last = torch.searchsorted(cum, opts.top_p * cum.gather(1, last))
     return ids, cum, last
+
+
+def scaled(logits: torch.Tensor, most: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Logits over the temperature, less their largest (`most`, (B, 1)) first: at a temperature as
+    small as 1e-45 the division would overflow to inf, and the softmax of infinities is not a
+    distribution; this way the most likely stay at 0 and the rest go to -inf (probability 0)."""
+    return (logits - most) / temperature
 
 
 def prefill(model, window: torch.Tensor, cache, lengths: torch.Tensor | None = None) -> torch.Tensor:

@@ -118,6 +118,16 @@ def test_draws_follow_the_filtered_distribution(opts):
         assert torch.allclose(counts, expected, atol=0.01), (row, counts, expected)
 
 
+@pytest.mark.parametrize("opts", [SamplingOptions(temperature=1e-45), SamplingOptions(temperature=1e-45, top_p=0.9),
+                                  SamplingOptions(temperature=1e-45, top_k=2), SamplingOptions(temperature=1e30, top_k=3)])
+def test_extreme_temperatures_still_draw_a_token_of_the_vocabulary(opts):
+    """A temperature of 1e-45 divides logits into infinities: the draw stays among the most likely
+    (tied) tokens; 1e30 flattens them (top-k's three stay the candidates)."""
+    logits = torch.tensor([[1.0, 3.0, 2.0, 3.0]])
+    seen = {int(pick_next(logits, opts, torch.Generator().manual_seed(seed))) for seed in range(60)}
+    assert seen == ({1, 2, 3} if opts.temperature > 1 else {1, 3})
+
+
 def test_greedy_takes_the_most_likely_token_whatever_the_filters():
     logits = torch.tensor([[0.1, 2.0, -1.0, 2.0], [3.0, 0.0, 0.0, 0.0]])
     for opts in (GREEDY, SamplingOptions(temperature=0, top_k=1), SamplingOptions(temperature=0, top_p=0.01)):
