@@ -6,6 +6,7 @@ Every `ModelConfig` field is a `janelm train` flag of the same name (`n_block` â
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -302,14 +303,16 @@ class SamplingOptions:
 
     def validate(self) -> None:
         """Checked before any model is loaded, so a typo costs nothing."""
-        if self.temperature < 0:
-            raise InputError(f"--temperature must be 0 (greedy) or positive, got {self.temperature}")
+        # Not inf or nan either: the draw's arithmetic needs a number (an infinite penalty can make
+        # every logit -inf, and no distribution is left to draw from).
+        if not 0 <= self.temperature < math.inf:
+            raise InputError(f"--temperature must be 0 (greedy) or a positive number, got {self.temperature}")
         if self.top_k < 0:
             raise InputError(f"--top-k must be at least 1 (or 0 for no limit), got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
             raise InputError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if self.repetition_penalty <= 0:
-            raise InputError(f"--repetition-penalty must be positive (1 means none), got {self.repetition_penalty}")
+        if not 0 < self.repetition_penalty < math.inf:
+            raise InputError(f"--repetition-penalty must be a positive number (1 means none), got {self.repetition_penalty}")
 
 
 # What sample, chat and serve draw with unless told otherwise (their flags' defaults).

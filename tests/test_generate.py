@@ -155,6 +155,9 @@ def test_repetition_penalty_lowers_seen_tokens():
     (SamplingOptions(top_p=1.5), "top-p"),
     (SamplingOptions(top_k=-1), "top-k"),
     (SamplingOptions(repetition_penalty=0), "repetition"),
+    (SamplingOptions(temperature=float("inf")), "temperature"),
+    (SamplingOptions(temperature=float("nan")), "temperature"),
+    (SamplingOptions(repetition_penalty=float("inf")), "repetition"),
 ])
 def test_invalid_sampling_options(opts, message):
     with pytest.raises(InputError, match=message):

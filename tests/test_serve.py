@@ -105,7 +105,8 @@ def test_models_health_and_errors(server):
             call()
         assert caught.value.status_code == 400 and caught.value.body["param"] == param
         assert set(caught.value.body) == {"message", "type", "param", "code"}
-    for body in (b'{"prompt": "x",', b"[1, 2]", "{\"prompt\": \"\u00e9\"}".encode("latin-1")):
+    for body in (b'{"prompt": "x",', b"[1, 2]", "{\"prompt\": \"\u00e9\"}".encode("latin-1"),
+                 b'{"prompt": "x", "repetition_penalty": Infinity}', b'{"prompt": "x", "temperature": NaN}'):
         bad = httpx.post(f"{server}/v1/completions", content=body, headers={"Content-Type": "application/json"})
         assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
     big = httpx.post(f"{server}/v1/completions", content=b"x" * (2 << 20), headers={"Content-Type": "application/json"})

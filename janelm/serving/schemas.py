@@ -30,10 +30,11 @@ class Sampling(Strict):
 
     model: str | None = None  # one model serves every name
     max_tokens: int | None = Field(None, ge=0)
-    temperature: float | None = Field(None, ge=0)
-    top_p: float | None = Field(None, gt=0, le=1)
+    # JSON's Infinity and NaN refused: the draw's arithmetic needs numbers (SamplingOptions.validate).
+    temperature: float | None = Field(None, ge=0, allow_inf_nan=False)
+    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
     top_k: int | None = Field(None, ge=0)
-    repetition_penalty: float | None = Field(None, gt=0)
+    repetition_penalty: float | None = Field(None, gt=0, allow_inf_nan=False)
     frequency_penalty: float | None = None  # accepted at 0 (what clients send), else refused
     presence_penalty: float | None = None
     n: int = Field(1, ge=1)
