@@ -18,9 +18,10 @@ from janelm.config import SamplingOptions
 from janelm.decode_step import decode_step_for
 
 
-def pick_next(logits: torch.Tensor, opts: SamplingOptions, rng: torch.Generator | None,
+def pick_next(logits: torch.Tensor, opts: SamplingOptions, rng: torch.Generator | Sequence[torch.Generator] | None,
               history: torch.Tensor | None = None) -> torch.Tensor:
-    """The next token for each row of logits (B, V) → (B,)."""
+    """The next token for each row of logits (B, V) → (B,), drawn with `rng` (one generator for all
+    rows, or one per row: a server's rows each draw what they would alone)."""
     logits = penalize(logits.float(), opts.repetition_penalty, history)
     if opts.temperature == 0:
         # The most likely token, which top-k and top-p always keep: filtering first would only cost
@@ -38,9 +39,12 @@ def penalize(logits: torch.Tensor, penalty: float, history: torch.Tensor | None)
     return logits.scatter(1, history, torch.where(seen > 0, seen / penalty, seen * penalty))
 
 
-def uniforms(rng: torch.Generator | None, n: int, device: torch.device) -> torch.Tensor:
-    """(n, 1) numbers uniform in [0, 1) from rng (None: PyTorch's default generator), on `device`.
-    A CPU generator gives the same numbers whatever device the model is on."""
+def uniforms(rng: torch.Generator | Sequence[torch.Generator] | None, n: int, device: torch.device) -> torch.Tensor:
+    """(n, 1) numbers uniform in [0, 1) from rng (None: PyTorch's default generator; a sequence:
+    one number from each), on `device`. A CPU generator gives the same numbers whatever device the
+    model is on."""
+    if isinstance(rng, Sequence):
+        return torch.cat([uniforms(one, 1, device) for one in rng])
     return torch.rand(n, 1, generator=rng, device=rng.device if rng is not None else device).to(device)
 
 

@@ -26,7 +26,7 @@ from janelm.config import SamplingOptions
 from janelm.console import note
 from janelm.decode_step import batch_step_for, decode_step_for
 from janelm.errors import first_line
-from janelm.generate import StopFilter, StreamDecoder, draw, pick_next, prefill, slid, uniforms
+from janelm.generate import StopFilter, StreamDecoder, pick_next, prefill, slid
 from janelm.serving.jobs import Closed, Event, Job, QueueFull
 
 
@@ -268,7 +268,7 @@ class Batcher:
             row = rows[0]
             row.last = int(pick_next(row.logits, row.job.opts, row.rng, self._history(row)))
             return [row.last]
-        logits = torch.cat([row.logits for row in rows]).float()
+        logits = torch.cat([row.logits for row in rows])
         groups: dict[SamplingOptions, list[int]] = {}
         for i, row in enumerate(rows):
             if row.job.opts.repetition_penalty != 1.0:
@@ -277,10 +277,7 @@ class Batcher:
                 groups.setdefault(row.job.opts, []).append(i)
         for opts, members in groups.items():
             chosen = logits if len(members) == len(rows) else logits[members]
-            if opts.temperature == 0:  # as pick_next: the most likely token, which top-k and top-p keep
-                tokens = chosen.argmax(-1)
-            else:  # one uniform number from each row's own generator, as the row alone would draw
-                tokens = draw(chosen, opts, torch.cat([uniforms(rows[i].rng, 1, self.device) for i in members]))
+            tokens = pick_next(chosen, opts, [rows[i].rng for i in members])  # each row's own generator
             for i, token in zip(members, tokens.tolist()):
                 rows[i].last = token
         return [row.last for row in rows]
