@@ -4,11 +4,12 @@ replayed from a CUDA graph (GPU).
 At batch 1 a step is ~25 matrix-vector products and ~150 small operations, and eager PyTorch
 spends more time between the products than in them (docs/speed.md). Compiling removes that:
 
-- **CPU**: AOTInductor compiles `GPT.decode_step`, weights included, into a shared library, once
-  per model, shape, batch size, precision, PyTorch version and instruction set, and keeps it in
+- **CPU**: AOTInductor compiles `GPT.decode_step`, weights included (and for a few rows its
+  matrix products too: `TEMPLATE_PRODUCTS`), into a shared library, once per model, shape, batch
+  size, precision, PyTorch version, instruction set and thread count, and keeps it in
   the cache folder (`cache_root`). Loading it takes ~0.05 s, where `torch.compile` traces the model
   again in every process (9 s with its own cache warm, 35 s cold, on 2 cores). By default a cached
-  step is used when there is one, and one is compiled (~30 s on 2 cores) only when asked for
+  step is used when there is one, and one is compiled (~35 s on 2 cores) only when asked for
   (`--compile`) or when the output is long enough to repay it (`AUTO_COMPILE_TOKENS`). Its
   attention reads only the cache positions in use (rounded up to `SPAN_STEP`): one library,
   compiled with that length variable. A server's batches take one compiled with the number of
@@ -36,7 +37,8 @@ from janelm.config import AUTO_COMPILE_TOKENS
 from janelm.console import note
 from janelm.device import use_compiler_cache
 from janelm.errors import first_line
-from janelm.files import WRITE_FAILURES, WriteFailure, atomic_write_text, cache_home
+from janelm.files import WRITE_FAILURES, WriteFailure, atomic_write_text, cache_home, waiting_lock
+from janelm.quantize import HALF_MAX_ROWS, HalfLinear
 
 # Generation never changes the weights, so the compiler may treat them as constants ("freezing")
 # and fold the work done on them into the compiled code once (about 1.3× the decode speed).
@@ -48,13 +50,35 @@ INFERENCE_COMPILE_OPTIONS = {"freezing": True}
 # inside a fused kernel (HalfLinear's float32 path rounds its input and output to float16), which
 # parted 8 of 16 greedy texts of a server's batch step from their lone twins (0 with it; docs/speed.md).
 CPU_STEP_OPTIONS = {**INFERENCE_COMPILE_OPTIONS, "cpp.threads": 1, "emulate_precision_casts": True}
+# Up to HALF_MAX_ROWS rows (a lone row, `sample --num-samples` up to 8, a server of up to 8 rows)
+# the products are C++ the compiler writes into the library (its GEMM template, the weights packed as
+# stored), not 25 calls into oneDNN or ATen whose dispatch cost more than a few rows' arithmetic.
+# The reference-shape lone step: 0.8-1.0 ms against 1.7-1.8 (float16 matrices), 0.7 against 1.5-1.6
+# (bf16), 1.1-1.3 against 3.2-3.3 (float32); AVX2 class 1.1-1.2 against 1.3-1.7; one core 0.9-1.1
+# against 1.7-1.8. At 16 rows oneDNN's kernels win (6.6 ms against 9.4; docs/speed.md). Only CPP:
+# nothing is benchmarked while compiling, so a library does not depend on how busy the machine was.
+# The template has vectorized kernels for AVX2 and AVX-512 only, and needs the step's threads.
+TEMPLATE_PRODUCTS = {"max_autotune_gemm": True, "max_autotune_gemm_backends": "CPP"}
+TEMPLATE_ISAS = ("AVX2", "AVX512")
+TEMPLATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # of the matrices (float64: none)
 
 
-def step_options(any_batch: bool) -> dict:
-    """The compiler's options for a step: a batch's own kernels (attention over 16 rows' caches is
-    16 times a lone row's) run on the threads it steps on, fixed when it is compiled (a 16-row step
-    on 2 threads: 7.3 ms against 9.8 with them on one; docs/speed.md)."""
-    return {**CPU_STEP_OPTIONS, "cpp.threads": torch.get_num_threads()} if any_batch else dict(CPU_STEP_OPTIONS)
+def template_products(model, batch_size: int) -> bool:
+    """Whether a step of `model` for up to `batch_size` rows gets the compiler's own products here."""
+    matrices = [m.weight for m in model.modules() if isinstance(m, (torch.nn.Linear, HalfLinear))]
+    return (batch_size <= HALF_MAX_ROWS and torch.backends.cpu.get_cpu_capability() in TEMPLATE_ISAS
+            and all(w.dtype in TEMPLATE_DTYPES for w in matrices))
+
+
+def step_options(model, batch_size: int, any_batch: bool = False) -> dict:
+    """The compiler's options for a step of up to `batch_size` rows. A step with template products,
+    and a batch's (attention over 16 rows' caches is 16 times a lone row's), run their own kernels
+    on the threads they step on, fixed when compiled (a 16-row step on 2 threads: 7.3 ms against 9.8
+    with them on one; docs/speed.md); the rest on one."""
+    threads = {"cpp.threads": torch.get_num_threads()}
+    if template_products(model, batch_size):
+        return {**CPU_STEP_OPTIONS, **TEMPLATE_PRODUCTS, **threads}
+    return {**CPU_STEP_OPTIONS, **threads} if any_batch else dict(CPU_STEP_OPTIONS)
 
 
 CACHE_LIMIT_BYTES = 2 << 30  # the cache keeps its most recently used files within this size
@@ -169,13 +193,13 @@ class _Found:
 
 def step_key(model, batch_size: int, any_batch: bool = False) -> str:
     """What a compiled step depends on, hashed: the weights as decoding stores them, the config,
-    the batch size (or sizes), the code that defines the step, PyTorch's version and the CPU's
-    instruction set."""
+    the batch size (or sizes), the code that defines the step, PyTorch's version, the CPU's
+    instruction set and the threads its kernels run on."""
     digest = hashlib.sha256()
     code = Path(__file__).parent
     about = {"janelm": __version__, "code": [hashlib.sha256((code / name).read_bytes()).hexdigest() for name in SOURCES],
              "torch": torch.__version__, "isa": torch.backends.cpu.get_cpu_capability(), "batch": batch_size,
-             **({"any_batch": True, "threads": torch.get_num_threads()} if any_batch else {}),
+             "threads": torch.get_num_threads(), **({"any_batch": True} if any_batch else {}),
              "config": asdict(model.config), "activations": str(model.tok_embed.weight.dtype)}
     digest.update(json.dumps(about, sort_keys=True).encode())
     for name, tensor in model.state_dict().items():
@@ -211,7 +235,7 @@ def compile_ahead(model, batch_size: int, path: Path, any_batch: bool = False) -
             warnings.simplefilter("ignore")
             exported = torch.export.export(_StepModule(model).eval(), inputs, dynamic_shapes=dynamic, strict=False)
             inductor.aoti_compile_and_package(exported, package_path=str(temporary),
-                                              inductor_configs=step_options(any_batch))
+                                              inductor_configs=step_options(model, batch_size, any_batch))
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
@@ -219,9 +243,9 @@ def compile_ahead(model, batch_size: int, path: Path, any_batch: bool = False) -
 
 def _trim_cache(folder: Path, keep: Path) -> None:
     """Delete the least recently used compiled steps until the folder fits CACHE_LIMIT_BYTES, and
-    what compilations killed half-way left behind (temporary files a day old)."""
+    what compilations left behind (temporary files of killed ones, and lock files, a day old)."""
     now = time.time()
-    for f in folder.glob(".*.tmp.pt2"):
+    for f in [*folder.glob(".*.tmp.pt2"), *folder.glob(".*.lock")]:
         with suppress(OSError):
             if now - f.stat().st_mtime > 86_400:
                 f.unlink()
@@ -258,34 +282,49 @@ def cpu_compiled_step(model, batch_size: int, compile: bool, any_batch: bool = F
 
 
 def _cached_or_compiled(model, batch_size: int, any_batch: bool, path: Path, compile: bool) -> CachedCompiledStep | None:
-    if path.is_file():
-        try:
-            step = CachedCompiledStep(path)
-        except Exception as e:  # noqa: BLE001 - a damaged or foreign file: make it again, or go without
-            note(f"note: the compiled decode step {path} could not be loaded ({first_line(e)}): "
-                 f"{'compiling it again' if compile else 'decoding uncompiled'}")
-            with suppress(OSError):
-                path.unlink()
-        else:
-            with suppress(OSError):  # a read-only cache still serves
-                os.utime(path)  # recently used: the last to be trimmed
+    step = _load(path, compile)
+    if step is not None or not compile:
+        return step
+    # One process compiles a step at a time: another compiling the same one (a server and a sample
+    # started together, or two tests) is waited for, and its file loaded.
+    waiting = lambda: note("waiting for another process that is compiling this decode step")  # noqa: E731
+    with suppress(OSError):  # a folder that cannot be made is said when compiling writes there
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with waiting_lock(path.with_name(f".{path.stem}.lock"), waiting):
+        step = _load(path, compile)
+        if step is not None:
             return step
-    if not compile:
-        return None
-    what = "batches' decode step" if any_batch else "decode step"
-    note(f"compiling the {what} for this model, once (about {compile_estimate_s(model.config, any_batch):.0f} s here); "
-         f"kept in {path.parent}")
-    start = time.monotonic()
-    try:
-        compile_ahead(model, batch_size, path, any_batch)
-        step = CachedCompiledStep(path)
-    except Exception as e:  # noqa: BLE001 - a read-only cache, no C++ compiler, an operation the compiler lacks...
-        note(f"note: {_why_not_compiled(e, path.parent)}: decoding uncompiled")
-        return None
+        what = "batches' decode step" if any_batch else "decode step"
+        note(f"compiling the {what} for this model, once (about {compile_estimate_s(model.config, any_batch):.0f} s here); "
+             f"kept in {path.parent}")
+        start = time.monotonic()
+        try:
+            compile_ahead(model, batch_size, path, any_batch)
+            step = CachedCompiledStep(path)
+        except Exception as e:  # noqa: BLE001 - a read-only cache, no C++ compiler, an operation the compiler lacks...
+            note(f"note: {_why_not_compiled(e, path.parent)}: decoding uncompiled")
+            return None
     seconds = time.monotonic() - start
     note(f"compiled in {seconds:.0f} s")
     _remember_compile_time(model.config, seconds, any_batch)
     _trim_cache(path.parent, path)
+    return step
+
+
+def _load(path: Path, compile: bool) -> CachedCompiledStep | None:
+    """The compiled step in `path`, if there is one that loads (a damaged one is deleted)."""
+    if not path.is_file():
+        return None
+    try:
+        step = CachedCompiledStep(path)
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign file: make it again, or go without
+        note(f"note: the compiled decode step {path} could not be loaded ({first_line(e)}): "
+             f"{'compiling it again' if compile else 'decoding uncompiled'}")
+        with suppress(OSError):
+            path.unlink()
+        return None
+    with suppress(OSError):  # a read-only cache still serves
+        os.utime(path)  # recently used: the last to be trimmed
     return step
 
 

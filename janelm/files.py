@@ -210,6 +210,27 @@ def release_lock(fd: int, folder: Path) -> None:
 
 
 @contextmanager
+def waiting_lock(path: Path, on_wait: Callable[[], None] = lambda: None) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` (created if needed), waiting while another process
+    holds it (`on_wait` is called once, before waiting). The file stays. Where it cannot be made (a
+    read-only folder) nothing is locked: whatever follows fails or not on its own."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # the lock goes with the descriptor
+
+
+@contextmanager
 def locked_folder(folder: Path, command: str, option: str = "--out") -> Iterator[None]:
     """Hold `folder` (created if needed) for one command; refuse at once if another process holds it.
 

@@ -44,13 +44,12 @@ class HalfLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # torch.mm on a 2-D view: F.linear's extra dispatch costs ~15 µs a call at batch 1.
         rows = x.reshape(-1, self.in_features).to(self.weight.dtype)
-        # A step compiled for any batch size (a server's batches) has a symbolic row count: float32,
+        as_stored = _at_most(rows.size(0), HALF_MAX_ROWS)
+        # A step compiled for a range of row counts past that (a server's larger batches): float32,
         # except native bf16, whose packed kernel is the fastest at any count (16 rows: 3.9 ms a step
         # against 5.4 through float32; docs/speed.md) and rounds as the lone rows' does.
-        if isinstance(rows.size(0), torch.SymInt):
+        if not as_stored and isinstance(rows.size(0), torch.SymInt):
             as_stored = self.weight.dtype == torch.bfloat16 and cpu_has_native_bf16()
-        else:
-            as_stored = rows.size(0) <= HALF_MAX_ROWS
         if as_stored:
             y = torch.mm(rows, self.weight.t()).to(x.dtype)
         else:
@@ -60,6 +59,16 @@ class HalfLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, {str(self.weight.dtype)[6:]}"
+
+
+def _at_most(rows: int | torch.SymInt, limit: int) -> bool:
+    """Whether a row count is at most `limit`; a symbolic one (a step compiled for a range of batch
+    sizes) only where its range says so."""
+    if isinstance(rows, torch.SymInt):
+        from torch.fx.experimental.symbolic_shapes import statically_known_true  # only while compiling
+
+        return statically_known_true(rows <= limit)
+    return rows <= limit
 
 
 class Int8Linear(nn.Module):

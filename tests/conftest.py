@@ -21,10 +21,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Compiled decode steps go to a folder of this test session (this process and every janelm it runs),
-# never the user's cache: shared by the tests, so each model and batch size compiles once.
-DECODE_CACHE = tempfile.TemporaryDirectory(prefix="janelm-test-cache-")
-os.environ["JANELM_CACHE"] = DECODE_CACHE.name
+# Compiled decode steps go to a folder of this test run (every process of it and every janelm they
+# run), never the user's cache: shared by the tests, so each model and batch size compiles once.
+# pytest-xdist's workers inherit the controlling process's folder (it removes it at the end): a
+# step one worker compiles, another finds, or waits for while it is compiled (janelm.decode_step).
+if "JANELM_TEST_CACHE" not in os.environ:
+    DECODE_CACHE = tempfile.TemporaryDirectory(prefix="janelm-test-cache-")
+    os.environ["JANELM_TEST_CACHE"] = DECODE_CACHE.name
+os.environ["JANELM_CACHE"] = os.environ["JANELM_TEST_CACHE"]
 # torch.compile's own cache: one folder for every worker of the suite (they run on one instruction
 # set), as PyTorch's default is, not one per worker (janelm.device.use_compiler_cache).
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), "janelm-tests-inductor"))

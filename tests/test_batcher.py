@@ -14,6 +14,7 @@ from janelm.config import ModelConfig, SamplingOptions
 from janelm.decode_step import cpu_compiled_step
 from janelm.generate import generate_tokens
 from janelm.model import GPT
+from janelm.quantize import HALF_MAX_ROWS
 from janelm.serving.batcher import Batcher
 from janelm.serving.jobs import Closed, Event, Job, QueueFull
 from janelm.tokenizer import CharTokenizer
@@ -74,6 +75,49 @@ def test_rows_in_a_batch_give_their_lone_texts(parts, compile):
     finally:
         batcher.close(0)
         batcher.join(10)
+
+
+def test_small_batches_can_step_row_by_row_through_the_lone_step(parts):
+    """Where the lone step's products are faster than the batch step's (`Batcher.lone_rows`, set
+    where the lone one's are the compiler's own), a batch of up to that many rows steps each row
+    alone through the lone step: every text is its lone run's, and the rows still share turns."""
+    model, tokenizer = parts
+    batcher = Batcher(model, tokenizer, max_rows=3, max_waiting=8)
+    assert batcher.lone_rows == 1  # eager steps: a batch steps as one
+    lone, rows_stepped = batcher.lone_step, []
+
+    def recorded(token, position, cache):
+        rows_stepped.append(token.size(0))
+        return lone(token, position, cache)
+
+    batcher.lone_rows, batcher.lone_step = 3, recorded
+    batcher.start()
+    try:
+        specs = [([1, 2, 3], 40, GREEDY, 0), ([5], 37, SAMPLED, 1), ([7, 8, 9, 10, 11, 12, 13], 30, SAMPLED, 2),
+                 ([4, 4], 23, GREEDY, 0)]
+        collectors = [Collector() for _ in specs]
+        for (prompt, n, opts, seed), c in zip(specs, collectors):
+            batcher.submit([Job(prompt, n, opts, seed, [], c)])
+        for (prompt, n, opts, seed), c in zip(specs, collectors):
+            assert c.text() == lone_text(model, tokenizer, prompt, n, opts, seed)
+        assert batcher.stepped_rows > batcher.steps  # turns shared by several rows...
+        assert set(rows_stepped) == {1} and len(rows_stepped) == batcher.stepped_rows  # ...each stepped alone
+    finally:
+        batcher.close(0)
+        batcher.join(10)
+
+
+def test_rows_step_alone_only_where_the_lone_step_alone_has_the_compilers_products(parts, monkeypatch):
+    import janelm.serving.batcher as batching
+
+    model, tokenizer = parts
+    monkeypatch.setattr(batching, "decode_step_for", lambda *args, **kwargs: lambda *step: None)
+    monkeypatch.setattr(batching, "batch_step_for", lambda *args: lambda *step: None)
+    monkeypatch.setattr(batching, "template_products", lambda model, rows: rows <= HALF_MAX_ROWS)
+    assert Batcher(model, tokenizer, max_rows=16, max_waiting=1).lone_rows == batching.LONE_ROWS
+    assert Batcher(model, tokenizer, max_rows=HALF_MAX_ROWS, max_waiting=1).lone_rows == 1  # the batch step has them too
+    monkeypatch.setattr(batching, "batch_step_for", lambda *args: None)
+    assert Batcher(model, tokenizer, max_rows=16, max_waiting=1).lone_rows == 1  # batches step eagerly
 
 
 def test_rows_joining_together_prefill_in_one_pass(parts, monkeypatch):

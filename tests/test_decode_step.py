@@ -18,7 +18,7 @@ from janelm.decode_step import CachedCompiledStep, decode_step_for
 from janelm.device import cpu_has_native_bf16
 from janelm.generate import generate_tokens
 from janelm.model import GPT
-from janelm.quantize import inference_weights
+from janelm.quantize import HALF_MAX_ROWS, inference_weights
 
 GREEDY = SamplingOptions(temperature=0)
 
@@ -27,7 +27,7 @@ GREEDY = SamplingOptions(temperature=0)
 def model():
     """Float32 with float16 matrices: what sampling runs on the CPU by default."""
     torch.manual_seed(0)
-    gpt = GPT(ModelConfig(vocab_size=40, context=16, n_block=2, n_embed=32, n_head=4)).eval()
+    gpt = GPT(ModelConfig(vocab_size=40, context=16, n_block=1, n_embed=32, n_head=4)).eval()
     return inference_weights(gpt, "cpu", torch.float16)
 
 
@@ -111,7 +111,7 @@ def test_bench_says_when_it_could_not_compile(model, tmp_path, monkeypatch, caps
     monkeypatch.setenv("JANELM_CACHE", str(tmp_path))
     monkeypatch.setattr(decode_step, "compile_ahead", failing(RuntimeError("no compiler")))
     torch.manual_seed(0)
-    fresh = GPT(ModelConfig(vocab_size=40, context=16, n_block=2, n_embed=32, n_head=4)).eval()
+    fresh = GPT(ModelConfig(vocab_size=40, context=16, n_block=1, n_embed=32, n_head=4)).eval()
     result = measure_sampling(fresh, torch.float16, new_tokens=8, repeats=1)
     assert not result["compiled"] and "compile_s" not in result and "eager_decode_tokens_per_s" not in result
     assert result["decode_tokens_per_s"] > 0
@@ -169,8 +169,9 @@ def test_a_compiled_step_reads_the_cache_positions_in_use(tmp_path, monkeypatch)
 
 def test_a_step_compiled_for_any_batch_serves_every_size_up_to_its_own(model, tmp_path, monkeypatch):
     """A server's batch step: one library for 2 to max rows, the first rows of a max-row cache, at
-    their own positions; its products go through float32 (rounded as the 16-bit kernel rounds), so
-    its logits are the eager step's to rounding. A fixed-size step of that size is another file."""
+    their own positions; past HALF_MAX_ROWS its products go through float32 (rounded as the 16-bit
+    kernel rounds), so its logits are the eager step's to rounding. A fixed-size step of that size
+    is another file. (Up to HALF_MAX_ROWS: tests/test_batcher.py, and the bf16 test below.)"""
     monkeypatch.setenv("JANELM_CACHE", str(tmp_path))
     import torch._inductor as inductor
 
@@ -182,28 +183,29 @@ def test_a_step_compiled_for_any_batch_serves_every_size_up_to_its_own(model, tm
 
     monkeypatch.setattr(inductor, "aoti_compile_and_package", recorded)
     fresh = copy.deepcopy(model)
-    step = decode_step.cpu_compiled_step(fresh, 4, compile=True, any_batch=True)
+    most = HALF_MAX_ROWS + 1
+    step = decode_step.cpu_compiled_step(fresh, most, compile=True, any_batch=True)
     assert isinstance(step, CachedCompiledStep)
     assert seen == [(False, torch.get_num_threads())]  # a batch's kernels on the threads it steps on
-    cache = fresh.new_cache(4)
+    cache = fresh.new_cache(most)
     torch.manual_seed(1)
     for layer in cache.keys + cache.values:  # an earlier text in every row
         layer.normal_()
     with torch.inference_mode():
-        for rows in (2, 3, 4):
-            token, position = torch.randint(0, 40, (rows, 1)), torch.tensor([3, 15, 7, 0][:rows])
+        for rows in (2, 3, most):
+            token, position = torch.randint(0, 40, (rows, 1)), torch.tensor([3, 15, 7, 0, 1, 2, 4, 5, 6][:rows])
             eager_cache = cache.rows(0, rows)
             expected = fresh.decode_step(token, position, eager_cache)  # before the step writes the cache
             compiled = step(token, position, cache.rows(0, rows))
             assert compiled.shape == (rows, 40)
             torch.testing.assert_close(compiled, expected, atol=2e-2, rtol=2e-2)
     assert len(list((tmp_path / "decode").glob("*.pt2"))) == 1
-    assert decode_step.step_key(fresh, 4, any_batch=True) != decode_step.step_key(fresh, 4)
+    assert decode_step.step_key(fresh, most, any_batch=True) != decode_step.step_key(fresh, most)
     threads = torch.get_num_threads()
-    key = decode_step.step_key(fresh, 4, any_batch=True)
+    key = decode_step.step_key(fresh, most, any_batch=True)
     try:  # compiled for its threads: another count is another library
         torch.set_num_threads(threads % 2 + 1)
-        assert decode_step.step_key(fresh, 4, any_batch=True) != key
+        assert decode_step.step_key(fresh, most, any_batch=True) != key
     finally:
         torch.set_num_threads(threads)
 
@@ -222,23 +224,80 @@ def test_a_server_of_two_rows_compiles_its_batch_step(model, tmp_path, monkeypat
                                    atol=2e-2, rtol=2e-2)
 
 
+def test_the_compilers_own_products_are_taken_for_a_few_rows_in_the_formats_it_has(model, monkeypatch):
+    """Up to HALF_MAX_ROWS rows a step's products are the compiler's GEMM template (float32, bf16,
+    float16 matrices; AVX2 or AVX-512), on the step's threads; more rows, float64, or another
+    instruction set: PyTorch's kernels."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert decode_step.template_products(model, 1) and decode_step.template_products(model, HALF_MAX_ROWS)
+    assert not decode_step.template_products(model, HALF_MAX_ROWS + 1)
+    options = decode_step.step_options(model, 1)
+    assert options["max_autotune_gemm_backends"] == "CPP" and options["cpp.threads"] == torch.get_num_threads()
+    assert "max_autotune_gemm_backends" not in decode_step.step_options(model, 16, any_batch=True)
+    assert decode_step.step_options(model, 16)["cpp.threads"] == 1  # sample's fixed 16 rows: one thread, as before
+    assert not decode_step.template_products(copy.deepcopy(model).double(), 1)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    assert not decode_step.template_products(model, 1)
+
+
+def test_a_step_another_process_is_compiling_is_waited_for_and_then_loaded(model, tmp_path, monkeypatch, capsys):
+    """Two processes needing the same step: the second waits for the first's lock, then loads its
+    file instead of compiling again."""
+    import threading
+
+    from janelm.files import waiting_lock
+
+    monkeypatch.setenv("JANELM_CACHE", str(tmp_path))
+    compiled, loaded = [], []
+    monkeypatch.setattr(decode_step, "compile_ahead", lambda *args: compiled.append(args))
+    monkeypatch.setattr(decode_step, "CachedCompiledStep", lambda path: loaded.append(path.read_text()) or path)
+    fresh = copy.deepcopy(model)
+    path = decode_step.cache_root() / f"{decode_step.step_key(fresh, 1)}.pt2"
+    path.parent.mkdir(parents=True)
+    holding, release = threading.Event(), threading.Event()
+
+    def other_process():  # a lock on another open file: as another process's
+        with waiting_lock(path.with_name(f".{path.stem}.lock")):
+            holding.set()
+            release.wait(30)
+            path.write_text("its library")
+
+    other = threading.Thread(target=other_process)
+    other.start()
+    assert holding.wait(30)
+    result = []
+    waiter = threading.Thread(target=lambda: result.append(decode_step.cpu_compiled_step(fresh, 1, compile=True)))
+    waiter.start()
+    deadline = time.monotonic() + 30
+    while "waiting for another process" not in capsys.readouterr().err and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert waiter.is_alive() and not loaded  # waits, and has not compiled
+    release.set()
+    other.join(30)
+    waiter.join(30)
+    assert result == [path] and loaded == ["its library"] and not compiled
+
+
 @pytest.mark.skipif(not cpu_has_native_bf16(), reason="bf16 batch products are taken only where bf16 is native")
 def test_a_bf16_models_batch_step_multiplies_in_bf16_as_its_lone_rows_do(tmp_path, monkeypatch):
     """With bf16 matrices (native), a batch step's products stay in bf16, the lone kernel's rounding,
     and its logits are the eager step's to rounding."""
     monkeypatch.setenv("JANELM_CACHE", str(tmp_path))
     torch.manual_seed(0)
-    gpt = GPT(ModelConfig(vocab_size=40, context=16, n_block=2, n_embed=32, n_head=4)).eval()
+    gpt = GPT(ModelConfig(vocab_size=40, context=16, n_block=1, n_embed=32, n_head=4)).eval()
     bf16 = inference_weights(copy.deepcopy(gpt), "cpu", torch.bfloat16)  # in place: each format its own copy
 
-    def product_dtypes(layer) -> set:  # what the matrix products of `layer` take, for any number of rows
-        rows = {0: torch.export.Dim("rows", min=2, max=4)}
+    def product_dtypes(layer, most: int) -> set:  # what the matrix products of `layer` take, for 2 to `most` rows
+        rows = {0: torch.export.Dim("rows", min=2, max=most)}
         graph = torch.export.export(layer, (torch.randn(3, 32),), dynamic_shapes=(rows,), strict=False).graph
         return {n.args[0].meta["val"].dtype for n in graph.nodes if n.target is torch.ops.aten.mm.default}
 
-    assert product_dtypes(bf16.blocks[0].attn.qkv) == {torch.bfloat16}
+    assert product_dtypes(bf16.blocks[0].attn.qkv, 16) == product_dtypes(bf16.blocks[0].attn.qkv, 4) == {torch.bfloat16}
     float16 = inference_weights(copy.deepcopy(gpt), "cpu", torch.float16)
-    assert product_dtypes(float16.blocks[0].attn.qkv) == {torch.float32}  # no float16 arithmetic: through float32
+    # float16 as stored up to HALF_MAX_ROWS rows (the compiler's products convert as they go), past it
+    # through float32 (no float16 arithmetic on most CPUs)
+    assert product_dtypes(float16.blocks[0].attn.qkv, HALF_MAX_ROWS) == {torch.float16}
+    assert product_dtypes(float16.blocks[0].attn.qkv, HALF_MAX_ROWS + 1) == {torch.float32}
     step = decode_step.cpu_compiled_step(bf16, 4, compile=True, any_batch=True)
     cache = bf16.new_cache(4)
     with torch.inference_mode():

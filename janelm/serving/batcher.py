@@ -24,10 +24,15 @@ import torch
 
 from janelm.config import SamplingOptions
 from janelm.console import note
-from janelm.decode_step import batch_step_for, decode_step_for
+from janelm.decode_step import batch_step_for, decode_step_for, template_products
 from janelm.errors import first_line
 from janelm.generate import StopFilter, StreamDecoder, pick_next, prefill, slid
 from janelm.serving.jobs import Closed, Event, Job, QueueFull
+
+# A batch of up to this many rows steps row by row through the lone step, where that one's products
+# are the compiler's own and the batch step's oneDNN's: the reference-shape lone step takes 0.8-1.0
+# ms a row, the float32 batch step 2.8-3.9 ms at 2 rows, 3.1-3.7 at 3, 2.5-3.7 at 4 (docs/speed.md).
+LONE_ROWS = 3
 
 
 @dataclass(eq=False)
@@ -68,7 +73,7 @@ class Batcher:
         self.context = model.config.context
         self.cache = model.new_cache(max_rows)
         self.rows: list[_Row] = []  # row i of the batch is row i of the cache
-        self.views: dict = {}  # the cache's first n rows, by n
+        self.views: dict = {}  # the cache's first n rows, by n; row i alone, by ("row", i)
         self.waiting: deque[Job] = deque()
         self.lock = threading.Condition()
         self.deadline: float | None = None  # set by close: rows still decoding then are ended
@@ -78,6 +83,10 @@ class Batcher:
                                          1, compile, cuda_graphs=False)
         # A batch's: on a CPU, one compiled for any number of rows, cached or compiled as the lone one.
         self.batch_step = batch_step_for(model, max_rows, compile)  # None: eager
+        # Where the lone step's products are the compiler's own and the batch step's oneDNN's (past
+        # HALF_MAX_ROWS rows), a batch of up to LONE_ROWS rows steps row by row through the lone step.
+        self.lone_rows = LONE_ROWS if (self.batch_step is not None and self.lone_step != model.decode_step
+                                       and not template_products(model, max_rows) and template_products(model, 1)) else 1
         self.compiled = self.lone_step != model.decode_step and (self.batch_step is not None or max_rows < 2)
         self.thread: threading.Thread | None = None
 
@@ -247,6 +256,9 @@ class Batcher:
         if len(rows) == 1:  # as generate_tokens steps a lone sample
             view.slots = self.cache.slots
             logits = self.lone_step(token, position, view)
+        elif len(rows) <= self.lone_rows:  # each row as if alone: its lone text exactly
+            logits = torch.cat([self.lone_step(token[i : i + 1], position[i : i + 1], self._row_view(i))
+                                for i in range(len(rows))])
         elif self.batch_step is None:  # eager: attention over the positions in use only
             view.slots = self.cache.slots[: max(r.position for r in rows) + 1]
             logits = self.model.decode_step(token, position, view)
@@ -258,6 +270,13 @@ class Batcher:
             if i not in slides:
                 row.logits = logits[i : i + 1]
                 row.position += 1
+
+    def _row_view(self, i: int):
+        """Row i of the cache alone, attending over the whole context (made once per row)."""
+        if (view := self.views.get(("row", i))) is None:
+            view = self.views[("row", i)] = self.cache.rows(i, i + 1)
+            view.slots = self.cache.slots
+        return view
 
     def _pick(self) -> list[int]:
         """The next token of every row. Rows sharing sampling options (and no repetition penalty,
