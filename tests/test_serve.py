@@ -271,8 +271,15 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
 @pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
-def test_the_page_streams_a_reply_in_a_real_browser(server, tmp_path):
+def test_the_page_streams_a_reply_in_a_real_browser(trained, tmp_path):
+    """A server of its own, uncompiled: the page is what this tests (compiled serving: the tests
+    above), and it need not wait for another worker compiling the module's server."""
     webdriver = pytest.importorskip("selenium.webdriver")
+    with running_server("-c", str(trained), "--no-compile") as (proc, server):
+        talk_on_the_page(webdriver, server, tmp_path)
+
+
+def talk_on_the_page(webdriver, server: str, tmp_path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
