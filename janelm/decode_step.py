@@ -7,7 +7,7 @@ spends more time between the products than in them (docs/speed.md). Compiling re
 - **CPU**: AOTInductor compiles `GPT.decode_step`, weights included (and for a few rows its
   matrix products too: `TEMPLATE_PRODUCTS`), into a shared library, once per model, shape, batch
   size, precision, PyTorch version, instruction set and thread count, and keeps it in
-  the cache folder (`cache_root`). Loading it takes ~0.05 s, where `torch.compile` traces the model
+  the cache folder (janelm.step_cache). Loading it takes ~0.05 s, where `torch.compile` traces the model
   again in every process (9 s with its own cache warm, 35 s cold, on 2 cores). By default a cached
   step is used when there is one, and one is compiled (~35 s on 2 cores) only when asked for
   (`--compile`) or when the output is long enough to repay it (`AUTO_COMPILE_TOKENS`). Its
@@ -20,25 +20,22 @@ spends more time between the products than in them (docs/speed.md). Compiling re
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 import warnings
 from contextlib import suppress
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from janelm import __version__
 from janelm.config import AUTO_COMPILE_TOKENS
 from janelm.console import note
 from janelm.device import use_compiler_cache
 from janelm.errors import first_line
-from janelm.files import WRITE_FAILURES, WriteFailure, atomic_write_text, cache_home, waiting_lock
+from janelm.files import waiting_lock
 from janelm.quantize import HALF_MAX_ROWS, HalfLinear
+from janelm.step_cache import cache_root, compile_estimate_s, remember_compile_time, step_key, trim_cache, why_not_compiled
 
 # Generation never changes the weights, so the compiler may treat them as constants ("freezing")
 # and fold the work done on them into the compiled code once (about 1.3× the decode speed).
@@ -79,15 +76,6 @@ def step_options(model, batch_size: int, any_batch: bool = False) -> dict:
     if template_products(model, batch_size):
         return {**CPU_STEP_OPTIONS, **TEMPLATE_PRODUCTS, **threads}
     return {**CPU_STEP_OPTIONS, **threads} if any_batch else dict(CPU_STEP_OPTIONS)
-
-
-CACHE_LIMIT_BYTES = 2 << 30  # the cache keeps its most recently used files within this size
-SOURCES = ("model.py", "rotary.py", "norm.py", "quantize.py", "decode_step.py")  # the code a compiled step is made from
-
-
-def cache_root() -> Path:
-    """Where compiled steps are kept: `decode` in JaneLM's cache folder (janelm.files.cache_home)."""
-    return cache_home() / "decode"
 
 
 class GraphedDecodeStep:
@@ -191,23 +179,6 @@ class _Found:
         return _Found()
 
 
-def step_key(model, batch_size: int, any_batch: bool = False) -> str:
-    """What a compiled step depends on, hashed: the weights as decoding stores them, the config,
-    the batch size (or sizes), the code that defines the step, PyTorch's version, the CPU's
-    instruction set and the threads its kernels run on."""
-    digest = hashlib.sha256()
-    code = Path(__file__).parent
-    about = {"janelm": __version__, "code": [hashlib.sha256((code / name).read_bytes()).hexdigest() for name in SOURCES],
-             "torch": torch.__version__, "isa": torch.backends.cpu.get_cpu_capability(), "batch": batch_size,
-             "threads": torch.get_num_threads(), **({"any_batch": True} if any_batch else {}),
-             "config": asdict(model.config), "activations": str(model.tok_embed.weight.dtype)}
-    digest.update(json.dumps(about, sort_keys=True).encode())
-    for name, tensor in model.state_dict().items():
-        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().contiguous().view(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()[:32]
-
-
 def compile_ahead(model, batch_size: int, path: Path, any_batch: bool = False) -> None:
     """Compile `model.decode_step` for `batch_size` rows (with `any_batch`, for any number from 2 to
     `batch_size`: a server's batch) with AOTInductor into the package `path`, written under a
@@ -239,23 +210,6 @@ def compile_ahead(model, batch_size: int, path: Path, any_batch: bool = False) -
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
-
-
-def _trim_cache(folder: Path, keep: Path) -> None:
-    """Delete the least recently used compiled steps until the folder fits CACHE_LIMIT_BYTES, and
-    what compilations left behind (temporary files of killed ones, and lock files, a day old)."""
-    now = time.time()
-    for f in [*folder.glob(".*.tmp.pt2"), *folder.glob(".*.lock")]:
-        with suppress(OSError):
-            if now - f.stat().st_mtime > 86_400:
-                f.unlink()
-    files = sorted((f for f in folder.glob("*.pt2") if not f.name.startswith(".")),
-                   key=lambda f: f.stat().st_mtime, reverse=True)
-    total = 0
-    for f in files:
-        total += f.stat().st_size
-        if total > CACHE_LIMIT_BYTES and f != keep:
-            f.unlink(missing_ok=True)
 
 
 def cpu_compiled_step(model, batch_size: int, compile: bool, any_batch: bool = False) -> Callable | None:
@@ -302,12 +256,12 @@ def _cached_or_compiled(model, batch_size: int, any_batch: bool, path: Path, com
             compile_ahead(model, batch_size, path, any_batch)
             step = CachedCompiledStep(path)
         except Exception as e:  # noqa: BLE001 - a read-only cache, no C++ compiler, an operation the compiler lacks...
-            note(f"note: {_why_not_compiled(e, path.parent)}: decoding uncompiled")
+            note(f"note: {why_not_compiled(e, path.parent)}: decoding uncompiled")
             return None
     seconds = time.monotonic() - start
     note(f"compiled in {seconds:.0f} s")
-    _remember_compile_time(model.config, seconds, any_batch)
-    _trim_cache(path.parent, path)
+    remember_compile_time(model.config, seconds, any_batch)
+    trim_cache(path.parent, path)
     return step
 
 
@@ -326,40 +280,6 @@ def _load(path: Path, compile: bool) -> CachedCompiledStep | None:
     with suppress(OSError):  # a read-only cache still serves
         os.utime(path)  # recently used: the last to be trimmed
     return step
-
-
-def _why_not_compiled(error: Exception, folder: Path) -> str:
-    if isinstance(error, OSError) and error.errno in WRITE_FAILURES:
-        return f"cannot write {folder} ({error.strerror}; set JANELM_CACHE to a writable folder)"
-    return f"could not compile the decode step ({first_line(error, 160)})"
-
-
-COMPILE_TIMES = "compile_times.json"  # in the cache folder: how long compiling took here, by shape
-
-
-def _compile_key(config, any_batch: bool) -> str:
-    return f"{config.n_block}x{config.n_embed}{', any batch' if any_batch else ''}, {torch.get_num_threads()} threads"
-
-
-def compile_estimate_s(config, any_batch: bool = False) -> float:
-    """About how long compiling a model's decode step takes here: the last time measured on this
-    machine for this shape (and a margin), else (8 + 6 · blocks) s on 2 cores, twice that on one
-    (the compiler builds its C++ in parallel): with the products compiled too, a 2-block toy took
-    20-24 s, the 6-block reference 33-45 s (docs/speed.md)."""
-    with suppress(OSError, ValueError, TypeError, AttributeError):  # none yet, or a damaged file
-        measured = json.loads((cache_root() / COMPILE_TIMES).read_text()).get(_compile_key(config, any_batch))
-        if measured is not None:
-            return 1.2 * float(measured) + 2.0
-    return (8.0 + 6.0 * config.n_block) * 2 / max(1, min(torch.get_num_threads(), 2))
-
-
-def _remember_compile_time(config, seconds: float, any_batch: bool = False) -> None:
-    path = cache_root() / COMPILE_TIMES
-    known = {}
-    with suppress(OSError, ValueError, TypeError):  # none yet, or a damaged file: start again
-        known = dict(json.loads(path.read_text()))
-    with suppress(OSError, WriteFailure):  # a read-only cache only means estimating from the formula
-        atomic_write_text(path, json.dumps({**known, _compile_key(config, any_batch): round(seconds, 1)}))
 
 
 def compile_for_sampling(checkpoint: Path) -> float | None:

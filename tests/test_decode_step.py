@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import janelm.decode_step as decode_step
+import janelm.step_cache as step_cache
 from janelm.config import ModelConfig, SamplingOptions
 from janelm.decode_step import CachedCompiledStep, decode_step_for
 from janelm.device import cpu_has_native_bf16
@@ -50,20 +51,20 @@ def step_of(model, batch: int, compile):
 def test_a_compiled_step_is_kept_and_found_again(model, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("JANELM_CACHE", str(tmp_path))
     eager = tokens(model, compile=False)
-    formula = decode_step.compile_estimate_s(model.config)
+    formula = step_cache.compile_estimate_s(model.config)
     assert tokens(model, compile=True) == eager
     files = list((tmp_path / "decode").glob("*.pt2"))
     assert len(files) == 1 and "compiling the decode step" in capsys.readouterr().err
     # The time it took is remembered: the next estimate (what `train --compile-decode` reserves) is it.
-    took = next(iter(json.loads((tmp_path / "decode" / decode_step.COMPILE_TIMES).read_text()).values()))
-    assert 0 < took and decode_step.compile_estimate_s(model.config) == pytest.approx(1.2 * took + 2.0) != formula
-    times = tmp_path / "decode" / decode_step.COMPILE_TIMES
+    took = next(iter(json.loads((tmp_path / "decode" / step_cache.COMPILE_TIMES).read_text()).values()))
+    assert 0 < took and step_cache.compile_estimate_s(model.config) == pytest.approx(1.2 * took + 2.0) != formula
+    times = tmp_path / "decode" / step_cache.COMPILE_TIMES
     times.write_text('{"another shape": 5.0}')  # known for other shapes only: the formula
-    assert decode_step.compile_estimate_s(model.config) == formula
+    assert step_cache.compile_estimate_s(model.config) == formula
     times.write_text("[not what it should be")  # damaged: the formula, and the next compile rewrites it
-    assert decode_step.compile_estimate_s(model.config) == formula
-    decode_step._remember_compile_time(model.config, 7.0)
-    assert decode_step.compile_estimate_s(model.config) == pytest.approx(1.2 * 7.0 + 2.0)
+    assert step_cache.compile_estimate_s(model.config) == formula
+    step_cache.remember_compile_time(model.config, 7.0)
+    assert step_cache.compile_estimate_s(model.config) == pytest.approx(1.2 * 7.0 + 2.0)
 
     fresh = copy.deepcopy(model)  # as a later run would load it: nothing compiled in memory
     assert isinstance(step_of(fresh, 2, compile=None), CachedCompiledStep)  # the default finds it
@@ -119,13 +120,13 @@ def test_bench_says_when_it_could_not_compile(model, tmp_path, monkeypatch, caps
 
 
 def test_the_cache_keeps_the_recently_used(tmp_path, monkeypatch):
-    monkeypatch.setattr(decode_step, "CACHE_LIMIT_BYTES", 150)
+    monkeypatch.setattr(step_cache, "CACHE_LIMIT_BYTES", 150)
     now = time.time()
     ages = {"old.pt2": 300, "middle.pt2": 200, "new.pt2": 100, ".x.1.tmp.pt2": 2 * 86_400, ".y.2.tmp.pt2": 10}
     for name, age in ages.items():
         (tmp_path / name).write_bytes(b"x" * 100)
         os.utime(tmp_path / name, (now - age, now - age))
-    decode_step._trim_cache(tmp_path, keep=tmp_path / "old.pt2")
+    step_cache.trim_cache(tmp_path, keep=tmp_path / "old.pt2")
     # newest first: new (100 bytes) fits, middle would pass the limit, old is the one just made;
     # a compilation's temporary file goes once it is a day old (its process is long gone).
     assert sorted(p.name for p in tmp_path.iterdir()) == [".y.2.tmp.pt2", "new.pt2", "old.pt2"]
@@ -200,12 +201,12 @@ def test_a_step_compiled_for_any_batch_serves_every_size_up_to_its_own(model, tm
             assert compiled.shape == (rows, 40)
             torch.testing.assert_close(compiled, expected, atol=2e-2, rtol=2e-2)
     assert len(list((tmp_path / "decode").glob("*.pt2"))) == 1
-    assert decode_step.step_key(fresh, most, any_batch=True) != decode_step.step_key(fresh, most)
+    assert step_cache.step_key(fresh, most, any_batch=True) != step_cache.step_key(fresh, most)
     threads = torch.get_num_threads()
-    key = decode_step.step_key(fresh, most, any_batch=True)
+    key = step_cache.step_key(fresh, most, any_batch=True)
     try:  # compiled for its threads: another count is another library
         torch.set_num_threads(threads % 2 + 1)
-        assert decode_step.step_key(fresh, most, any_batch=True) != key
+        assert step_cache.step_key(fresh, most, any_batch=True) != key
     finally:
         torch.set_num_threads(threads)
 
@@ -252,7 +253,7 @@ def test_a_step_another_process_is_compiling_is_waited_for_and_then_loaded(model
     monkeypatch.setattr(decode_step, "compile_ahead", lambda *args: compiled.append(args))
     monkeypatch.setattr(decode_step, "CachedCompiledStep", lambda path: loaded.append(path.read_text()) or path)
     fresh = copy.deepcopy(model)
-    path = decode_step.cache_root() / f"{decode_step.step_key(fresh, 1)}.pt2"
+    path = step_cache.cache_root() / f"{step_cache.step_key(fresh, 1)}.pt2"
     path.parent.mkdir(parents=True)
     holding, release = threading.Event(), threading.Event()
 

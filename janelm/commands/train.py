@@ -152,7 +152,8 @@ def train(args: argparse.Namespace) -> int:
     from janelm.checkpoint import load_checkpoint, resolve_checkpoint
     from janelm.console import note
     from janelm.data import load_corpus
-    from janelm.decode_step import compile_estimate_s, compile_for_sampling
+    from janelm.decode_step import compile_for_sampling
+    from janelm.step_cache import compile_estimate_s
     from janelm.device import describe_dtype, emulated_bf16_warning, pick_device
     from janelm.distributed import Distributed
     from janelm.trainer import Trainer

@@ -1,0 +1,98 @@
+"""The folder of compiled decode steps: what a step's file is keyed by, how the folder is kept
+within its size, and how long compiling took here (what `train --compile-decode` reserves).
+
+janelm.decode_step compiles and loads the steps; this module only names and keeps their files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from contextlib import suppress
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from janelm import __version__
+from janelm.errors import first_line
+from janelm.files import WRITE_FAILURES, WriteFailure, atomic_write_text, cache_home
+
+CACHE_LIMIT_BYTES = 2 << 30  # the cache keeps its most recently used files within this size
+SOURCES = ("model.py", "rotary.py", "norm.py", "quantize.py", "decode_step.py")  # the code a compiled step is made from
+
+
+def cache_root() -> Path:
+    """Where compiled steps are kept: `decode` in JaneLM's cache folder (janelm.files.cache_home)."""
+    return cache_home() / "decode"
+
+
+def step_key(model, batch_size: int, any_batch: bool = False) -> str:
+    """What a compiled step depends on, hashed: the weights as decoding stores them, the config,
+    the batch size (or sizes), the code that defines the step, PyTorch's version, the CPU's
+    instruction set and the threads its kernels run on."""
+    digest = hashlib.sha256()
+    code = Path(__file__).parent
+    about = {"janelm": __version__, "code": [hashlib.sha256((code / name).read_bytes()).hexdigest() for name in SOURCES],
+             "torch": torch.__version__, "isa": torch.backends.cpu.get_cpu_capability(), "batch": batch_size,
+             "threads": torch.get_num_threads(), **({"any_batch": True} if any_batch else {}),
+             "config": asdict(model.config), "activations": str(model.tok_embed.weight.dtype)}
+    digest.update(json.dumps(about, sort_keys=True).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()[:32]
+
+
+def trim_cache(folder: Path, keep: Path) -> None:
+    """Delete the least recently used compiled steps until the folder fits CACHE_LIMIT_BYTES, and
+    what compilations left behind (temporary files of killed ones, and lock files, a day old)."""
+    now = time.time()
+    for f in [*folder.glob(".*.tmp.pt2"), *folder.glob(".*.lock")]:
+        with suppress(OSError):
+            if now - f.stat().st_mtime > 86_400:
+                f.unlink()
+    files = sorted((f for f in folder.glob("*.pt2") if not f.name.startswith(".")),
+                   key=lambda f: f.stat().st_mtime, reverse=True)
+    total = 0
+    for f in files:
+        total += f.stat().st_size
+        if total > CACHE_LIMIT_BYTES and f != keep:
+            f.unlink(missing_ok=True)
+
+
+def why_not_compiled(error: Exception, folder: Path) -> str:
+    """Why a step could not be compiled, in words: an unwritable cache (and the fix), or the compiler's error."""
+    if isinstance(error, OSError) and error.errno in WRITE_FAILURES:
+        return f"cannot write {folder} ({error.strerror}; set JANELM_CACHE to a writable folder)"
+    return f"could not compile the decode step ({first_line(error, 160)})"
+
+
+COMPILE_TIMES = "compile_times.json"  # in the cache folder: how long compiling took here, by shape
+
+
+def _compile_key(config, any_batch: bool) -> str:
+    return f"{config.n_block}x{config.n_embed}{', any batch' if any_batch else ''}, {torch.get_num_threads()} threads"
+
+
+def compile_estimate_s(config, any_batch: bool = False) -> float:
+    """About how long compiling a model's decode step takes here: the last time measured on this
+    machine for this shape (and a margin), else (8 + 6 · blocks) s on 2 cores, twice that on one
+    (the compiler builds its C++ in parallel): with the products compiled too, a 2-block toy took
+    20-24 s, the 6-block reference 33-45 s (docs/speed.md)."""
+    with suppress(OSError, ValueError, TypeError, AttributeError):  # none yet, or a damaged file
+        measured = json.loads((cache_root() / COMPILE_TIMES).read_text()).get(_compile_key(config, any_batch))
+        if measured is not None:
+            return 1.2 * float(measured) + 2.0
+    return (8.0 + 6.0 * config.n_block) * 2 / max(1, min(torch.get_num_threads(), 2))
+
+
+def remember_compile_time(config, seconds: float, any_batch: bool = False) -> None:
+    """Keep how long compiling this shape took here: the next estimate starts from it."""
+    path = cache_root() / COMPILE_TIMES
+    known = {}
+    with suppress(OSError, ValueError, TypeError):  # none yet, or a damaged file: start again
+        known = dict(json.loads(path.read_text()))
+    with suppress(OSError, WriteFailure):  # a read-only cache only means estimating from the formula
+        atomic_write_text(path, json.dumps({**known, _compile_key(config, any_batch): round(seconds, 1)}))
