@@ -65,6 +65,11 @@ def test_a_compiled_step_is_kept_and_found_again(model, tmp_path, monkeypatch, c
     assert step_cache.compile_estimate_s(model.config) == formula
     step_cache.remember_compile_time(model.config, 7.0)
     assert step_cache.compile_estimate_s(model.config) == pytest.approx(1.2 * 7.0 + 2.0)
+    # A time measured with other code (before an upgrade) is not this code's: the formula.
+    times.write_text(times.read_text().replace(step_cache.code_version(), "0" * 16))
+    assert step_cache.compile_estimate_s(model.config) == formula
+    step_cache.remember_compile_time(model.config, 9.0)  # and the stale entry is dropped
+    assert list(json.loads(times.read_text()).values()) == [9.0]
 
     fresh = copy.deepcopy(model)  # as a later run would load it: nothing compiled in memory
     assert isinstance(step_of(fresh, 2, compile=None), CachedCompiledStep)  # the default finds it
