@@ -92,8 +92,9 @@ def show(result: dict, what: str) -> None:
                       f"({result['one_stream_vs_sample_decode']:.2f} of bench sample's decode beside it, median of "
                       f"{len(result['rounds'])} rounds; decode up to {result['sample_decode_tokens_per_s']:,.1f})")
         table.add_row(f"{result['clients']} streams at once", f"{result['aggregate_tokens_per_s']:,.1f} tokens/s "
-                      f"({result['aggregate_vs_one_stream']:.2f}× one stream)")
-        table.add_row("time to first token, p50 / p95", f"{result['ttft_p50_s']:.3f} / {result['ttft_p95_s']:.3f} s")
+                      f"({result['aggregate_vs_one_stream']:.2f}× the one stream of their round, median)")
+        table.add_row("time to first token, p50 / p95", f"{result['ttft_p50_s']:.3f} / {result['ttft_p95_s']:.3f} s "
+                      f"(every round's {result['clients']} streams)")
     elif what == "sample":
         table.add_row("model", f"{result['n_block']} blocks × {result['n_embed']}, {result['n_head']} heads, "
                       f"context {result['context']}, vocab {result['vocab_size']} ({result['params'] / 1e6:.1f}M)")

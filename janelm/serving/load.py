@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -98,19 +99,21 @@ def concurrent_streams(port: int, clients: int, tokens: int, prompts: Sequence[s
     ttfts = sorted(r["ttft_s"] for r in results)
     return {"clients": clients, "tokens": sum(r["tokens"] for r in results), "seconds": elapsed,
             "tokens_per_s": sum(r["tokens"] for r in results) / elapsed,
-            "ttft_p50_s": percentile(ttfts, 50), "ttft_p95_s": percentile(ttfts, 95)}
+            "ttft_p50_s": percentile(ttfts, 50), "ttft_p95_s": percentile(ttfts, 95), "ttfts": ttfts}
 
 
-def paired_rounds(port: int, tokens: int, decode: Callable[[], float], prompt: list[int], rounds: int = 5) -> list[dict[str, Any]]:
+def paired_rounds(port: int, tokens: int, decode: Callable[[], float], prompt: list[int], clients: int,
+                  openings: Sequence[str | list[int]], rounds: int = 5) -> list[dict[str, Any]]:
     """`rounds` times: one stream of `tokens` tokens from `prompt` (token ids: the decode's own, so
-    both do the same work), then `decode()` (tokens/s) right after it. The machine's speed moves by
-    a third from one second to the next, so a stream and a decode timed apart measure two machines;
-    side by side, their ratio stands."""
+    both do the same work), `decode()` (tokens/s) right after it, then `clients` streams of
+    `openings` at once. The machine's speed moves by a third from one second to the next, so
+    figures timed apart measure two machines; side by side, their ratios stand."""
     out = []
     for _ in range(max(1, rounds)):
         stream = concurrent_streams(port, 1, tokens, [prompt])
         out.append({"stream": stream, "decode": decode()})
         time.sleep(0.3)  # this process's idle compute threads spin a while before they sleep: not beside a stream
+        out[-1]["together"] = concurrent_streams(port, clients, tokens, openings)
     return out
 
 
@@ -121,9 +124,10 @@ def percentile(sorted_values: list[float], p: float) -> float:
 
 
 def measure_serving(checkpoint: str | os.PathLike, clients: int, tokens: int, dtype: str, flags: list[str]) -> dict[str, Any]:
-    """`janelm serve -c checkpoint FLAGS` measured: one stream from token 0, five times, each beside
-    `bench sample`'s decode of the same tokens in this process (paired_rounds), then `clients`
-    streams of Austen's openings at once; `tokens` tokens each."""
+    """`janelm serve -c checkpoint FLAGS` measured in five rounds (paired_rounds) of: one stream from
+    token 0, `bench sample`'s decode of the same tokens in this process beside it, then `clients`
+    streams of Austen's openings at once; `tokens` tokens each. Speeds are the best round's; the
+    ratios the median round's own; times to first token over every round's clients."""
     import torch
 
     from janelm.checkpoint import load_model
@@ -143,20 +147,21 @@ def measure_serving(checkpoint: str | os.PathLike, clients: int, tokens: int, dt
     with server_process(["-c", str(checkpoint), "--max-rows", str(max(16, clients)), *flags]) as (port, _):
         concurrent_streams(port, 1, 8, openings)  # warm-ups: the first request, and the first decode, pay for lazy set-up
         decode()
-        note(f"bench serve: one stream beside bench sample's decode (5 rounds), then {clients} streams at once, "
+        note(f"bench serve: 5 rounds of one stream, bench sample's decode beside it, then {clients} streams at once, "
              f"{tokens} tokens each")
-        rounds = paired_rounds(port, tokens, decode, prompt=[0])  # the same tokens as the decode
-        together = concurrent_streams(port, clients, tokens, openings)
-    alone = max((r["stream"] for r in rounds), key=lambda r: r["tokens_per_s"])  # best of the rounds, as the decode
-    shares = sorted(r["stream"]["tokens_per_s"] / r["decode"] for r in rounds)
-    return {"clients": clients, "tokens": tokens, "one_stream_tokens_per_s": alone["tokens_per_s"],
-            "aggregate_tokens_per_s": together["tokens_per_s"],
-            "aggregate_vs_one_stream": together["tokens_per_s"] / alone["tokens_per_s"],
-            "ttft_p50_s": together["ttft_p50_s"], "ttft_p95_s": together["ttft_p95_s"],
-            "one_stream_ttft_s": alone["ttft_p50_s"], "sample_decode_tokens_per_s": max(r["decode"] for r in rounds),
-            "one_stream_vs_sample_decode": shares[len(shares) // 2],
-            "rounds": [{"one_stream_tokens_per_s": r["stream"]["tokens_per_s"], "sample_decode_tokens_per_s": r["decode"]}
-                       for r in rounds]}
+        rounds = paired_rounds(port, tokens, decode, [0], clients, openings)  # the one stream: the decode's tokens
+    ttfts = sorted(t for r in rounds for t in r["together"]["ttfts"])  # every round's clients
+    alone = max(r["stream"]["tokens_per_s"] for r in rounds)  # best of the rounds, as the decode
+    return {"clients": clients, "tokens": tokens, "one_stream_tokens_per_s": alone,
+            "aggregate_tokens_per_s": max(r["together"]["tokens_per_s"] for r in rounds),
+            # Each round's streams against its own one stream, timed seconds apart: the median round.
+            "aggregate_vs_one_stream": statistics.median(r["together"]["tokens_per_s"] / r["stream"]["tokens_per_s"] for r in rounds),
+            "ttft_p50_s": percentile(ttfts, 50), "ttft_p95_s": percentile(ttfts, 95),
+            "one_stream_ttft_s": min(r["stream"]["ttft_p50_s"] for r in rounds),
+            "sample_decode_tokens_per_s": max(r["decode"] for r in rounds),
+            "one_stream_vs_sample_decode": statistics.median(r["stream"]["tokens_per_s"] / r["decode"] for r in rounds),
+            "rounds": [{"one_stream_tokens_per_s": r["stream"]["tokens_per_s"], "sample_decode_tokens_per_s": r["decode"],
+                        "aggregate_tokens_per_s": r["together"]["tokens_per_s"]} for r in rounds]}
 
 
 def encodable(tokenizer, texts: Sequence[str]) -> list[list[int]]:
