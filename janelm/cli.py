@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="janelm", description="Train a small language model on Jane Austen, sample it, and measure it.",
                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--version", action="version", version=f"janelm {__version__}")
-    parser.add_argument("--debug", action="store_true", default=False, help="show tracebacks on errors (default: off)")
+    parser.add_argument("--debug", action="store_true", default=False, help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     def command(name: str, help: str, module: str | None = None) -> argparse.ArgumentParser:

@@ -86,8 +86,8 @@ class Trainer:
                  spent: float = 0.0):
         """`resume` is the run's last checkpoint to continue; `init` a checkpoint whose weights to
         fine-tune (fresh optimizer and schedule). Either fixes the model config. `clock` (seconds)
-        times the budget; tests pass a fake one. `spent`: seconds of the budget already used (the
-        measurements of `--preset auto`).
+        times the budget; tests pass a fake one. `spent`: seconds of the budget already used (by
+        `janelm train` before the run: loading PyTorch and the corpus, `--preset auto`'s measurements).
 
         A time budget alone (`max_iters` 0) is planned: after warm-up, whose rates do not depend on
         the run's length, the pace of the steps so far sets `max_iters` (`_plan`)."""

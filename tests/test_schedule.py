@@ -311,3 +311,36 @@ def test_more_compute_never_chooses_a_worse_recipe():
     assert chosen == sorted(chosen) and chosen[0] == 0 and chosen[-1] == len(rows) - 1
     assert [t for t, _ in COMPUTE_TABLE] == sorted({t for t, _ in COMPUTE_TABLE})
     assert all(name in PRESETS for name in rows)
+
+
+def test_the_time_budget_counts_what_train_does_before_the_run(tmp_path, prepared, monkeypatch):
+    """--max-time is the command's wall time: loading the corpus and auto's measurements are spent
+    from it before the first step, not added after the budget."""
+    import time
+
+    import janelm.data
+    import janelm.recipe
+    import janelm.trainer
+    from janelm.cli import build_parser
+    from janelm.commands.train import train
+
+    class Started(Exception):
+        pass
+
+    class Recording:
+        def __init__(self, *args, spent: float, **kwargs):
+            raise Started(spent)
+
+    def slow(seconds, function):
+        return lambda *args, **kwargs: time.sleep(seconds) or function(*args, **kwargs)
+
+    monkeypatch.setattr(janelm.data, "load_corpus", slow(0.5, janelm.data.load_corpus))
+    monkeypatch.setattr(janelm.recipe, "measure_pace", slow(0.2, fake_pace(5_500.0)))
+    args = build_parser().parse_args(["train", "--data", str(prepared), "--out", str(tmp_path / "run"),
+                                      "--device", "cpu", "--max-time", "60", "--quiet"])
+    monkeypatch.setattr(janelm.trainer, "Trainer", Recording)
+    start = time.perf_counter()
+    with pytest.raises(Started) as started:
+        train(args)
+    spent = started.value.args[0]
+    assert 0.5 + 0.2 <= spent <= time.perf_counter() - start

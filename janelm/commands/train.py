@@ -6,6 +6,7 @@ import argparse
 import math
 import os
 import sys
+import time
 from contextlib import nullcontext
 from dataclasses import fields, replace
 from pathlib import Path
@@ -23,9 +24,9 @@ def resolve_preset(args: argparse.Namespace) -> str:
     return PROBE_PRESET if args.preset == AUTO else args.preset
 
 
-def choose_auto(args: argparse.Namespace, vocab_size: int) -> float:
-    """Resolve `--preset auto` by measuring this machine (janelm.recipe), say what it measured and
-    chose on the run's first line, and return the seconds that took (spent from the budget).
+def choose_auto(args: argparse.Namespace, vocab_size: int) -> None:
+    """Resolve `--preset auto` by measuring this machine (janelm.recipe) and say what it measured
+    and chose on the run's first line.
     Under a torchrun started by hand every process would measure alone and might choose apart,
     so there auto takes the probe's preset."""
     from janelm.console import note
@@ -35,14 +36,13 @@ def choose_auto(args: argparse.Namespace, vocab_size: int) -> float:
         args.preset = PROBE_PRESET
         if os.environ["RANK"] == "0":
             note(f"preset {PROBE_PRESET} (auto does not measure under torchrun: pass --preset NAME, or use --nproc)")
-        return 0.0
+        return
     budget = args.max_time or default_budget(args)
     if args.max_iters is None:
         args.max_time = budget  # the chosen recipe trains for the budget: the trainer plans its steps
     choice = choose_by_measuring(budget, vocab_size, lambda preset: configs_for_preset(args, preset))
     note(choice.message)
     args.preset = choice.preset
-    return choice.spent
 
 
 def default_budget(args: argparse.Namespace) -> float:
@@ -144,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def train(args: argparse.Namespace) -> int:
+    began = time.perf_counter()  # --max-time is the command's: loading PyTorch and the corpus, auto's probe, count
     last = Path(args.out) / "last.pt"
     if args.resume and not last.is_file():
         raise InputError(f"--resume: no last.pt in {args.out}/ to resume from: start the run with `janelm train` "
@@ -153,15 +154,16 @@ def train(args: argparse.Namespace) -> int:
     from janelm.console import note
     from janelm.data import load_corpus
     from janelm.decode_step import compile_for_sampling
-    from janelm.step_cache import compile_estimate_s
     from janelm.device import describe_dtype, emulated_bf16_warning, pick_device
     from janelm.distributed import Distributed
+    from janelm.step_cache import compile_estimate_s
     from janelm.trainer import Trainer
 
     resume = load_checkpoint(last) if args.resume else None
     init = load_checkpoint(resolve_checkpoint(args.init_from)) if args.init_from else None
     corpus = load_corpus(args.data)
-    spent = choose_auto(args, corpus.tokenizer.vocab_size) if args.preset == AUTO and not (resume or init) else 0.0
+    if args.preset == AUTO and not (resume or init):
+        choose_auto(args, corpus.tokenizer.vocab_size)
     model_cfg, train_cfg = configs_from_args(args, resume or init, "--resume" if resume else "--init-from")
     dist = Distributed.from_environment(train_cfg.device)
     compile_decode = train_cfg.compile_decode and (dist.device or pick_device(train_cfg.device)).type == "cpu"
@@ -173,7 +175,7 @@ def train(args: argparse.Namespace) -> int:
                  f"{reserve:.0f} s to compile the decode step for `janelm sample`")
     try:
         trainer = Trainer(model_cfg, train_cfg, corpus, Path(args.out), resume=resume, init=init,
-                          force=args.force, progress=not args.quiet, dist=dist, spent=spent)
+                          force=args.force, progress=not args.quiet, dist=dist, spent=time.perf_counter() - began)
         if dist.is_main:
             m = trainer.model
             note(f"model: {m.num_params() / 1e6:.2f}M parameters ({m.num_params(embeddings=False) / 1e6:.2f}M "
