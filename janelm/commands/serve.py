@@ -60,5 +60,5 @@ def run(args: argparse.Namespace) -> int:
 
     decoder.wait_ready()
     settings = Settings(args.model_name or model_name(checkpoint), opts, args.user, args.bot, args.max_reply,
-                        args.api_key, args.max_body_bytes, args.max_tokens)
+                        args.api_key, args.max_body_bytes, args.max_tokens, int(checkpoint.stat().st_mtime))
     return serve(Guard(create_app(decoder, decoder.tokenizer, settings), settings), decoder, sock)

@@ -51,6 +51,7 @@ class Settings:
     api_key: str | None = None
     max_body_bytes: int = 1 << 20
     max_tokens: int = 4096
+    created: int = 0  # /v1/models: when the model was made (its checkpoint's time), in Unix seconds
 
 
 class APIError(fastapi.HTTPException):
@@ -122,7 +123,7 @@ def create_app(batcher: Batcher | DecoderProcess, tokenizer, settings: Settings)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": 0,
+        return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": settings.created,
                                             "owned_by": "janelm"}]}
 
     for route, name in PAGES.items():
