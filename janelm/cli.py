@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("bench", "measure speed: sampling or training throughput")
     p.add_argument("what", choices=("sample", "train", "serve"),
                    help="what to measure: generation, training, or janelm serve under concurrent clients")
-    p.add_argument("-c", "--checkpoint", default=None, help="measure this checkpoint's model (default: a random model of the given shape)")
+    p.add_argument("-c", "--checkpoint", default=None, help="measure this checkpoint's model (default: sample and train a random model of the given shape, serve checkpoints/)")
     p.add_argument("--json", action="store_true", help="print one JSON object to stdout (default: a table on stderr)")
     p.add_argument("--steps", type=int, default=0, help="steps or tokens to time (default: 255 new tokens for sample, 20 steps for train)")
     p.add_argument("--vocab-size", type=int, default=100, help="vocabulary of the random model (default: 100)")

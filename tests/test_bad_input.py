@@ -160,6 +160,7 @@ CASES = [
     row("first-chat-before-train",      "chat",                                            2, "no trained model in checkpoints/ yet", "janelm train", cwd="empty"),
     row("first-export-before-train",    "export austen-llama",                             2, "no trained model in checkpoints/ yet", "janelm train", cwd="empty"),
     row("first-bench-before-train",     "bench sample -c checkpoints",                     2, "no trained model in checkpoints/ yet", cwd="empty"),
+    row("first-bench-serve-before-train", "bench serve",                                   2, "no trained model in checkpoints/ yet", "janelm train", cwd="empty"),
     row("first-plot-before-train",      "plot checkpoints",                                2,
         "no metrics.csv in checkpoints/", "`janelm train --out checkpoints` first", cwd="clone"),
     # --- any command: usage --------------------------------------------------------------------

@@ -64,9 +64,8 @@ def bench_sample(args: argparse.Namespace, model_cfg, train_cfg) -> dict:
 
 def bench_serve(args: argparse.Namespace) -> dict:
     """N concurrent streams against a real `janelm serve`, one stream alone, and `bench sample`'s
-    decode of the same model in this process, in one run (janelm.serving.load.measure_serving)."""
-    if not args.checkpoint:
-        raise InputError("bench serve needs a trained model: give -c CKPT")
+    decode of the same model in this process, in one run (janelm.serving.load.measure_serving).
+    The model is a trained one: -c, else what `janelm train` wrote (checkpoints/), as `serve` takes."""
     if args.clients < 1 or args.tokens < 1:
         raise InputError("--clients and --tokens must be at least 1")
     from janelm.checkpoint import check_checkpoint_file, resolve_checkpoint
