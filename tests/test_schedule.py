@@ -315,21 +315,23 @@ def test_more_compute_never_chooses_a_worse_recipe():
 
 def test_the_time_budget_counts_what_train_does_before_the_run(tmp_path, prepared, monkeypatch):
     """--max-time is the command's wall time: loading the corpus and auto's measurements are spent
-    from it before the first step, not added after the budget."""
+    from it before the first step, and what follows the last (compiling the decode step, the final
+    evaluation, the exit) is kept out of the training's share."""
     import time
 
     import janelm.data
     import janelm.recipe
     import janelm.trainer
     from janelm.cli import build_parser
-    from janelm.commands.train import train
+    from janelm.commands.train import FINAL_SECONDS, train
+    from janelm.step_cache import compile_estimate_s
 
     class Started(Exception):
         pass
 
     class Recording:
-        def __init__(self, *args, spent: float, **kwargs):
-            raise Started(spent)
+        def __init__(self, model_cfg, train_cfg, *args, spent: float, **kwargs):
+            raise Started(spent, train_cfg, model_cfg)
 
     def slow(seconds, function):
         return lambda *args, **kwargs: time.sleep(seconds) or function(*args, **kwargs)
@@ -342,5 +344,8 @@ def test_the_time_budget_counts_what_train_does_before_the_run(tmp_path, prepare
     start = time.perf_counter()
     with pytest.raises(Started) as started:
         train(args)
-    spent = started.value.args[0]
+    spent, train_cfg, model_cfg = started.value.args
     assert 0.5 + 0.2 <= spent <= time.perf_counter() - start
+    # The CPU recipes compile the decode step at the end: its time, and the last seconds, come off too.
+    assert train_cfg.compile_decode
+    assert train_cfg.max_time == pytest.approx(60 - compile_estimate_s(model_cfg) - FINAL_SECONDS)
