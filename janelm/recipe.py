@@ -94,7 +94,6 @@ class AutoChoice:
     compute: float  # probe tokens the budget buys here
     steps: int  # the estimate; the trainer plans the real count after warm-up
     message: str  # the run's first line
-    spent: float  # seconds the measurements took, out of the budget
 
 
 def choose_by_measuring(budget: float, vocab_size: int, configs_for: Callable[[str], tuple[ModelConfig, TrainConfig]]
@@ -112,14 +111,13 @@ def choose_by_measuring(budget: float, vocab_size: int, configs_for: Callable[[s
     model_cfg, train_cfg = configs_for(preset)
     same = (model_cfg, replace(train_cfg, max_iters=0, max_time=0)) == (probe_model, replace(probe_train, max_iters=0, max_time=0))
     pace = probe if same else measure_pace(model_cfg, train_cfg, vocab_size)
-    spent = time.perf_counter() - start
-    steps = plan_steps(budget - spent, pace)
+    steps = plan_steps(budget - (time.perf_counter() - start), pace)  # the measurements came out of the budget
     device = pick_device(train_cfg.device)
     machine = describe_machine(device, pick_dtype(train_cfg.dtype, device))
     message = (f"auto: {machine} ≈ {probe.tokens_per_s:,.0f} tokens/s at {describe_shape(probe_model)} → "
                f"{budget:g} s ≈ {tokens_text(compute)} tokens → preset {preset}: {describe_shape(model_cfg)}, "
                f"batch {train_cfg.batch_size}, ≈ {steps:,} steps (--preset NAME picks another)")
-    return AutoChoice(preset, compute, steps, message, spent)
+    return AutoChoice(preset, compute, steps, message)
 
 
 def describe_shape(model_cfg: ModelConfig) -> str:
