@@ -83,11 +83,12 @@ class Trainer:
     def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, corpus: Corpus, out_dir: Path, *,
                  resume: dict[str, Any] | None = None, init: dict[str, Any] | None = None, force: bool = False,
                  progress: bool = True, dist: Distributed | None = None, clock: Callable[[], float] = time.perf_counter,
-                 spent: float = 0.0):
+                 started: float | None = None):
         """`resume` is the run's last checkpoint to continue; `init` a checkpoint whose weights to
         fine-tune (fresh optimizer and schedule). Either fixes the model config. `clock` (seconds)
-        times the budget; tests pass a fake one. `spent`: seconds of the budget already used (by
-        `janelm train` before the run: loading PyTorch and the corpus, `--preset auto`'s measurements).
+        times the budget; tests pass a fake one. `started`: the clock's reading when the budget began
+        (`janelm train`'s start, so loading PyTorch and the corpus, auto's measurements and setting up
+        this trainer count), else when `run` starts.
 
         A time budget alone (`max_iters` 0) is planned: after warm-up, whose rates do not depend on
         the run's length, the pace of the steps so far sets `max_iters` (`_plan`)."""
@@ -167,8 +168,7 @@ class Trainer:
                 raise InputError(f"cannot write to {self.out_dir}/: choose another --out")
         self.resumed = resume is not None
         self.planned_steps = 0  # the steps a time budget chose in this process (_plan)
-        if not self.resumed:
-            self.state.elapsed = spent
+        self.started = started
 
     def _refuse_to_overwrite(self, force: bool) -> None:
         """A new run never silently replaces another run's checkpoints."""
@@ -270,7 +270,8 @@ class Trainer:
         bar = self.bar = self._bar()
         stop_reason = None
         last_loss = math.nan
-        start, elapsed_before, step_before = self.clock(), s.elapsed, s.step
+        start = self.started if self.started is not None else self.clock()
+        elapsed_before, step_before = s.elapsed, s.step
         # The plan's pace leaves out the first steps of the process (allocation, compilation).
         pace_mark, pace_t0 = step_before + max(1, (cfg.warmup_iters - step_before) // 5), None
         # The bar closes however the loop ends, so an error line never lands on the end of it.

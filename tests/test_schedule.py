@@ -226,6 +226,19 @@ def test_a_time_budget_ends_within_90_to_100_percent_of_it_annealed(tmp_path, pr
     assert ckpt["train_config"]["max_time"] == PLANNED.max_time
 
 
+def test_a_budget_begun_before_the_run_counts_that_time(tmp_path, prepared):
+    """`started` (janelm train's start, before the corpus and auto's probe): the seconds before
+    run() come out of the budget, and the plan fills what is left."""
+    clock = FakeClock()
+    started = clock()
+    clock.now += 20.0  # the command's start-up, on the budget's clock
+    trainer = Trainer(TINY_MODEL, PLANNED, load_corpus(prepared), tmp_path, progress=False, clock=clock, started=started)
+    lrs = run_planned(trainer, clock, lambda step: 0.1, seconds_per_eval=0.5)
+    assert 0.9 * PLANNED.max_time <= trainer.state.elapsed <= PLANNED.max_time + 0.2
+    assert trainer.state.step * 0.1 <= PLANNED.max_time - 20.0  # the steps had the 40 s left, not 60
+    assert lrs[-1] < 1.05 * PLANNED.lr * PLANNED.min_lr_ratio
+
+
 def test_max_iters_replays_a_planned_run_bit_for_bit(tmp_path, prepared, capsys):
     clock = FakeClock()
     planned = Trainer(TINY_MODEL, replace(PLANNED, max_time=8.0), load_corpus(prepared), tmp_path / "a",
@@ -330,8 +343,8 @@ def test_the_time_budget_counts_what_train_does_before_the_run(tmp_path, prepare
         pass
 
     class Recording:
-        def __init__(self, model_cfg, train_cfg, *args, spent: float, **kwargs):
-            raise Started(spent, train_cfg, model_cfg)
+        def __init__(self, model_cfg, train_cfg, *args, started: float, **kwargs):
+            raise Started(started, train_cfg, model_cfg)
 
     def slow(seconds, function):
         return lambda *args, **kwargs: time.sleep(seconds) or function(*args, **kwargs)
@@ -344,8 +357,8 @@ def test_the_time_budget_counts_what_train_does_before_the_run(tmp_path, prepare
     start = time.perf_counter()
     with pytest.raises(Started) as started:
         train(args)
-    spent, train_cfg, model_cfg = started.value.args
-    assert 0.5 + 0.2 <= spent <= time.perf_counter() - start
+    began, train_cfg, model_cfg = started.value.args
+    assert start <= began < start + 0.5  # the budget began before the corpus was loaded (0.5 s) and the probe ran
     # The CPU recipes compile the decode step at the end: its time, and the last seconds, come off too.
     assert train_cfg.compile_decode
     assert train_cfg.max_time == pytest.approx(60 - compile_estimate_s(model_cfg) - FINAL_SECONDS)

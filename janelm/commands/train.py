@@ -180,7 +180,7 @@ def train(args: argparse.Namespace) -> int:
                  f"{reserve:.0f} s to compile the decode step for `janelm sample` and finish")
     try:
         trainer = Trainer(model_cfg, train_cfg, corpus, Path(args.out), resume=resume, init=init,
-                          force=args.force, progress=not args.quiet, dist=dist, spent=time.perf_counter() - began)
+                          force=args.force, progress=not args.quiet, dist=dist, started=began)
         if dist.is_main:
             m = trainer.model
             note(f"model: {m.num_params() / 1e6:.2f}M parameters ({m.num_params(embeddings=False) / 1e6:.2f}M "
