@@ -91,14 +91,15 @@ def _compile_key(config, any_batch: bool) -> str:
 
 def compile_estimate_s(config, any_batch: bool = False) -> float:
     """About how long compiling a model's decode step takes here: the last time measured on this
-    machine for this shape (and a margin), else (10 + 6 · blocks) s on 2 cores, twice that on one
-    (the compiler builds its C++ in parallel): with the products compiled too, a 2-block toy took
-    20-24 s, 3 × 256 23.5 s, the 6-block reference 33-45 s (docs/speed.md)."""
+    machine for this shape (and a margin), else (10 + 6 · blocks) s: with the products compiled too,
+    a 2-block toy took 20-24 s, 3 × 256 23.5-26.4 s, the 6-block reference 33-45 s on 2 cores
+    (docs/speed.md), and on one core about as long (2 × 256: 22.0 s; the reference, before: 40.8
+    against 40.3)."""
     with suppress(OSError, ValueError, TypeError, AttributeError):  # none yet, or a damaged file
         measured = json.loads((cache_root() / COMPILE_TIMES).read_text()).get(_compile_key(config, any_batch))
         if measured is not None:
             return 1.2 * float(measured) + 2.0
-    return (10.0 + 6.0 * config.n_block) * 2 / max(1, min(torch.get_num_threads(), 2))
+    return 10.0 + 6.0 * config.n_block
 
 
 def remember_compile_time(config, seconds: float, any_batch: bool = False) -> None:
