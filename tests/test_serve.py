@@ -89,7 +89,7 @@ def test_chat_is_janelm_chats_reply(server, trained):
 def test_models_health_and_errors(server, trained):
     api = client(server)
     assert [m.id for m in api.models.list().data] == ["run"]
-    assert api.models.list().data[0].created == int(trained.stat().st_mtime)  # the checkpoint's time
+    assert api.models.list().data[0].created == int((trained / "best.pt").stat().st_mtime)  # the checkpoint's time
     health = httpx.get(f"{server}/health").json()
     # On the CPU a server compiles its steps (a lone row's, the batches') at its first start by default.
     assert health["status"] == "ok" and health["compiled"] is True
