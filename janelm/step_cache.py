@@ -44,8 +44,8 @@ def step_key(model, batch_size: int, any_batch: bool = False) -> str:
     the batch size (or sizes), the code that defines the step, PyTorch's version, the CPU's
     instruction set and the threads its kernels run on."""
     digest = hashlib.sha256()
-    about = {"code": code_version(), "torch": torch.__version__, "isa": torch.backends.cpu.get_cpu_capability(), "batch": batch_size,
-             "threads": torch.get_num_threads(), **({"any_batch": True} if any_batch else {}),
+    about = {"code": code_version(), "torch": torch.__version__, "isa": torch.backends.cpu.get_cpu_capability(),
+             "batch": batch_size, "threads": torch.get_num_threads(), **({"any_batch": True} if any_batch else {}),
              "config": asdict(model.config), "activations": str(model.tok_embed.weight.dtype)}
     digest.update(json.dumps(about, sort_keys=True).encode())
     for name, tensor in model.state_dict().items():

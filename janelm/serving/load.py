@@ -155,7 +155,8 @@ def measure_serving(checkpoint: str | os.PathLike, clients: int, tokens: int, dt
     return {"clients": clients, "tokens": tokens, "one_stream_tokens_per_s": alone,
             "aggregate_tokens_per_s": max(r["together"]["tokens_per_s"] for r in rounds),
             # Each round's streams against its own one stream, timed seconds apart: the median round.
-            "aggregate_vs_one_stream": statistics.median(r["together"]["tokens_per_s"] / r["stream"]["tokens_per_s"] for r in rounds),
+            "aggregate_vs_one_stream": statistics.median(r["together"]["tokens_per_s"] / r["stream"]["tokens_per_s"]
+                                                         for r in rounds),
             "ttft_p50_s": percentile(ttfts, 50), "ttft_p95_s": percentile(ttfts, 95),
             "one_stream_ttft_s": min(r["stream"]["ttft_p50_s"] for r in rounds),
             "sample_decode_tokens_per_s": max(r["decode"] for r in rounds),
