@@ -57,6 +57,10 @@ def test_resume_takes_the_runs_own_flags_and_names_each_difference(run: Path, pr
     assert metrics_steps(run) == [10, 20, 30, 35]
     assert not (run / LOCK_FILE).exists()
     capsys.readouterr()
+    assert main(["train", "--data", str(prepared), "--out", str(run), *TINY, "--resume", "--max-iters", "35"]) == 0
+    assert ("the run is already at step 35, --max-iters 35: nothing to train; give a larger --max-iters to go on"
+            in capsys.readouterr().err)
+    assert load_checkpoint(run / "last.pt")["state"]["step"] == 35
     code = main(["train", "--data", str(prepared), "--out", str(run), *TINY, "--resume", "--n-block", "3",
                  "--n-embed", "64", "--tie-embeddings", "--no-tie-embeddings"])
     assert code == 2

@@ -189,6 +189,9 @@ def train(args: argparse.Namespace) -> int:
                  f"{describe_dtype(train_cfg.dtype, trainer.device, trainer.dtype)}"
                  + (f", {dist.world_size} processes" if dist.active else "")
                  + (f"; resuming at step {trainer.state.step}" if args.resume else ""))
+            if args.resume and 0 < trainer.cfg.max_iters <= trainer.state.step:
+                note(f"the run is already at step {trainer.state.step}, --max-iters {trainer.cfg.max_iters}: nothing to "
+                     f"train; give a larger --max-iters to go on")
             if corpus.extra_start is not None:  # what the run draws from the extra text, and when
                 note(trainer.mix.describe(train_cfg.extra_weight, trainer.cfg))
             if warning := emulated_bf16_warning(trainer.dtype, trainer.device):
