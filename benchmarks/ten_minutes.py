@@ -37,6 +37,11 @@ def timed(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, subpro
     return time.perf_counter() - start, proc
 
 
+def cpu_model() -> str:
+    with open("/proc/cpuinfo") as f:
+        return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown CPU")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--class", dest="cpu_class", choices=("native", "avx2"), default="native")
@@ -59,7 +64,7 @@ def main() -> None:
 
         ckpt = torch.load(work / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     result = json.loads(score.stdout)
-    lines = train.stderr.splitlines()
+    lines = train.stderr.replace("\r", "\n").splitlines()  # the progress bar redraws with \r
     row = {"class": a.cpu_class, "one_core": a.one_core, "train_flags": a.train_flags,
            "prepare_s": round(prepare_s, 1), "train_s": round(train_s, 1), "total_s": round(prepare_s + train_s, 1),
            "bits_per_char": result["bits_per_char"], "steps": ckpt["state"]["step"],
@@ -67,7 +72,12 @@ def main() -> None:
            "floor_lr": ckpt["train_config"]["lr"] * ckpt["train_config"]["min_lr_ratio"],
            "model": {k: ckpt["model_config"][k] for k in ("n_block", "n_embed", "n_head", "context")},
            "batch_size": ckpt["train_config"]["batch_size"], "first_line": lines[0] if lines else "",
-           "plan": next((line for line in lines if "steps fill" in line), ""), "date": time.strftime("%Y-%m-%d %H:%M")}
+           "plan": next((line for line in lines if "steps fill" in line), ""),
+           # What decided the run's length: the reserve, each plan, a switch to the clock, the compile.
+           "budget_lines": [line.strip() for line in lines if any(k in line for k in (
+               "--max-time", "replays this run", "follows the clock", "compiled in", "training finished"))],
+           "time_bound": ckpt["state"].get("time_bound_progress", -1.0) >= 0,
+           "cpu": cpu_model(), "date": time.strftime("%Y-%m-%d %H:%M")}
     with RESULTS.open("a") as f:
         f.write(json.dumps(row) + "\n")
     print(json.dumps(row, indent=1))
