@@ -46,8 +46,11 @@ TRAIN_HELP = {
     "lr": "peak learning rate",
     "min_lr_ratio": "final learning rate as a fraction of --lr",
     "warmup_iters": "steps of linear learning-rate warm-up",
+    "lr_hold": "share of the steps after warm-up held at the peak rate before the cosine (a time budget "
+               "re-plans its steps at the end of the hold)",
     "max_iters": "optimizer steps to train; alone, the run has no time limit and replays bit for bit with the same "
-                 "seed (0: as many as --max-time fits, planned from the pace of the warm-up steps)",
+                 "seed (0: as many as --max-time fits, planned from the pace of the warm-up steps, and with "
+                 "--lr-hold again at the hold's end)",
     "max_time": "the time budget in seconds, the measurements of auto included; with --max-iters, a limit that "
                 "ends the schedule on the clock if the steps would overrun it (0: no time limit)",
     "weight_decay": "AdamW weight decay on weight matrices",
@@ -68,7 +71,7 @@ TRAIN_HELP = {
     "compile_decode": "on a CPU, compile the decode step for the trained model at the end, inside --max-time, "
                       "so the first `janelm sample` is fast",
     "extra_weight": f"training windows drawn from the corpus's --extra sources: {SCHEDULE_HELP}; the schedule holds A "
-                    "through warm-up and follows the steps, so --max-iters N replays a planned run "
+                    "through warm-up and the hold and follows the steps, so --max-iters N replays a planned run "
                     "(negative: the corpus's own share, from prepare)",
 }
 CHOICES = {"norm": NORMS, "mlp": MLPS, "position": POSITIONS, "optimizer": OPTIMIZERS, "dtype": DTYPES,

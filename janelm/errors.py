@@ -5,6 +5,10 @@ Raise `InputError` for anything the user can fix by changing the command or its 
 and the fix in one line.
 """
 
+import signal
+from contextlib import contextmanager
+from typing import Iterator
+
 
 class JaneLMError(Exception):
     """A failure at run time: the command was fine but the work could not be done."""
@@ -35,3 +39,16 @@ def first_line(e: BaseException, limit: int = 120) -> str:
     if isinstance(e, (KeyError, IndexError, TypeError, AttributeError)) or len(text[0]) < 8:
         return f"{type(e).__name__}: {text[0]}"[:limit]
     return text[0][:limit]
+
+
+@contextmanager
+def catch_stop_signals() -> Iterator[list[int]]:
+    """Turn SIGINT/SIGTERM into a flag the loop checks between steps, so it can save first."""
+    received: list[int] = []
+    handler = lambda signum, frame: received.append(signum)  # noqa: E731
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)

@@ -12,9 +12,10 @@ measures before it trains:
    it may make (`--max-passes`).
 3. The chosen recipe's own pace (measured the same way; the probe's, when it is the probe's shape)
    gives the first line's estimate. The trainer plans the real count from the pace of its own
-   steps once warm-up ends, before the count matters to the schedule (`Trainer._plan`, capped by
-   `--max-passes`). The cosine then follows steps, so `--max-iters N` with the same seed replays
-   the run bit for bit.
+   steps once warm-up ends, before the count matters to the schedule, and plans it again from the
+   steps since then at the end of the hold at the peak rate (`Trainer._plan`, `planned_steps`,
+   capped by `--max-passes`). The cosine then follows steps, so `--max-iters N` with the same seed
+   replays the run bit for bit.
 
 Pure Python apart from `measure_pace`, which imports torch inside: `janelm train --help` reads this.
 """
@@ -27,6 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from janelm.config import COMPUTE_TABLE, PROBE_PRESET, ModelConfig, TrainConfig
+from janelm.schedule import fewest_steps_holding_to
 
 # The share of the budget the planned steps fill: evaluations, checkpoint writes and the machine's
 # noise take the rest, and the time limit itself (a guard at 100%) catches a slower stretch.
@@ -64,6 +66,23 @@ def plan_steps(seconds: float, pace: Pace, evals: int = EVALS_PER_RUN) -> int:
     """Optimizer steps that fill FILL of `seconds` at `pace`, with `evals` evaluations among them."""
     usable = seconds * FILL - evals * pace.eval_s
     return max(1, math.floor(usable / pace.step_s))
+
+
+def planned_steps(cfg: TrainConfig, step: int, seconds_left: float, pace: Pace, train_tokens: int) -> tuple[int, str]:
+    """The run's step count, planned at `step` with `seconds_left` at `pace`, and the plan in words:
+    the steps that fill the time, at most --max-passes over the `train_tokens`, and never fewer than
+    keep the hold at the peak rate past the steps already taken at it."""
+    fill = step + plan_steps(seconds_left, pace) if seconds_left > 0 else step
+    steps, plan = fill, f"{fill:,} steps fill --max-time {cfg.max_time:g} s"
+    cap = math.ceil(cfg.max_passes * train_tokens / pace.tokens_per_step) if cfg.max_passes else fill
+    if cap < fill:  # more steps than the text can use: stop early rather than overfit
+        steps = max(cap, step)
+        plan += f", but {cfg.max_passes:g} passes over the {train_tokens:,} training tokens (--max-passes) end at {steps:,}"
+    held = fewest_steps_holding_to(cfg, step)
+    if steps < held:  # slower than planned: the time limit ends the schedule on the clock if need be
+        steps = held
+        plan += f", but the rate has held at its peak to step {step}: {held:,}"
+    return steps, plan
 
 
 def with_steps(cfg: TrainConfig, steps: int) -> TrainConfig:

@@ -1,13 +1,16 @@
-"""The learning-rate schedule and the run's budget: warm-up, then a cosine that always finishes.
+"""The learning-rate schedule and the run's budget: warm-up, a hold, then a cosine that always finishes.
 
-A run has a step budget (`max_iters`), a time budget (`max_time`), or both. The cosine follows
-steps while the run will end by steps: the learning rate is then a function of the step alone, so
-the same seed reproduces a run bit for bit. When the pace measured so far says the time limit will
-come first (a slower machine than the preset was tuned on), the run becomes *time-bound*: from that
-moment the rest of the cosine is spread over the time left, starting from where it was, so the
-learning rate still reaches its floor as the time runs out instead of being cut off half-way
-down. The moment of the switch is kept in the run's state, so a resumed run continues the same
-schedule.
+A run has a step budget (`max_iters`), a time budget (`max_time`), or both. After warm-up the
+rate may hold at its peak for a share of the steps (`lr_hold`) before the cosine starts: nothing
+up to there depends on the run's length, so a time budget can plan its steps from the pace of the
+steps so far and plan them again at the end of the hold, and `--max-iters N` still replays the
+run. The cosine follows steps while the run will end by steps: the learning rate is then a
+function of the step alone, so the same seed reproduces a run bit for bit. When the pace
+measured so far says the time limit will come first (a machine slower than planned for), the run
+becomes *time-bound*: from that moment the rest of the cosine is spread over the time left,
+starting from where it was, so the learning rate still reaches its floor as the time runs out
+instead of being cut off half-way down. The moment of the switch is kept in the run's state, so
+a resumed run continues the same schedule.
 
 Nothing here reads a clock: callers pass elapsed seconds, so tests can use a fake one.
 """
@@ -15,6 +18,7 @@ Nothing here reads a clock: callers pass elapsed seconds, so tests can use a fak
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Protocol
 
 from janelm.config import TrainConfig
@@ -36,17 +40,35 @@ def _fraction(x: float) -> float:
     return min(max(x, 0.0), 1.0)
 
 
+def cosine_start(cfg: TrainConfig) -> int:
+    """The step the cosine starts from: the end of warm-up and of the hold at the peak rate."""
+    return cfg.warmup_iters + math.ceil(cfg.lr_hold * max(0, cfg.max_iters - cfg.warmup_iters))
+
+
+def fewest_steps_holding_to(cfg: TrainConfig, step: int) -> int:
+    """The smallest `max_iters` whose hold lasts to `step`: a plan made at `step` can end the hold
+    no sooner, since every step so far was taken at the peak rate."""
+    if not cfg.lr_hold or step <= cfg.warmup_iters:
+        return step
+    n = cfg.warmup_iters + math.floor((step - cfg.warmup_iters - 1) / cfg.lr_hold)
+    while cfg.warmup_iters + math.ceil(cfg.lr_hold * (n - cfg.warmup_iters)) < step:
+        n += 1
+    return n
+
+
 def step_progress(cfg: TrainConfig, step: int) -> float:
-    """How far the cosine is by steps alone: 0 at the end of warm-up, 1 at `max_iters`."""
+    """How far the cosine is by steps alone: 0 until `cosine_start`, 1 at `max_iters`."""
     if not cfg.max_iters:
         return 0.0
-    return _fraction((step - cfg.warmup_iters) / max(1, cfg.max_iters - cfg.warmup_iters))
+    start = cosine_start(cfg)
+    return _fraction((step - start) / max(1, cfg.max_iters - start))
 
 
 def schedule_progress(cfg: TrainConfig, state: Progress) -> float:
-    """How far the cosine is: by steps, or, once the run is time-bound, by the time left."""
-    if not cfg.max_iters:  # a time budget alone: the clock is the schedule
-        return _fraction(state.elapsed / cfg.max_time)
+    """How far the cosine is: by steps, or, once the run is time-bound, by the time left. A time
+    budget not planned into steps yet (janelm.trainer plans it after warm-up) is at the start."""
+    if not cfg.max_iters:
+        return 0.0
     progress = step_progress(cfg, state.step)
     if state.time_bound_progress >= 0 and cfg.max_time:
         start, since = state.time_bound_progress, state.time_bound_elapsed
@@ -57,10 +79,10 @@ def schedule_progress(cfg: TrainConfig, state: Progress) -> float:
 
 def mix_progress(cfg: TrainConfig, state: Progress) -> float:
     """Where the step `state.step` is about to take stands in the extra-text share's schedule
-    (janelm.mixing): 0 through warm-up and at the first step after it, then on by steps, as the
-    cosine, to 1 at the last step (max_iters - 1). Before a time budget is planned into steps, 0:
-    warm-up does not depend on the run's length, so the `--max-iters N` that replays the run draws
-    the same batches. Once a run is time-bound its share follows the clock, as its cosine does, so
+    (janelm.mixing): 0 through warm-up and the hold and at the first step after them, then on by
+    steps, as the cosine, to 1 at the last step (max_iters - 1). Before a time budget is planned
+    into steps, 0: warm-up and the hold do not depend on the run's length, so the `--max-iters N`
+    that replays the run draws the same batches. Once a run is time-bound its share follows the clock, as its cosine does, so
     it still ends on the share it was given."""
     if not cfg.max_iters:
         return 0.0
@@ -69,25 +91,47 @@ def mix_progress(cfg: TrainConfig, state: Progress) -> float:
 
 def mix_step_progress(cfg: TrainConfig, step: int) -> float:
     """mix_progress by steps alone, for a run whose `max_iters` is known."""
-    return _fraction((step - cfg.warmup_iters) / max(1, cfg.max_iters - 1 - cfg.warmup_iters))
+    start = cosine_start(cfg)
+    return _fraction((step - start) / max(1, cfg.max_iters - 1 - start))
 
 
 def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
     """Linear warm-up over `warmup_iters` steps, then cosine decay from `lr` to lr * min_lr_ratio as
-    `progress` (see `schedule_progress`) goes from 0 to 1."""
+    `progress` (see `schedule_progress`) goes from 0 to 1 (0 through the hold)."""
     if step < cfg.warmup_iters:
         return cfg.lr * (step + 1) / cfg.warmup_iters
     min_lr = cfg.lr * cfg.min_lr_ratio
     return min_lr + 0.5 * (cfg.lr - min_lr) * (1 + math.cos(math.pi * _fraction(progress)))
 
 
-def update_time_bound(cfg: TrainConfig, state: Progress, steps_timed: int, seconds: float) -> bool:
-    """Make the run time-bound when its pace (`seconds` for the last `steps_timed` steps of this
-    process, evaluations included) says `max_time` will end it before `max_iters`. Returns True
-    when this call made the switch; a time-bound run stays so."""
-    if not (cfg.max_time and cfg.max_iters) or state.time_bound_progress >= 0 or steps_timed < MIN_STEPS_TO_PROJECT:
+@dataclass
+class PaceMeter:
+    """What this process's training steps and evaluations took, apart: a pace from them leaves out
+    what comes once (start-up, compiling, a plan's evaluations), which, spread over the steps taken
+    so far, once made every planned run look too slow for its plan right after making it."""
+
+    steps: int = 0
+    step_s: float = 0.0
+    eval_s: float = math.inf  # the quickest evaluation: the first of a compiled model compiles too
+
+    def add_step(self, seconds: float) -> None:
+        self.steps, self.step_s = self.steps + 1, self.step_s + seconds
+
+    def add_eval(self, seconds: float) -> None:
+        self.eval_s = min(self.eval_s, seconds)
+
+    def seconds_per_step(self, eval_interval: int = 0) -> float:
+        """A step's seconds, with its share of an evaluation every `eval_interval` steps (0: none)."""
+        evals = self.eval_s / eval_interval if eval_interval and math.isfinite(self.eval_s) else 0.0
+        return self.step_s / max(1, self.steps) + evals
+
+
+def update_time_bound(cfg: TrainConfig, state: Progress, pace: PaceMeter) -> bool:
+    """Make the run time-bound when its `pace` says `max_time` will end it before `max_iters`.
+    Returns True when this call made the switch; a time-bound run stays so."""
+    if not (cfg.max_time and cfg.max_iters) or state.time_bound_progress >= 0 or pace.steps < MIN_STEPS_TO_PROJECT:
         return False
-    projected = state.elapsed + (cfg.max_iters - state.step) * seconds / steps_timed
+    projected = state.elapsed + (cfg.max_iters - state.step) * pace.seconds_per_step(cfg.eval_interval)
     if projected <= cfg.max_time:
         return False
     state.time_bound_progress, state.time_bound_elapsed = step_progress(cfg, state.step), state.elapsed

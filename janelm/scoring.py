@@ -14,7 +14,22 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+
+
+@torch.no_grad()
+def mean_loss(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], ctx) -> float:
+    """Mean loss over fixed batches, in eval mode (no dropout, so no RNG is drawn)."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=batches[0][0].device)
+    for x, y in batches:
+        with ctx:
+            _, loss = model(x, y)
+        total += loss.double()
+    model.train(was_training)
+    return (total / len(batches)).item()
 
 
 @dataclass(frozen=True)

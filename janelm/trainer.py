@@ -12,10 +12,10 @@ import random
 import signal
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -26,14 +26,16 @@ from janelm.console import note
 from janelm.data import BatchSampler, Corpus, Mix, tokenizer_fingerprint
 from janelm.device import autocast, keep_freed_memory, peak_matmul_flops, pick_device, pick_dtype, use_compiler_cache
 from janelm.distributed import Distributed
-from janelm.errors import InputError, Interrupted, JaneLMError, first_line
+from janelm.errors import InputError, Interrupted, JaneLMError, catch_stop_signals, first_line
 from janelm.files import reporting_write_failures
 from janelm.metrics_log import METRICS_FILE, MetricsLog
 from janelm.model import GPT
 from janelm.optim import make_optimizer
 from janelm.random_state import rng_state, set_rng_state
-from janelm.recipe import PLAN_MIN_STEPS, Pace, plan_steps, with_steps
-from janelm.schedule import learning_rate, mix_progress, patience_counts, schedule_progress, update_time_bound
+from janelm.recipe import PLAN_MIN_STEPS, Pace, planned_steps, with_steps
+from janelm.schedule import (PaceMeter, cosine_start, learning_rate, mix_progress, patience_counts,
+                             schedule_progress, update_time_bound)
+from janelm.scoring import mean_loss
 
 
 @dataclass
@@ -48,33 +50,7 @@ class RunState:
     # Where the schedule was when the time limit was found to come first (janelm.schedule); < 0: bound by steps.
     time_bound_progress: float = -1.0
     time_bound_elapsed: float = 0.0
-
-
-@torch.no_grad()
-def mean_loss(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], ctx) -> float:
-    """Mean loss over fixed batches, in eval mode (no dropout, so no RNG is drawn)."""
-    was_training = model.training
-    model.eval()
-    total = torch.zeros((), dtype=torch.float64, device=batches[0][0].device)
-    for x, y in batches:
-        with ctx:
-            _, loss = model(x, y)
-        total += loss.double()
-    model.train(was_training)
-    return (total / len(batches)).item()
-
-
-@contextmanager
-def catch_stop_signals() -> Iterator[list[int]]:
-    """Turn SIGINT/SIGTERM into a flag the loop checks between steps, so it can save first."""
-    received: list[int] = []
-    handler = lambda signum, frame: received.append(signum)  # noqa: E731
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield received
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+    replan_step: int = -1  # where a planned run with a hold plans its steps again (Trainer._plan); < 0: none
 
 
 class Trainer:
@@ -83,15 +59,18 @@ class Trainer:
     def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, corpus: Corpus, out_dir: Path, *,
                  resume: dict[str, Any] | None = None, init: dict[str, Any] | None = None, force: bool = False,
                  progress: bool = True, dist: Distributed | None = None, clock: Callable[[], float] = time.perf_counter,
-                 started: float | None = None):
+                 started: float | None = None, keep_at_end: Callable[[float], tuple[float, str]] | None = None):
         """`resume` is the run's last checkpoint to continue; `init` a checkpoint whose weights to
         fine-tune (fresh optimizer and schedule). Either fixes the model config. `clock` (seconds)
         times the budget; tests pass a fake one. `started`: the clock's reading when the budget began
         (`janelm train`'s start, so loading PyTorch and the corpus, auto's measurements and setting up
-        this trainer count), else when `run` starts.
+        this trainer count), else when `run` starts. `keep_at_end(s)`: the seconds of `max_time` kept
+        from training for what follows it, and what for, asked once the first step has run (`s`: the
+        seconds it took when it compiled the training step, a reading of the compiler's speed; else 0).
 
         A time budget alone (`max_iters` 0) is planned: after warm-up, whose rates do not depend on
-        the run's length, the pace of the steps so far sets `max_iters` (`_plan`)."""
+        the run's length, the pace of the steps so far sets `max_iters`, and with a hold
+        (`lr_hold`) the pace of the steps since then sets it again at the hold's end (`_plan`)."""
         cfg.validate()
         if not cfg.max_iters and cfg.max_time:
             cfg = replace(cfg, warmup_iters=max(cfg.warmup_iters, PLAN_MIN_STEPS))
@@ -135,6 +114,8 @@ class Trainer:
         if resume is not None:
             self.optimizer.load_state_dict(resume["optimizer"])
             self.state = RunState(**resume["state"])
+            if cfg.max_iters != resume["train_config"]["max_iters"]:  # the user's steps now: none to plan again
+                self.state.replan_step = -1
             set_rng_state(resume["rng"])
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.step_model = self.eager_model = self.dist.wrap(self.model)
@@ -168,7 +149,8 @@ class Trainer:
                 raise InputError(f"cannot write to {self.out_dir}/: choose another --out")
         self.resumed = resume is not None
         self.planned_steps = 0  # the steps a time budget chose in this process (_plan)
-        self.started = started
+        self.started, self.keep_at_end = started, keep_at_end
+        self.pace = PaceMeter()  # this process's steps and evaluations, for the time limit's projection
 
     def _refuse_to_overwrite(self, force: bool) -> None:
         """A new run never silently replaces another run's checkpoints."""
@@ -272,8 +254,9 @@ class Trainer:
         last_loss = math.nan
         start = self.started if self.started is not None else self.clock()
         elapsed_before, step_before = s.elapsed, s.step
-        # The plan's pace leaves out the first steps of the process (allocation, compilation).
-        pace_mark, pace_t0 = step_before + max(1, (cfg.warmup_iters - step_before) // 5), None
+        # The pace leaves out the first steps of the process (allocation, compilation), and after a
+        # plan the steps before it: the time limit's projection starts from the plan's pace.
+        pace_mark = step_before + max(1, (cfg.warmup_iters - step_before) // 5)
         # The bar closes however the loop ends, so an error line never lands on the end of it.
         with catch_stop_signals() as signals, nullcontext() if bar is None else bar:
             while not self._done():
@@ -290,17 +273,19 @@ class Trainer:
                 dt = max(now - t0, 1e-9)
                 # Wall time, evaluations included: --max-time is what the user waits.
                 s.elapsed = elapsed_before + now - start
-                if s.step == pace_mark:
-                    pace_t0 = now
-                planned_now = not cfg.max_iters and s.step >= cfg.warmup_iters
-                if planned_now:
-                    timed = pace_t0 is not None and s.step > pace_mark
-                    self._plan((now - pace_t0) / (s.step - pace_mark) if timed else dt, tokens_per_step)
+                if s.step == step_before + 1 and self.keep_at_end is not None:
+                    self._keep_for_the_end(dt if cfg.compile else 0.0)
                     cfg = self.cfg
+                if s.step > pace_mark:
+                    self.pace.add_step(dt)
+                planned_now = (not cfg.max_iters and s.step >= cfg.warmup_iters) or s.step == s.replan_step
+                if planned_now:
+                    self._plan(self.pace.seconds_per_step() if self.pace.steps else dt, tokens_per_step)
+                    cfg, self.pace = self.cfg, PaceMeter(eval_s=self.pace.eval_s)
                     s.elapsed = elapsed_before + self.clock() - start
                     if bar is not None:
                         bar.total = cfg.max_iters
-                elif update_time_bound(cfg, s, s.step - step_before, s.elapsed - elapsed_before):
+                elif update_time_bound(cfg, s, self.pace):
                     self._say(f"step {s.step}: at this pace --max-time {cfg.max_time:g} s ends the run before "
                               f"step {cfg.max_iters}; the rest of the schedule now follows the clock")
                 if bar is not None:
@@ -326,42 +311,53 @@ class Trainer:
         self.save(LAST)
         self._plot()
         return {"stop": stop_reason, "step": s.step, "tokens_seen": s.tokens_seen, "elapsed_s": s.elapsed,
-                "planned": self.planned_steps,
+                "planned": self.planned_steps if s.time_bound_progress < 0 else 0,  # a replay follows steps
                 "best_val_loss": s.best_val_loss, "last_train_loss": last_loss,
                 "tokens_per_s": s.tokens_seen / s.elapsed if s.elapsed else 0.0}
 
+    def _keep_for_the_end(self, first_step_s: float) -> None:
+        first_step_s = self.dist.mean(torch.tensor(first_step_s, dtype=torch.float64, device=self.device)).item()
+        keep, what = self.keep_at_end(first_step_s)
+        total = self.cfg.max_time
+        self.cfg = replace(self.cfg, max_time=max(total - keep, 1.0))
+        self._say(f"--max-time {total:g} s: {self.cfg.max_time:g} s of training, and about {keep:.0f} s {what}")
+
     def _plan(self, step_s: float, tokens_per_step: int) -> None:
         """Turn the time budget into steps, at the end of warm-up: an evaluation (logged, and timed),
-        then as many steps as the pace measured so far fits in the time left (janelm.recipe). From
-        here on the run is bound by steps, like `--max-iters N`, which replays it bit for bit."""
+        then as many steps as `step_s`, the pace measured so far, fits in the time left
+        (janelm.recipe). From here on the run is bound by steps, like `--max-iters N`, which replays
+        it bit for bit. With a hold at the peak rate (`lr_hold`), planned again at its end from the
+        pace since: on a noisy machine a pace timed over seconds can be off by a third."""
         s, cfg = self.state, self.cfg
+        replan = s.step == s.replan_step
+        if replan and s.time_bound_progress >= 0:  # the clock already ends the schedule
+            s.replan_step = -1
+            return
         start = self.clock()
         self._eval_and_log()
         eval_s = self.clock() - start
-        if cfg.compile:  # that first evaluation compiled the no-grad graph (7 s against 0.5): time another
+        if cfg.compile and not replan:  # that first evaluation compiled the no-grad graph (7 s against 0.5): time another
             start = self.clock()
             self.evaluate()
             eval_s = self.clock() - start
         # Every process must plan the same steps: they agree on the mean of what each measured.
         measured = self.dist.mean(torch.tensor([step_s, eval_s, s.elapsed], dtype=torch.float64, device=self.device))
         step_s, eval_s, elapsed = measured.tolist()
-        left = cfg.max_time - elapsed - eval_s
-        fill = s.step + plan_steps(left, Pace(step_s, eval_s, tokens_per_step)) if left > 0 else s.step
-        steps, plan = fill, f"{fill:,} steps fill --max-time {cfg.max_time:g} s"
-        cap = math.ceil(cfg.max_passes * len(self.corpus.train) / tokens_per_step) if cfg.max_passes else fill
-        if cap < fill:  # more steps than the text can use: stop early rather than overfit
-            steps = max(cap, s.step)
-            plan += (f", but {cfg.max_passes:g} passes over the {len(self.corpus.train):,} training tokens "
-                     f"(--max-passes) end at {steps:,}")
+        steps, plan = planned_steps(cfg, s.step, cfg.max_time - elapsed - eval_s, Pace(step_s, eval_s, tokens_per_step),
+                                    len(self.corpus.train))
         self.cfg = with_steps(cfg, steps)
         self.planned_steps = steps
-        self._say(f"step {s.step}: {step_s:.3g} s a step, {eval_s:.2g} s an evaluation → {plan} "
-                  f"(--max-iters {steps} replays this run)")
+        s.replan_step = cosine_start(self.cfg) if cfg.lr_hold and not replan and cosine_start(self.cfg) > s.step else -1
+        again = f"; again at step {s.replan_step:,}, the hold's end" if s.replan_step > 0 else ""
+        self._say(f"step {s.step}: {step_s:.3g} s a step{' since the first plan' if replan else ''}, {eval_s:.2g} s "
+                  f"an evaluation → {plan} (--max-iters {steps} replays this run{again})")
 
     def _eval_and_log(self) -> bool:
         """Evaluate, log a metrics row, keep `best`; True when early stopping says stop."""
         s = self.state
+        start = self.clock()
         losses = self.evaluate()
+        self.pace.add_eval(self.clock() - start)
         lr = self.optimizer.param_groups[0]["lr"]
         if self.metrics is not None:
             self.metrics.append(step=s.step, tokens=s.tokens_seen, train_loss=f"{losses['train']:.5f}",

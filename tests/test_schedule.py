@@ -16,8 +16,8 @@ from conftest import REPO
 from janelm.checkpoint import load_checkpoint
 from janelm.config import ModelConfig, TrainConfig, preset_configs
 from janelm.data import load_corpus
-from janelm.schedule import (budget_used, learning_rate, patience_counts, schedule_progress, step_progress,
-                             update_time_bound)
+from janelm.schedule import (PaceMeter, budget_used, cosine_start, fewest_steps_holding_to, learning_rate, patience_counts,
+                             schedule_progress, step_progress, update_time_bound)
 from janelm.trainer import RunState, Trainer
 
 TINY_MODEL = ModelConfig(context=32, n_block=1, n_embed=32, n_head=2)
@@ -63,8 +63,21 @@ def test_learning_rate_warms_up_then_follows_the_cosine():
     assert learning_rate(cfg, 9, 0.0) == pytest.approx(1.0)
     assert learning_rate(cfg, 60, step_progress(cfg, 60)) == pytest.approx(0.55)
     assert learning_rate(cfg, 110, step_progress(cfg, 110)) == pytest.approx(0.1)
-    timed = replace(cfg, max_iters=0, max_time=100)
-    assert schedule_progress(timed, RunState(step=50, elapsed=50.0)) == pytest.approx(0.5)
+    timed = replace(cfg, max_iters=0, max_time=100)  # not planned into steps yet: the peak rate
+    assert learning_rate(timed, 50, schedule_progress(timed, RunState(step=50, elapsed=50.0))) == pytest.approx(1.0)
+
+
+def test_a_hold_keeps_the_peak_rate_for_its_share_of_the_steps_after_warm_up():
+    cfg = TrainConfig(lr=1.0, min_lr_ratio=0.1, warmup_iters=10, max_iters=110, lr_hold=0.2)
+    assert cosine_start(cfg) == 30
+    lrs = [learning_rate(cfg, i, step_progress(cfg, i)) for i in range(111)]
+    assert lrs[9:31] == [pytest.approx(1.0)] * 22  # the end of warm-up, the hold, the cosine's first step
+    assert lrs[70] == pytest.approx(0.55) and lrs[110] == pytest.approx(0.1)
+    assert all(b < a for a, b in zip(lrs[30:], lrs[31:]))
+    # The fewest steps a plan made at a step of the hold may choose: the hold reaches that step.
+    for step in range(11, 200):
+        n = fewest_steps_holding_to(cfg, step)
+        assert cosine_start(replace(cfg, max_iters=n)) >= step > cosine_start(replace(cfg, max_iters=n - 1))
 
 
 def test_a_run_bound_by_steps_follows_the_step_alone(tmp_path, prepared):
@@ -116,13 +129,24 @@ def test_a_resumed_time_bound_run_continues_the_same_schedule(tmp_path, prepared
     assert head + tail == pytest.approx(straight, rel=1e-12)
 
 
+def pace_of(steps: int, seconds: float, eval_s: float = math.inf) -> PaceMeter:
+    pace = PaceMeter()
+    for _ in range(steps):
+        pace.add_step(seconds / steps)
+    pace.add_eval(eval_s)
+    return pace
+
+
 def test_time_bound_projection_waits_for_a_measured_pace():
     state = RunState(step=5, elapsed=50.0)
-    assert not update_time_bound(CFG, state, steps_timed=5, seconds=50.0)  # too few steps to judge
+    assert not update_time_bound(CFG, state, pace_of(5, 50.0))  # too few steps to judge
     state = RunState(step=20, elapsed=8.0)
-    assert not update_time_bound(CFG, state, steps_timed=20, seconds=8.0)  # 60 steps in 24 s: fits
+    assert not update_time_bound(CFG, state, pace_of(20, 8.0))  # 60 steps in 24 s: fits
+    # Start-up and compiling came before (8 s of 12): they do not come again, and the steps fit.
     state = RunState(step=20, elapsed=12.0)
-    assert update_time_bound(CFG, state, steps_timed=20, seconds=12.0)  # 60 steps in 36 s: does not
+    assert not update_time_bound(CFG, state, pace_of(19, 3.8))
+    # Evaluations do come again: 0.4 s a step and 1 s an evaluation every 10 steps do not fit.
+    assert update_time_bound(CFG, state, pace_of(19, 7.6, eval_s=1.0))  # 12 + 40 × 0.5 s
     assert state.time_bound_progress == pytest.approx(step_progress(CFG, 20))
     assert schedule_progress(CFG, state) == pytest.approx(step_progress(CFG, 20))  # continuous at the switch
     state.elapsed = CFG.max_time
@@ -206,19 +230,26 @@ def run_planned(trainer: Trainer, clock: FakeClock, seconds_per_step, seconds_pe
 
 
 PLANNED = replace(CFG, max_iters=0, max_time=60.0, warmup_iters=10)
+HELD = replace(PLANNED, lr_hold=0.2)
+SPEEDS = {"steady": lambda step: 0.1, "slows by a third half-way": lambda step: 0.1 if step < 250 else 0.133,
+          "speeds up after warm-up": lambda step: 0.1 if step < 10 else 0.095,
+          "a third faster after warm-up": lambda step: 0.1 if step < 10 else 0.067,
+          "a third slower after warm-up": lambda step: 0.1 if step < 10 else 0.133}
 
 
-@pytest.mark.parametrize("pace", ["steady", "slows by a third half-way", "speeds up after warm-up"])
-def test_a_time_budget_ends_within_90_to_100_percent_of_it_annealed(tmp_path, prepared, pace):
+@pytest.mark.parametrize("cfg, pace", [(PLANNED, "steady"), (PLANNED, "slows by a third half-way"),
+                                       (PLANNED, "speeds up after warm-up"), (HELD, "steady"),
+                                       (HELD, "slows by a third half-way"), (HELD, "a third faster after warm-up"),
+                                       (HELD, "a third slower after warm-up")])
+def test_a_time_budget_ends_within_90_to_100_percent_of_it_annealed(tmp_path, prepared, cfg, pace):
     """Steps of 0.1 s and evaluations of 0.5 s: the plan at the end of warm-up fills the budget, and
     the rate reaches its floor at the end. When the machine slows down later, the time limit
-    finishes the schedule on the clock; when the warm-up was slower than the rest, the run ends
-    early but within the 90% the plan leaves for evaluations and noise."""
-    speeds = {"steady": lambda step: 0.1, "slows by a third half-way": lambda step: 0.1 if step < 250 else 0.133,
-              "speeds up after warm-up": lambda step: 0.1 if step < 10 else 0.095}
+    finishes the schedule on the clock; when the warm-up was a little slower than the rest, the run
+    ends early but within the 90% the plan leaves for evaluations and noise. With a hold, the plan
+    made again at its end follows a pace a third off either way."""
     clock = FakeClock()
-    trainer = make_trainer(prepared, tmp_path, PLANNED, clock)
-    lrs = run_planned(trainer, clock, speeds[pace], seconds_per_eval=0.5)
+    trainer = make_trainer(prepared, tmp_path, cfg, clock)
+    lrs = run_planned(trainer, clock, SPEEDS[pace], seconds_per_eval=0.5)
     assert 0.9 * PLANNED.max_time <= trainer.state.elapsed <= PLANNED.max_time + 0.2
     assert lrs[-1] < 1.05 * PLANNED.lr * PLANNED.min_lr_ratio
     ckpt = load_checkpoint(tmp_path / "last.pt")
@@ -228,31 +259,60 @@ def test_a_time_budget_ends_within_90_to_100_percent_of_it_annealed(tmp_path, pr
 
 def test_a_budget_begun_before_the_run_counts_that_time(tmp_path, prepared):
     """`started` (janelm train's start, before the corpus and auto's probe): the seconds before
-    run() come out of the budget, and the plan fills what is left."""
+    run() come out of the budget, and the plan fills what is left. Neither they nor a first step
+    that compiles (10 s) count as the pace of the steps after the plan: the run stays bound by its
+    steps, and replayable (it once became time-bound right after every real plan)."""
     clock = FakeClock()
     started = clock()
     clock.now += 20.0  # the command's start-up, on the budget's clock
     trainer = Trainer(TINY_MODEL, PLANNED, load_corpus(prepared), tmp_path, progress=False, clock=clock, started=started)
-    lrs = run_planned(trainer, clock, lambda step: 0.1, seconds_per_eval=0.5)
+    lrs = run_planned(trainer, clock, lambda step: 10.0 if step == 0 else 0.1, seconds_per_eval=0.5)
     assert 0.9 * PLANNED.max_time <= trainer.state.elapsed <= PLANNED.max_time + 0.2
-    assert trainer.state.step * 0.1 <= PLANNED.max_time - 20.0  # the steps had the 40 s left, not 60
+    assert trainer.state.step * 0.1 <= PLANNED.max_time - 30.0  # the steps had the 30 s left, not 60
     assert lrs[-1] < 1.05 * PLANNED.lr * PLANNED.min_lr_ratio
+    assert trainer.state.time_bound_progress < 0 and trainer.state.step == trainer.cfg.max_iters
 
 
-def test_max_iters_replays_a_planned_run_bit_for_bit(tmp_path, prepared, capsys):
+@pytest.mark.parametrize("cfg", [PLANNED, HELD])
+def test_max_iters_replays_a_planned_run_bit_for_bit(tmp_path, prepared, capsys, cfg):
+    """With a hold, the second plan (a pace a third faster after warm-up) sets the steps replayed."""
     clock = FakeClock()
-    planned = Trainer(TINY_MODEL, replace(PLANNED, max_time=8.0), load_corpus(prepared), tmp_path / "a",
+    planned = Trainer(TINY_MODEL, replace(cfg, max_time=8.0), load_corpus(prepared), tmp_path / "a",
                       progress=True, clock=clock)
-    run_planned(planned, clock, lambda step: 0.1, seconds_per_eval=0.2)
+    run_planned(planned, clock, SPEEDS["a third faster after warm-up"], seconds_per_eval=0.2)
     steps = load_checkpoint(tmp_path / "a" / "last.pt")["train_config"]["max_iters"]
-    assert f"--max-iters {steps} replays this run" in capsys.readouterr().err
+    plans = [line for line in capsys.readouterr().err.splitlines() if "replays this run" in line]
+    assert len(plans) == (2 if cfg.lr_hold else 1) and f"--max-iters {steps} replays this run)" in plans[-1]
+    if cfg.lr_hold:
+        first = int(plans[0].split("--max-iters ")[1].split()[0])
+        assert steps > 1.2 * first  # the first plan's pace had the warm-up's slower steps
     # The replay: the same seed and steps, no time limit, a machine of another speed.
     clock = FakeClock()
-    replay = make_trainer(prepared, tmp_path / "b", replace(PLANNED, max_iters=steps, max_time=0.0), clock)
+    replay = make_trainer(prepared, tmp_path / "b", replace(cfg, max_iters=steps, max_time=0.0), clock)
     run_planned(replay, clock, lambda step: 0.37, seconds_per_eval=3.0)
     assert replay.state.step == planned.state.step == steps
     for name, w in planned.model.state_dict().items():
         assert torch.equal(w, replay.model.state_dict()[name]), name
+
+
+def test_a_run_resumed_within_its_hold_still_plans_again_at_its_end(tmp_path, prepared, capsys):
+    """The second plan's step is in the checkpoint: a run stopped in its hold plans at its end after --resume."""
+    clock = FakeClock()
+    cfg = replace(HELD, max_time=8.0)
+    first = Trainer(TINY_MODEL, cfg, load_corpus(prepared), tmp_path, progress=True, clock=clock)
+    real_done = first._done
+    first._done = lambda: real_done() or first.state.step >= 15  # stopped in the hold, as by Ctrl-C
+    run_planned(first, clock, SPEEDS["a third faster after warm-up"], seconds_per_eval=0.2)
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    replan = ckpt["state"]["replan_step"]
+    assert 15 < replan == cosine_start(TrainConfig.from_dict(ckpt["train_config"]))
+    resumed = Trainer(TINY_MODEL, TrainConfig.from_dict(ckpt["train_config"]), load_corpus(prepared), tmp_path,
+                      progress=True, clock=clock, resume=ckpt)
+    lrs = run_planned(resumed, clock, SPEEDS["a third faster after warm-up"], seconds_per_eval=0.2)
+    plans = [line for line in capsys.readouterr().err.splitlines() if "replays this run" in line]
+    assert len(plans) == 2 and f"step {replan}: " in plans[1] and "since the first plan" in plans[1]
+    assert resumed.cfg.max_iters > ckpt["train_config"]["max_iters"]  # a third faster: more steps
+    assert lrs[-1] < 1.05 * cfg.lr * cfg.min_lr_ratio
 
 
 def test_a_planned_run_stops_at_max_passes_over_the_text(tmp_path, prepared, capsys):
@@ -343,8 +403,8 @@ def test_the_time_budget_counts_what_train_does_before_the_run(tmp_path, prepare
         pass
 
     class Recording:
-        def __init__(self, model_cfg, train_cfg, *args, started: float, **kwargs):
-            raise Started(started, train_cfg, model_cfg)
+        def __init__(self, model_cfg, train_cfg, *args, started: float, keep_at_end, **kwargs):
+            raise Started(started, train_cfg, model_cfg, keep_at_end)
 
     def slow(seconds, function):
         return lambda *args, **kwargs: time.sleep(seconds) or function(*args, **kwargs)
@@ -357,8 +417,29 @@ def test_the_time_budget_counts_what_train_does_before_the_run(tmp_path, prepare
     start = time.perf_counter()
     with pytest.raises(Started) as started:
         train(args)
-    began, train_cfg, model_cfg = started.value.args
+    began, train_cfg, model_cfg, keep_at_end = started.value.args
     assert start <= began < start + 0.5  # the budget began before the corpus was loaded (0.5 s) and the probe ran
-    # The CPU recipes compile the decode step at the end: its time, and the last seconds, come off too.
-    assert train_cfg.compile_decode
-    assert train_cfg.max_time == pytest.approx(60 - compile_estimate_s(model_cfg) - FINAL_SECONDS)
+    # The CPU recipes compile the decode step at the end: its time, and the last seconds, come off
+    # too, once the first training step has shown how fast this machine compiles.
+    assert train_cfg.compile_decode and train_cfg.max_time == 60
+    monkeypatch.setenv("JANELM_CACHE", str(tmp_path / "cache"))  # no compile time on record
+    assert keep_at_end(0.0)[0] == pytest.approx(compile_estimate_s(model_cfg) + FINAL_SECONDS)
+    assert keep_at_end(100.0)[0] == pytest.approx(1.3 * 100.0 + FINAL_SECONDS)  # a slow compiler: more
+
+
+def test_the_first_step_sets_the_seconds_kept_for_the_end(tmp_path, prepared, capsys):
+    """A compiled first step of 30 s: `keep_at_end` hears it, and the plan fills what it leaves."""
+    clock = FakeClock()
+    heard = []
+
+    def keep_at_end(first_step_s: float) -> tuple[float, str]:
+        heard.append(first_step_s)
+        return 12.0, "to finish"
+
+    trainer = Trainer(TINY_MODEL, replace(PLANNED, compile=True), load_corpus(prepared), tmp_path, progress=True,
+                      clock=clock, keep_at_end=keep_at_end)
+    lrs = run_planned(trainer, clock, lambda step: 30.0 if step == 0 else 0.1, seconds_per_eval=0.5)
+    assert heard == [pytest.approx(30.0)]
+    assert "--max-time 60 s: 48 s of training, and about 12 s to finish" in capsys.readouterr().err
+    assert 0.9 * 48 <= trainer.state.elapsed <= 48 + 0.2 and trainer.cfg.max_time == 48
+    assert lrs[-1] < 1.05 * PLANNED.lr * PLANNED.min_lr_ratio

@@ -172,15 +172,15 @@ def train(args: argparse.Namespace) -> int:
     model_cfg, train_cfg = configs_from_args(args, resume or init, "--resume" if resume else "--init-from")
     dist = Distributed.from_environment(train_cfg.device)
     compile_decode = train_cfg.compile_decode and (dist.device or pick_device(train_cfg.device)).type == "cpu"
-    if compile_decode and train_cfg.max_time:  # the budget holds the compilation too
-        reserve = compile_estimate_s(model_cfg) + FINAL_SECONDS
-        train_cfg = replace(train_cfg, max_time=max(train_cfg.max_time - reserve, 1.0))
-        if dist.is_main:
-            note(f"--max-time {train_cfg.max_time + reserve:g} s: {train_cfg.max_time:g} s of training, and about "
-                 f"{reserve:.0f} s to compile the decode step for `janelm sample` and finish")
+    keep_at_end = None
+    # The budget holds the compilation too (a resumed run's recorded budget already does, unless given again).
+    if compile_decode and train_cfg.max_time and (args.max_time is not None or not resume):
+        def keep_at_end(train_compile_s: float) -> tuple[float, str]:
+            return (compile_estimate_s(model_cfg, train_compile_s=train_compile_s) + FINAL_SECONDS,
+                    "to compile the decode step for `janelm sample` and finish")
     try:
-        trainer = Trainer(model_cfg, train_cfg, corpus, Path(args.out), resume=resume, init=init,
-                          force=args.force, progress=not args.quiet, dist=dist, started=began)
+        trainer = Trainer(model_cfg, train_cfg, corpus, Path(args.out), resume=resume, init=init, force=args.force,
+                          progress=not args.quiet, dist=dist, started=began, keep_at_end=keep_at_end)
         if dist.is_main:
             m = trainer.model
             note(f"model: {m.num_params() / 1e6:.2f}M parameters ({m.num_params(embeddings=False) / 1e6:.2f}M "
