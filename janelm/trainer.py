@@ -254,9 +254,9 @@ class Trainer:
         last_loss = math.nan
         start = self.started if self.started is not None else self.clock()
         elapsed_before, step_before = s.elapsed, s.step
-        # The pace leaves out the first steps of the process (allocation, compilation), and after a
-        # plan the steps before it: the time limit's projection starts from the plan's pace.
-        pace_mark = step_before + max(1, (cfg.warmup_iters - step_before) // 5)
+        # Paces leave out the first steps of the process (allocation, compilation). A plan's is that
+        # of the steps since the last plan (`window`); the time limit's projection goes on from it.
+        pace_mark, window = step_before + max(1, (cfg.warmup_iters - step_before) // 5), PaceMeter()
         # The bar closes however the loop ends, so an error line never lands on the end of it.
         with catch_stop_signals() as signals, nullcontext() if bar is None else bar:
             while not self._done():
@@ -277,11 +277,12 @@ class Trainer:
                     self._keep_for_the_end(dt if cfg.compile else 0.0)
                     cfg = self.cfg
                 if s.step > pace_mark:
+                    window.add_step(dt)
                     self.pace.add_step(dt)
                 planned_now = (not cfg.max_iters and s.step >= cfg.warmup_iters) or s.step == s.replan_step
                 if planned_now:
-                    self._plan(self.pace.seconds_per_step() if self.pace.steps else dt, tokens_per_step)
-                    cfg, self.pace = self.cfg, PaceMeter(eval_s=self.pace.eval_s)
+                    self._plan(window.seconds_per_step() if window.steps else dt, tokens_per_step)
+                    cfg, self.pace, window = self.cfg, replace(window, eval_s=self.pace.eval_s), PaceMeter()
                     s.elapsed = elapsed_before + self.clock() - start
                     if bar is not None:
                         bar.total = cfg.max_iters

@@ -295,6 +295,18 @@ def test_max_iters_replays_a_planned_run_bit_for_bit(tmp_path, prepared, capsys,
         assert torch.equal(w, replay.model.state_dict()[name]), name
 
 
+def test_a_slow_patch_just_after_the_plan_leaves_the_run_bound_by_steps(tmp_path, prepared):
+    """Eight steps 15% slower right after the plan (a busy moment): the projection goes on from the
+    plan's own pace and allows 3% past the limit, so they do not turn the run over to the clock
+    (such a patch once did, at step 74 of 1,204 on a 2-core Zen 3), and the run ends by its steps
+    within the budget."""
+    clock = FakeClock()
+    trainer = make_trainer(prepared, tmp_path, PLANNED, clock)
+    run_planned(trainer, clock, lambda step: 0.115 if 10 <= step < 18 else 0.1, seconds_per_eval=0.5)
+    assert trainer.state.time_bound_progress < 0 and trainer.state.step == trainer.cfg.max_iters
+    assert 0.9 * PLANNED.max_time <= trainer.state.elapsed <= PLANNED.max_time
+
+
 def test_a_run_resumed_within_its_hold_still_plans_again_at_its_end(tmp_path, prepared, capsys):
     """The second plan's step is in the checkpoint: a run stopped in its hold plans at its end after --resume."""
     clock = FakeClock()
