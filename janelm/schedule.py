@@ -44,9 +44,11 @@ def _fraction(x: float) -> float:
     return min(max(x, 0.0), 1.0)
 
 
-def cosine_start(cfg: TrainConfig) -> int:
-    """The step the cosine starts from: the end of warm-up and of the hold at the peak rate."""
-    return cfg.warmup_iters + math.ceil(cfg.lr_hold * max(0, cfg.max_iters - cfg.warmup_iters))
+def cosine_start(cfg: TrainConfig, max_iters: int | None = None) -> int:
+    """The step the cosine starts from (in a run of `max_iters` steps, else the config's): the end
+    of warm-up and of the hold at the peak rate."""
+    steps = cfg.max_iters if max_iters is None else max_iters
+    return cfg.warmup_iters + math.ceil(cfg.lr_hold * max(0, steps - cfg.warmup_iters))
 
 
 def fewest_steps_holding_to(cfg: TrainConfig, step: int) -> int:
@@ -55,7 +57,7 @@ def fewest_steps_holding_to(cfg: TrainConfig, step: int) -> int:
     if not cfg.lr_hold or step <= cfg.warmup_iters:
         return step
     n = cfg.warmup_iters + math.floor((step - cfg.warmup_iters - 1) / cfg.lr_hold)
-    while cfg.warmup_iters + math.ceil(cfg.lr_hold * (n - cfg.warmup_iters)) < step:
+    while cosine_start(cfg, n) < step:
         n += 1
     return n
 
@@ -86,8 +88,8 @@ def mix_progress(cfg: TrainConfig, state: Progress) -> float:
     (janelm.mixing): 0 through warm-up and the hold and at the first step after them, then on by
     steps, as the cosine, to 1 at the last step (max_iters - 1). Before a time budget is planned
     into steps, 0: warm-up and the hold do not depend on the run's length, so the `--max-iters N`
-    that replays the run draws the same batches. Once a run is time-bound its share follows the clock, as its cosine does, so
-    it still ends on the share it was given."""
+    that replays the run draws the same batches. Once a run is time-bound its share follows the
+    clock, as its cosine does, so it still ends on the share it was given."""
     if not cfg.max_iters:
         return 0.0
     return max(mix_step_progress(cfg, state.step), schedule_progress(cfg, state))
