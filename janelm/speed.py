@@ -138,7 +138,6 @@ def measure_sampling(model, dtype: torch.dtype | None = None, new_tokens: int = 
         timed_generation(model, prompt, min(32, new_tokens), True, batch_compile, samples)  # warm-up
         batched = {"samples": samples, "batched_decode_tokens_per_s": max(
             timed_generation(model, prompt, new_tokens, True, batch_compile, samples) for _ in range(repeats))}
-    best = max(floors.values())
     return {
         "dtype": precision,
         "why": why,
