@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from janelm.config import ModelConfig
+from janelm.linear import Linear
 from janelm.norm import make_norm, normalize
 from janelm.rotary import Rotary
 
@@ -64,8 +65,8 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
         inner = config.n_head * config.head_dim
-        self.qkv = nn.Linear(config.n_embed, inner + 2 * self.n_kv_head * self.head_dim, bias=config.bias)
-        self.proj = nn.Linear(inner, config.n_embed, bias=config.bias)
+        self.qkv = Linear(config.n_embed, inner + 2 * self.n_kv_head * self.head_dim, bias=config.bias)
+        self.proj = Linear(inner, config.n_embed, bias=config.bias)
         self.dropout, self.attention_dropout = config.dropout, config.attention_dropout
         self.rotary = rotary
 
@@ -178,9 +179,9 @@ class MLP(nn.Module):
         self.kind = config.mlp
         hidden = config.mlp_width
         if self.kind == "swiglu":
-            self.gate = nn.Linear(config.n_embed, hidden, bias=config.bias)
-        self.up = nn.Linear(config.n_embed, hidden, bias=config.bias)
-        self.down = nn.Linear(hidden, config.n_embed, bias=config.bias)
+            self.gate = Linear(config.n_embed, hidden, bias=config.bias)
+        self.up = Linear(config.n_embed, hidden, bias=config.bias)
+        self.down = Linear(hidden, config.n_embed, bias=config.bias)
         self.dropout = config.dropout
         self.gate_up: nn.Module | None = None  # gate and up as one matrix, for generation (janelm.quantize)
 
@@ -252,7 +253,7 @@ class GPT(nn.Module):
         self.pos_embed = nn.Embedding(config.context, config.n_embed) if config.position == "learned" else None
         self.blocks = nn.ModuleList(Block(config, rotary) for _ in range(config.n_block))
         self.norm = make_norm(config)
-        self.head = nn.Linear(config.n_embed, config.vocab_size, bias=False)
+        self.head = Linear(config.n_embed, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.head.weight = self.tok_embed.weight  # input and output share one table
         self.apply(self._init_weights)

@@ -21,7 +21,7 @@ from janelm.errors import first_line
 from janelm.files import WRITE_FAILURES, WriteFailure, atomic_write_text, cache_home
 
 CACHE_LIMIT_BYTES = 2 << 30  # the cache keeps its most recently used files within this size
-SOURCES = ("model.py", "rotary.py", "norm.py", "quantize.py", "decode_step.py")  # the code a compiled step is made from
+SOURCES = ("model.py", "linear.py", "rotary.py", "norm.py", "quantize.py", "decode_step.py")  # the code a compiled step is made from
 
 
 def cache_root() -> Path:

@@ -210,3 +210,40 @@ def test_rotated_heads_train_with_the_gradients_of_plain_rotary(n_kv_head):
     torch.testing.assert_close(torch.autograd.grad(ours, qkv, grads), torch.autograd.grad(theirs, qkv, grads))
     cos, sin = rotary.cos[4:9, None], rotary.sin[4:9, None]
     assert torch.autograd.gradcheck(lambda x: _RotatedHeads.apply(x, cos, sin, n_head, n_kv_head), (qkv,))
+
+
+@pytest.mark.parametrize("capability", ["AVX512", "AVX2", "DEFAULT"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_trains_with_the_gradients_of_f_linear(bias, capability, monkeypatch):
+    """janelm.linear.Linear's float32 CPU training path (oneDNN's products at AVX2 and AVX-512 on a
+    CPU not Intel's; the input's gradient by oneDNN at AVX-512 only) against autograd through
+    F.linear, at each instruction set ATen may report; elsewhere it is F.linear itself."""
+    import janelm.linear as linear
+    from janelm.device import cpu_model_name
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    linear._onednn_product.cache_clear()
+    linear._input_gradient_by_onednn.cache_clear()
+    try:
+        torch.manual_seed(0)
+        layer = linear.Linear(48, 40, bias=bias)
+        x, grad = torch.randn(3, 7, 48, requires_grad=True), torch.randn(3, 7, 40)
+        # A gradient that arrives as a strided view (the output's transposed copy), as autograd may give.
+        strided = torch.randn(7, 3, 40).transpose(0, 1)
+        params = (x, layer.weight, *((layer.bias,) if bias else ()))
+        reference = torch.nn.functional.linear(x, layer.weight, layer.bias)
+        for g in (grad, strided):
+            out = layer(x)
+            torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(torch.autograd.grad(out, params, g),
+                                       torch.autograd.grad(reference, params, g, retain_graph=True), rtol=1e-5, atol=1e-5)
+        uses_onednn = (capability != "DEFAULT" and "intel" not in cpu_model_name().lower()
+                       and torch.backends.mkldnn.is_available())
+        assert (layer(x).grad_fn.name() == "_OneDNNLinearBackward") == uses_onednn
+        with torch.no_grad():  # evaluation and decoding: F.linear
+            assert layer(x).grad_fn is None
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts the operands: F.linear
+            assert layer(x).dtype == torch.bfloat16
+    finally:
+        linear._onednn_product.cache_clear()
+        linear._input_gradient_by_onednn.cache_clear()

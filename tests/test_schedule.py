@@ -439,8 +439,11 @@ def test_the_time_budget_counts_what_train_does_before_the_run(tmp_path, prepare
     assert keep_at_end(100.0)[0] == pytest.approx(1.3 * 100.0 + FINAL_SECONDS)  # a slow compiler: more
 
 
-def test_the_first_step_sets_the_seconds_kept_for_the_end(tmp_path, prepared, capsys):
-    """A compiled first step of 30 s: `keep_at_end` hears it, and the plan fills what it leaves."""
+def test_the_first_step_sets_the_seconds_kept_for_the_end(tmp_path, prepared, capsys, monkeypatch):
+    """A compiled first step of 30 s: `keep_at_end` hears it, and the plan fills what it leaves.
+    The clock is fake, so the compiler itself is left out (the model is its own "compiled" form:
+    test_trainer.py compiles for real)."""
+    monkeypatch.setattr(torch, "compile", lambda model, **options: model)
     clock = FakeClock()
     heard = []
 
