@@ -32,7 +32,7 @@ from janelm.metrics_log import METRICS_FILE, MetricsLog
 from janelm.model import GPT
 from janelm.optim import make_optimizer
 from janelm.random_state import rng_state, set_rng_state
-from janelm.recipe import PLAN_MIN_STEPS, Pace, planned_steps, with_steps
+from janelm.recipe import FIRST_PLAN_SHARE, PLAN_MIN_STEPS, Pace, planned_steps, with_steps
 from janelm.schedule import (PaceMeter, cosine_start, learning_rate, mix_progress, patience_counts,
                              schedule_progress, update_time_bound)
 from janelm.scoring import mean_loss
@@ -200,7 +200,9 @@ class Trainer:
         if not cfg.max_iters and s.step < cfg.warmup_iters:  # a time budget always buys its warm-up and plan
             return False
         out_of_steps = bool(cfg.max_iters) and s.step >= cfg.max_iters
-        out_of_time = bool(cfg.max_time) and s.elapsed >= cfg.max_time
+        # The run's last evaluation comes after its last step: room is left for it.
+        last_eval = self.pace.eval_s if math.isfinite(self.pace.eval_s) else 0.0
+        out_of_time = bool(cfg.max_time) and s.elapsed + last_eval >= cfg.max_time
         return out_of_steps or out_of_time
 
     def train_step(self) -> float:
@@ -344,8 +346,10 @@ class Trainer:
         # Every process must plan the same steps: they agree on the mean of what each measured.
         measured = self.dist.mean(torch.tensor([step_s, eval_s, s.elapsed], dtype=torch.float64, device=self.device))
         step_s, eval_s, elapsed = measured.tolist()
-        steps, plan = planned_steps(cfg, s.step, cfg.max_time - elapsed - eval_s, Pace(step_s, eval_s, tokens_per_step),
-                                    len(self.corpus.train))
+        pace, left = Pace(step_s, eval_s, tokens_per_step), cfg.max_time - elapsed - eval_s
+        steps, plan = planned_steps(cfg, s.step, left, pace, len(self.corpus.train))
+        if cfg.lr_hold and not replan and cosine_start(cfg, steps) > s.step:  # a hold, and a plan at its end, follow:
+            steps, plan = planned_steps(cfg, s.step, left, pace, len(self.corpus.train), FIRST_PLAN_SHARE)
         self.cfg = with_steps(cfg, steps)
         self.planned_steps = steps
         s.replan_step = cosine_start(self.cfg) if cfg.lr_hold and not replan and cosine_start(self.cfg) > s.step else -1

@@ -307,6 +307,24 @@ def test_a_slow_patch_just_after_the_plan_leaves_the_run_bound_by_steps(tmp_path
     assert 0.9 * PLANNED.max_time <= trainer.state.elapsed <= PLANNED.max_time
 
 
+def test_a_first_plan_before_a_hold_leaves_room_for_a_slower_run(tmp_path, prepared, capsys):
+    """Steps 6% slower after warm-up (what the Zen 4's no-flags runs showed): the first plan fills
+    FIRST_PLAN_SHARE of the time, the second at the hold's end adds what the slower pace still fits,
+    and the run ends by its steps (so `--max-iters` replays it) within the budget, annealed. With a
+    full first plan the same run went to the clock."""
+    from janelm.recipe import FIRST_PLAN_SHARE
+
+    clock = FakeClock()
+    trainer = Trainer(TINY_MODEL, HELD, load_corpus(prepared), tmp_path, progress=True, clock=clock)
+    lrs = run_planned(trainer, clock, lambda step: 0.1 if step < 10 else 0.106, seconds_per_eval=0.5)
+    plans = [line for line in capsys.readouterr().err.splitlines() if "replays this run" in line]
+    assert len(plans) == 2 and f"fill {FIRST_PLAN_SHARE:.0%} of --max-time" in plans[0]
+    first = int(plans[0].split("--max-iters ")[1].split()[0])
+    assert trainer.state.time_bound_progress < 0 and trainer.state.step == trainer.cfg.max_iters > first
+    assert 0.9 * HELD.max_time <= trainer.state.elapsed <= HELD.max_time
+    assert lrs[-1] == pytest.approx(HELD.lr * HELD.min_lr_ratio, rel=1e-3)
+
+
 def test_a_run_resumed_within_its_hold_still_plans_again_at_its_end(tmp_path, prepared, capsys):
     """The second plan's step is in the checkpoint: a run stopped in its hold plans at its end after --resume."""
     clock = FakeClock()
