@@ -151,6 +151,7 @@ class Trainer:
         self.planned_steps = 0  # the steps a time budget chose in this process (_plan)
         self.started, self.keep_at_end = started, keep_at_end
         self.pace = PaceMeter()  # this process's steps and evaluations, for the time limit's projection
+        self.plan_eval_s = 0.0  # an evaluation's seconds, as the processes agreed at the last plan
 
     def _refuse_to_overwrite(self, force: bool) -> None:
         """A new run never silently replaces another run's checkpoints."""
@@ -200,9 +201,8 @@ class Trainer:
         if not cfg.max_iters and s.step < cfg.warmup_iters:  # a time budget always buys its warm-up and plan
             return False
         out_of_steps = bool(cfg.max_iters) and s.step >= cfg.max_iters
-        # The run's last evaluation comes after its last step: room is left for it.
-        last_eval = self.pace.eval_s if math.isfinite(self.pace.eval_s) else 0.0
-        out_of_time = bool(cfg.max_time) and s.elapsed + last_eval >= cfg.max_time
+        # The run's last evaluation comes after its last step: room is left for it (as every process agreed at the plan).
+        out_of_time = bool(cfg.max_time) and s.elapsed + self.plan_eval_s >= cfg.max_time
         return out_of_steps or out_of_time
 
     def train_step(self) -> float:
@@ -346,6 +346,7 @@ class Trainer:
         # Every process must plan the same steps: they agree on the mean of what each measured.
         measured = self.dist.mean(torch.tensor([step_s, eval_s, s.elapsed], dtype=torch.float64, device=self.device))
         step_s, eval_s, elapsed = measured.tolist()
+        self.plan_eval_s = eval_s
         pace, left = Pace(step_s, eval_s, tokens_per_step), cfg.max_time - elapsed - eval_s
         steps, plan = planned_steps(cfg, s.step, left, pace, len(self.corpus.train))
         if cfg.lr_hold and not replan and cosine_start(cfg, steps) > s.step:  # a hold, and a plan at its end, follow:
