@@ -83,8 +83,9 @@ class Linear(nn.Linear):
     own kernels)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32
-                and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+        # Gradients first: decoding (no gradients) calls this per token and leaves after one check.
+        if (torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
+                and self.weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
                 and not torch.compiler.is_compiling() and _onednn_product() is not None):
             return _OneDNNLinear.apply(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
