@@ -9,7 +9,8 @@ spends more time between the products than in them (docs/speed.md). Compiling re
   size, precision, PyTorch version, instruction set and thread count, and keeps it in
   the cache folder (janelm.step_cache). Loading it takes ~0.05 s, where `torch.compile` traces the model
   again in every process (9 s with its own cache warm, 35 s cold, on 2 cores). By default a cached
-  step is used when there is one, and one is compiled (~35 s on 2 cores) only when asked for
+  step is used when there is one, and one is compiled (~20-25 s on 2 cores, its two C++ files side
+  by side: janelm.cpp_builds) only when asked for
   (`--compile`) or when the output is long enough to repay it (`AUTO_COMPILE_TOKENS`). Its
   attention reads only the cache positions in use (rounded up to `SPAN_STEP`): one library,
   compiled with that length variable. A server's batches take one compiled with the number of
@@ -31,6 +32,7 @@ import torch
 
 from janelm.config import AUTO_COMPILE_TOKENS
 from janelm.console import note
+from janelm.cpp_builds import builds_side_by_side
 from janelm.device import use_compiler_cache
 from janelm.errors import first_line
 from janelm.files import waiting_lock
@@ -205,8 +207,9 @@ def compile_ahead(model, batch_size: int, path: Path, any_batch: bool = False) -
         with warnings.catch_warnings(), torch.no_grad():  # the warnings: PyTorch's own deprecation notices
             warnings.simplefilter("ignore")
             exported = torch.export.export(_StepModule(model).eval(), inputs, dynamic_shapes=dynamic, strict=False)
-            inductor.aoti_compile_and_package(exported, package_path=str(temporary),
-                                              inductor_configs=step_options(model, batch_size, any_batch))
+            with builds_side_by_side():  # the wrapper's and the kernels' C++ on two cores at once
+                inductor.aoti_compile_and_package(exported, package_path=str(temporary),
+                                                  inductor_configs=step_options(model, batch_size, any_batch))
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
