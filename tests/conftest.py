@@ -29,6 +29,13 @@ if "JANELM_TEST_CACHE" not in os.environ:
     DECODE_CACHE = tempfile.TemporaryDirectory(prefix="janelm-test-cache-")
     os.environ["JANELM_TEST_CACHE"] = DECODE_CACHE.name
 os.environ["JANELM_CACHE"] = os.environ["JANELM_TEST_CACHE"]
+# Each pytest-xdist worker computes on one thread: the workers (one per core) fill the cores between
+# them. With PyTorch's default, a thread per core in each worker, the suite ran twice as many threads
+# as cores, and OpenMP's waiting threads slowed in-process training up to 16x (a time-budget test:
+# 2 s alone, 9-32 s in the suite). Set before any worker imports PyTorch; tests that want more
+# threads set them (torch.set_num_threads), and the CLI's children get one thread too (janelm()).
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 # torch.compile's own cache: one folder for every worker of the suite (they run on one instruction
 # set), as PyTorch's default is, not one per worker (janelm.device.use_compiler_cache).
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), "janelm-tests-inductor"))
