@@ -54,10 +54,10 @@ def builds_side_by_side() -> Iterator[None]:
         running.clear()
 
     def build(self) -> None:
-        cmd = shlex.split(self.get_command_line())
-        if (getattr(self, "_compile_only", None) is not True or getattr(self, "_use_relative_path", False)
-                or not hasattr(self, "_output_dir") or not any(part.endswith(".cpp") for part in cmd)):
-            if not getattr(self, "_compile_only", False):  # a link, say: what it reads is compiled first
+        compile_only = getattr(self, "_compile_only", None) is True
+        cmd = shlex.split(self.get_command_line()) if compile_only and hasattr(self, "_output_dir") else []
+        if getattr(self, "_use_relative_path", False) or not any(part.endswith(".cpp") for part in cmd):
+            if not compile_only:  # a link, say: what it reads is compiled first
                 finish()
             return original(self)
         os.makedirs(self._output_dir, exist_ok=True)
