@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import IO, Iterator
 
 
@@ -48,7 +49,8 @@ def builds_side_by_side() -> Iterator[None]:
 
     def stop() -> None:
         for _, proc, log in running:
-            proc.kill()
+            with suppress(ProcessLookupError):  # g++ and the compiler it runs (cc1plus): its whole group
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             log.close()
         running.clear()
@@ -62,7 +64,8 @@ def builds_side_by_side() -> Iterator[None]:
             return original(self)
         os.makedirs(self._output_dir, exist_ok=True)
         log = tempfile.TemporaryFile()
-        running.append((cmd, subprocess.Popen(cmd, cwd=self._output_dir, stdout=log, stderr=subprocess.STDOUT), log))
+        running.append((cmd, subprocess.Popen(cmd, cwd=self._output_dir, stdout=log, stderr=subprocess.STDOUT,
+                                                    start_new_session=True), log))
 
     builder.build = build
     try:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import stat
 import time
+from pathlib import Path
 
 import pytest
 
@@ -66,6 +68,16 @@ def test_a_failed_compile_raises_pytorchs_error_and_leaves_nothing_running(tmp_p
             while not (tmp_path / "log").exists() and time.monotonic() - started < 10:
                 time.sleep(0.01)  # until the compile is under way
             raise KeyboardInterrupt
+    # Nothing it had started runs on either (the driver's own compiler; here the script's `sleep`).
+    assert not [p for p in Path("/proc").glob("[0-9]*") if _cwd(p) == tmp_path]
     time.sleep(1.0)  # past the slow compiler's half second: killed, it never went on to the end
     assert (tmp_path / "log").read_text().split() == ["start"]
     assert not list(tmp_path.glob("late.o"))
+
+
+def _cwd(process: Path) -> Path | None:
+    """The folder a process runs in, or None (one that ended meanwhile, or not ours to read)."""
+    try:
+        return Path(os.readlink(process / "cwd"))
+    except OSError:
+        return None
