@@ -17,10 +17,10 @@ from torch._inductor.exc import CppCompileError
 from janelm.cpp_builds import builds_side_by_side
 
 
-def slow_compiler(folder) -> str:
-    """g++ that notes when each compile starts and ends, and takes half a second more."""
+def slow_compiler(folder, seconds: float = 0.5) -> str:
+    """g++ that notes when each compile starts and ends, and takes `seconds` more."""
     script = folder / "slow-g++"
-    script.write_text('#!/bin/sh\necho start >> "$LOG"\nsleep 0.5\ng++ "$@"; code=$?\necho end >> "$LOG"\nexit $code\n')
+    script.write_text(f'#!/bin/sh\necho start >> "$LOG"\nsleep {seconds}\ng++ "$@"; code=$?\necho end >> "$LOG"\nexit $code\n')
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     return str(script)
 
@@ -63,14 +63,17 @@ def test_a_failed_compile_raises_pytorchs_error_and_leaves_nothing_running(tmp_p
     # An error raised elsewhere inside the block stops the compiles it started.
     with pytest.raises(KeyboardInterrupt):
         with builds_side_by_side():
-            builder(tmp_path, "late", [str(tmp_path / "good.cpp")], True, slow_compiler(tmp_path)).build()
+            builder(tmp_path, "late", [str(tmp_path / "good.cpp")], True, slow_compiler(tmp_path, 10)).build()
             started = time.monotonic()
             while not (tmp_path / "log").exists() and time.monotonic() - started < 10:
                 time.sleep(0.01)  # until the compile is under way
             raise KeyboardInterrupt
-    # Nothing it had started runs on either (the driver's own compiler; here the script's `sleep`).
-    assert not [p for p in Path("/proc").glob("[0-9]*") if _cwd(p) == tmp_path]
-    time.sleep(1.0)  # past the slow compiler's half second: killed, it never went on to the end
+    # Nothing it had started runs on either (the driver's own compiler; here the script's 10-second
+    # `sleep`, which outlives a kill of the script alone): within a second, killed processes are gone.
+    deadline = time.monotonic() + 1.0
+    while (left := [p for p in Path("/proc").glob("[0-9]*") if _cwd(p) == tmp_path]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not left
     assert (tmp_path / "log").read_text().split() == ["start"]
     assert not list(tmp_path.glob("late.o"))
 
