@@ -87,10 +87,21 @@ def cpu_has_native_bf16(flags: frozenset[str] | None = None, env: dict[str, str]
     return not onednn or onednn in _ONEDNN_BF16_ISAS
 
 
+def cpu_has_amx(flags: frozenset[str] | None = None, env: dict[str, str] | None = None) -> bool:
+    """True when oneDNN multiplies bf16 with AMX tiles here: native bf16, the `amx_bf16` flag, and no
+    ONEDNN_MAX_CPU_ISA cap below AMX. A fixed rule of the machine, so a replayed run picks the
+    same kernels."""
+    flags = cpu_flags() if flags is None else flags
+    env = os.environ if env is None else env
+    cap = env.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    return (cpu_has_native_bf16(flags, env) and "amx_bf16" in flags
+            and (cap in ("", "ALL", "DEFAULT") or "AMX" in cap))
+
+
 def cpu_class() -> str:
-    """The CPU in words, for messages: which of the two classes JaneLM tunes for."""
+    """The CPU in words, for messages: which of the classes JaneLM tunes for."""
     if cpu_has_native_bf16():
-        return "this CPU multiplies bf16 natively"
+        return f"this CPU multiplies bf16 natively ({'AMX' if cpu_has_amx() else 'AVX-512 BF16'})"
     return "this CPU has no native bf16" + (" (AVX2)" if "avx2" in cpu_flags() else "")
 
 
@@ -103,9 +114,7 @@ def describe_machine(device: torch.device, dtype: torch.dtype) -> str:
         return f"{torch.cuda.get_device_name(device)}, {precision}"
     threads = torch.get_num_threads()
     if cpu_has_native_bf16():
-        cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
-        amx = "amx_bf16" in cpu_flags() and (cap in ("", "ALL", "DEFAULT") or "AMX" in cap)
-        isa = "AMX" if amx else "AVX-512 BF16"
+        isa = "AMX" if cpu_has_amx() else "AVX-512 BF16"
     else:
         isa = torch.backends.cpu.get_cpu_capability()
     return f"{threads} core{'' if threads == 1 else 's'}, {precision} ({isa})"

@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from janelm.config import ModelConfig
 from janelm.errors import InputError
@@ -45,6 +46,41 @@ def test_sdpa_attention_equals_explicit_masked_softmax(position, head_size, n_kv
     attn = model.blocks[0].attn
     x = torch.randn(3, 10, SMALL.n_embed)
     torch.testing.assert_close(attn(x), explicit_attention(attn, x), rtol=1e-5, atol=1e-6)
+
+
+def test_attention_by_products_gives_the_kernels_output_and_gradients():
+    """The bf16 attention of AMX CPUs, checked in float32, where it must equal the kernel's."""
+    from janelm.model import _attention_by_products
+
+    torch.manual_seed(0)
+    inputs = [torch.randn(2, 4, 10, 8) for _ in range(3)]
+    grad = torch.randn(2, 4, 10, 8)
+    results = []
+    for attend in (_attention_by_products, lambda q, k, v, p: F.scaled_dot_product_attention(q, k, v, is_causal=True)):
+        q, k, v = (t.clone().requires_grad_() for t in inputs)
+        y = attend(q, k, v, 0.0)
+        y.backward(grad)
+        results.append((y, q.grad, k.grad, v.grad))
+    for ours, kernels in zip(*results):
+        torch.testing.assert_close(ours, kernels, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_kv_head", [0, 2])
+def test_bf16_attention_by_products_is_causal_and_near_float32(n_kv_head):
+    torch.manual_seed(0)
+    model = GPT(replace(SMALL, n_kv_head=n_kv_head)).eval()
+    for block in model.blocks:
+        block.attn.attention_by_products = True  # as on an AMX CPU
+    idx = torch.randint(0, 50, (2, 12))
+    changed = idx.clone()
+    changed[:, 8:] = (changed[:, 8:] + 1) % 50
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a, _ = model(idx)
+        b, _ = model(changed)
+    exact, _ = model(idx)
+    torch.testing.assert_close(a[:, :8], b[:, :8], rtol=0, atol=0)
+    assert not torch.allclose(a[:, 8:], b[:, 8:])
+    assert (a.float() - exact).abs().max() < 0.05 * exact.abs().max()
 
 
 def test_attention_is_causal():

@@ -192,6 +192,19 @@ def test_native_bf16_follows_the_flags_and_the_isa_caps(flags, env, native):
     assert cpu_has_native_bf16(frozenset(flags), env) is native
 
 
+@pytest.mark.parametrize("flags, env, amx", [
+    ({"avx512f", "avx512_bf16"}, {}, False),
+    ({"avx512f", "avx512_bf16", "amx_bf16"}, {}, True),
+    ({"avx512f", "avx512_bf16", "amx_bf16"}, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, False),
+    ({"avx512f", "avx512_bf16", "amx_bf16"}, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, True),
+    ({"avx512f", "avx512_bf16", "amx_bf16"}, {"ATEN_CPU_CAPABILITY": "avx2"}, False),
+])
+def test_amx_follows_the_flags_and_onednns_cap(flags, env, amx):
+    from janelm.device import cpu_has_amx
+
+    assert cpu_has_amx(frozenset(flags), env) is amx
+
+
 def test_isa_caps_agree_with_pytorchs_own_reading():
     """Under ATEN_CPU_CAPABILITY=avx2 PyTorch runs its AVX2 kernels, and JaneLM's class follows."""
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "PYTHONPATH": str(REPO)}
