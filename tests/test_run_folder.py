@@ -132,7 +132,7 @@ def test_bf16_without_native_support_is_named_slow(prepared: Path, tmp_path: Pat
     import janelm.device
     import janelm.speed
 
-    monkeypatch.setattr(janelm.device, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(janelm.device, "cpu_has_native_bf16", lambda *_: False)
     args = ["--data", str(prepared), "--out", str(tmp_path / "run"), *TINY, "--max-iters", "1", "--eval-interval", "1"]
     assert main(["train", *args, "--dtype", "bfloat16"]) == 0  # one step of a tiny model: emulated, but brief
     warning = "warning: this CPU has no native bf16, so --dtype bfloat16 is emulated and many times slower than float32"
@@ -146,7 +146,7 @@ def test_bf16_without_native_support_is_named_slow(prepared: Path, tmp_path: Pat
     err = capsys.readouterr().err
     assert err.index(warning) < err.index("the measurement would start here")
 
-    monkeypatch.setattr(janelm.device, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(janelm.device, "cpu_has_native_bf16", lambda *_: True)
     assert main(["train", *args, "--dtype", "bfloat16", "--force"]) == 0
     assert warning not in capsys.readouterr().err
 
