@@ -309,10 +309,12 @@ class Trainer:
                         f"continue with `janelm train --resume --out {self.out_dir} --data {self.corpus.path}`",
                         signals[0],
                     )
-        if stop_reason is None:
-            stop_reason = "step budget" if cfg.max_iters and s.step >= cfg.max_iters else "time limit"
-        self.save(LAST)
-        self._plot()
+            # Still under the signal catcher: a Ctrl-C that lands after the last step lets the final
+            # checkpoint be written whole, and the finished run ends as finished.
+            if stop_reason is None:
+                stop_reason = "step budget" if cfg.max_iters and s.step >= cfg.max_iters else "time limit"
+            self.save(LAST)
+            self._plot()
         return {"stop": stop_reason, "step": s.step, "tokens_seen": s.tokens_seen, "elapsed_s": s.elapsed,
                 "planned": self.planned_steps if s.time_bound_progress < 0 else 0,  # a replay follows steps
                 "best_val_loss": s.best_val_loss, "last_train_loss": last_loss,

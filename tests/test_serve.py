@@ -150,13 +150,15 @@ def leave_mid_stream(url: str) -> int:
 
 def test_key_queue_and_sigterm(trained, tmp_path):
     log = (tmp_path / "serve.log").open("w")
-    with running_server("-c", str(trained), "--max-rows", "1", "--max-queue", "0", key="sesame", log=log) as (proc, url):
+    # A stream too long to end by itself within the shutdown's grace, however fast the machine.
+    with running_server("-c", str(trained), "--max-rows", "1", "--max-queue", "0", "--max-tokens", "10000000",
+                        key="sesame", log=log) as (proc, url):
         with pytest.raises(openai.AuthenticationError) as caught:
             client(url, "wrong").models.list()
         assert caught.value.body["code"] == "invalid_api_key"
         api = client(url, "sesame")
         assert api.models.list().data
-        stream = api.completions.create(model="janelm", prompt="Emma", max_tokens=100_000 // 25, stream=True)
+        stream = api.completions.create(model="janelm", prompt="Emma", max_tokens=10_000_000, stream=True)
         next(iter(stream))
         with pytest.raises(openai.RateLimitError):  # the one row is taken, and nothing may wait
             api.completions.create(model="janelm", prompt="Emma", max_tokens=5)

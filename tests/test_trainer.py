@@ -39,16 +39,19 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 
 def interrupt_at_random_step(args: list[str], run: Path, seed: int) -> subprocess.CompletedProcess:
-    """Start training, wait until it is inside the loop, SIGINT it after a random delay."""
+    """Start training, wait until it has logged a random number of evaluations (1 to 8, so the
+    signal lands inside the loop however fast the machine steps), SIGINT it after a random delay."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "janelm", "train", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    draw = random.Random(seed)
+    rows = draw.randint(1, 8)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        if (run / "metrics.csv").exists() and len((run / "metrics.csv").read_text().splitlines()) >= 2:
+        if (run / "metrics.csv").exists() and len((run / "metrics.csv").read_text().splitlines()) > rows:
             break
-        time.sleep(0.02)
-    time.sleep(random.Random(seed).uniform(0.0, 0.5))
+        time.sleep(0.005)
+    time.sleep(draw.uniform(0.0, 0.02))
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
