@@ -160,6 +160,11 @@ class CachedCompiledStep:
     def __init__(self, path: Path):
         # The loader itself, not torch._inductor.aoti_load_package: importing torch._inductor
         # would add ~3 s to start-up, and the loader needs none of it.
+        # A step compiled on an AMX CPU multiplies with AMX tiles, which Linux lets a process use
+        # only once it has asked: oneDNN asks at its first bf16 product, but a step run before any
+        # (a decode from one token, in a fresh process) died of an illegal instruction.
+        if hasattr(torch.cpu, "_init_amx"):
+            torch.cpu._init_amx()
         self.runner = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
 
     def __call__(self, token: torch.Tensor, position: torch.Tensor, cache) -> torch.Tensor:

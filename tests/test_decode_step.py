@@ -7,10 +7,14 @@ import copy
 import errno
 import json
 import os
+import subprocess
+import sys
 import time
 
 import pytest
 import torch
+
+from conftest import REPO
 
 import janelm.decode_step as decode_step
 import janelm.step_cache as step_cache
@@ -335,3 +339,29 @@ def test_the_compilers_cache_has_a_folder_per_instruction_set(monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere/mine")
     use_compiler_cache()
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/somewhere/mine"
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="a compiled bf16 step uses AMX tiles only where bf16 is native")
+def test_a_cached_bf16_step_runs_first_in_a_fresh_process(tmp_path, monkeypatch):
+    """A step compiled on an AMX CPU multiplies with tiles, which Linux grants a process only when
+    asked: loaded from the cache and run before any other product (a decode from one token), it
+    must not die of an illegal instruction."""
+    monkeypatch.setenv("JANELM_CACHE", str(tmp_path))
+    script = """if True:
+        import sys, torch
+        from janelm.config import ModelConfig
+        from janelm.decode_step import cpu_compiled_step
+        from janelm.model import GPT
+        from janelm.quantize import inference_weights
+        torch.manual_seed(0)
+        gpt = GPT(ModelConfig(vocab_size=64, context=32, n_block=1, n_embed=64, n_head=4)).eval()
+        model = inference_weights(gpt, "cpu", torch.bfloat16)
+        step = cpu_compiled_step(model, 1, compile=sys.argv[1] == "compile")
+        assert step is not None, "no compiled step"
+        with torch.inference_mode():
+            print(step(torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, dtype=torch.long), model.new_cache(1)).shape)
+    """
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for how in ("compile", "cached"):  # the second finds the first's library, and runs it before anything else
+        run = subprocess.run([sys.executable, "-c", script, how], env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0 and run.stdout.strip() == "torch.Size([1, 64])", (how, run.returncode, run.stderr[-500:])
