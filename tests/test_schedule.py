@@ -399,6 +399,7 @@ def fake_pace(tokens_per_s: float):
                                                            ("a 2-core Zen 4", 5_500.0, "cpu-3x256"),
                                                            ("a 4-core Zen 4", 10_000.0, "cpu-4x256"),
                                                            ("a 2-core AMX Xeon", 13_100.0, "cpu-5x256"),
+                                                           ("a 4-core AMX Xeon", 25_000.0, "cpu-5x256-d2"),
                                                            ("a GPU", 2_000_000.0, "gpu")])
 def test_auto_chooses_from_the_table_by_measured_compute(monkeypatch, capsys, machine, tokens_per_s, chosen):
     import janelm.recipe
