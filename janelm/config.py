@@ -240,8 +240,9 @@ PRESETS: dict[str, Preset] = {
     "cpu-5x256-d2": Preset(
         "5 × 256, dropout 0.2, batch 8, up to 14 passes, trains for --max-time: where cpu-5x256's 8 passes take half the budget",
         # Twice the dropout lets the same model learn from more passes over Austen: on an AMX Xeon,
-        # 1,200 s (6,079 steps, 14 passes) scored 1.5052 bits/char, against cpu-5x256's 1.5213 and
-        # 1.5243 in 600 s; 6 × 320 at dropout 0.1 and 8 passes scored 1.5473 there (docs/quality.md).
+        # 1,200 s (6,079 steps, 14 passes) scored 1.5052, 1.5131 and 1.5020 bits/char, against
+        # cpu-5x256's 1.5213 and 1.5243 in 600 s; 6 × 320 at dropout 0.1 and 8 passes scored 1.5473
+        # there (docs/quality.md).
         model={"n_block": 5, "n_embed": 256, "n_head": 4, "dropout": 0.2},
         train={**TABLE_TRAIN, "max_passes": 14.0},
     ),
