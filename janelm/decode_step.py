@@ -22,18 +22,20 @@ spends more time between the products than in them (docs/speed.md). Compiling re
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 import warnings
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
 from janelm.config import AUTO_COMPILE_TOKENS
 from janelm.console import note
 from janelm.cpp_builds import builds_side_by_side
-from janelm.device import use_compiler_cache
+from janelm.device import cpu_has_amx, use_compiler_cache
 from janelm.errors import first_line
 from janelm.files import waiting_lock
 from janelm.quantize import HALF_MAX_ROWS, HalfLinear
@@ -54,19 +56,24 @@ CPU_STEP_OPTIONS = {**INFERENCE_COMPILE_OPTIONS, "cpp.threads": 1, "emulate_prec
 # stored), not 25 calls into oneDNN or ATen whose dispatch cost more than a few rows' arithmetic.
 # The reference-shape lone step: 0.8-1.0 ms against 1.7-1.8 (float16 matrices), 0.7 against 1.5-1.6
 # (bf16), 1.1-1.3 against 3.2-3.3 (float32); AVX2 class 1.1-1.2 against 1.3-1.7; one core 0.9-1.1
-# against 1.7-1.8. At 16 rows oneDNN's kernels win (6.6 ms against 9.4; docs/speed.md). Only CPP:
-# nothing is benchmarked while compiling, so a library does not depend on how busy the machine was.
-# The template has vectorized kernels for AVX2 and AVX-512 only, and needs the step's threads.
+# against 1.7-1.8. At 16 rows oneDNN's kernels win (6.6 ms against 9.4; docs/speed.md), except for
+# bf16 matrices on an AMX CPU, where the template multiplies with AMX tiles: the reference shape's
+# products at 16 / 32 / 64 rows 0.78 / 0.98 / 1.38 ms against oneDNN's 1.34 / 1.51 / 1.89 (float16
+# and float32 at 16 rows: 3.27 and 3.08 against 2.37 and 2.03). Only CPP: nothing is benchmarked
+# while compiling, so a library does not depend on how busy the machine was. The template has
+# vectorized kernels for AVX2 and AVX-512 only, and needs the step's threads.
 TEMPLATE_PRODUCTS = {"max_autotune_gemm": True, "max_autotune_gemm_backends": "CPP"}
 TEMPLATE_ISAS = ("AVX2", "AVX512")
 TEMPLATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # of the matrices (float64: none)
 
 
 def template_products(model, batch_size: int) -> bool:
-    """Whether a step of `model` for up to `batch_size` rows gets the compiler's own products here."""
+    """Whether a step of `model` for up to `batch_size` rows gets the compiler's own products here:
+    for a few rows in every format it has, for any number of bf16 rows on an AMX CPU."""
     matrices = [m.weight for m in model.modules() if isinstance(m, (torch.nn.Linear, HalfLinear))]
-    return (batch_size <= HALF_MAX_ROWS and torch.backends.cpu.get_cpu_capability() in TEMPLATE_ISAS
-            and all(w.dtype in TEMPLATE_DTYPES for w in matrices))
+    if torch.backends.cpu.get_cpu_capability() not in TEMPLATE_ISAS or any(w.dtype not in TEMPLATE_DTYPES for w in matrices):
+        return False
+    return batch_size <= HALF_MAX_ROWS or (all(w.dtype == torch.bfloat16 for w in matrices) and cpu_has_amx())
 
 
 def step_options(model, batch_size: int, any_batch: bool = False) -> dict:
@@ -165,11 +172,34 @@ class CachedCompiledStep:
         # (a decode from one token, in a fresh process) died of an illegal instruction.
         if hasattr(torch.cpu, "_init_amx"):
             torch.cpu._init_amx()
-        self.runner = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
+        # The loader unpacks the library into a new folder of the temporary directory and removes it
+        # only when it is destroyed, which a process ending with a thread still running never does:
+        # each `janelm serve` left 60-80 MB in /tmp. It unpacks into a folder of ours instead, removed
+        # once loaded (the library stays mapped; where it cannot be removed, it stays, as before).
+        unpacked = tempfile.mkdtemp(prefix="janelm-step-")
+        try:
+            with _temporary_directory(unpacked):
+                self.runner = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
+        finally:
+            shutil.rmtree(unpacked, ignore_errors=True)
 
     def __call__(self, token: torch.Tensor, position: torch.Tensor, cache) -> torch.Tensor:
         slots = cache.slots[: attention_span(position, cache.slots.size(0))]  # cache.slots: the whole context
         return self.runner.boxed_run([token, position, slots, *cache.keys, *cache.values])[0]
+
+
+@contextmanager
+def _temporary_directory(folder: str) -> Iterator[None]:
+    """TMPDIR set to `folder` (what the loader's C++ reads) within the block."""
+    before = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = folder
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TMPDIR"]
+        else:
+            os.environ["TMPDIR"] = before
 
 
 class _Found:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from janelm import __version__
+from janelm.device import cpu_has_amx
 from janelm.errors import first_line
 from janelm.files import WRITE_FAILURES, WriteFailure, atomic_write_text, cache_home
 
@@ -45,6 +46,7 @@ def step_key(model, batch_size: int, any_batch: bool = False) -> str:
     instruction set and the threads its kernels run on."""
     digest = hashlib.sha256()
     about = {"code": code_version(), "torch": torch.__version__, "isa": torch.backends.cpu.get_cpu_capability(),
+             "amx": cpu_has_amx(),  # a batch step's products (janelm.decode_step.template_products)
              "batch": batch_size, "threads": torch.get_num_threads(), **({"any_batch": True} if any_batch else {}),
              "config": asdict(model.config), "activations": str(model.tok_embed.weight.dtype)}
     digest.update(json.dumps(about, sort_keys=True).encode())

@@ -76,7 +76,12 @@ def test_a_compiled_step_is_kept_and_found_again(model, tmp_path, monkeypatch, c
     assert list(json.loads(times.read_text()).values()) == [9.0]
 
     fresh = copy.deepcopy(model)  # as a later run would load it: nothing compiled in memory
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temporary))
     assert isinstance(step_of(fresh, 2, compile=None), CachedCompiledStep)  # the default finds it
+    # Loaded, the library leaves nothing unpacked behind (a process that never destroys it too)
+    assert list(temporary.iterdir()) == [] and os.environ["TMPDIR"] == str(temporary)
     assert tokens(fresh, compile=None) == eager
     assert "compiling" not in capsys.readouterr().err
     assert step_of(fresh, 2, compile=False) == fresh.decode_step  # --no-compile never uses it
@@ -236,8 +241,9 @@ def test_a_server_of_two_rows_compiles_its_batch_step(model, tmp_path, monkeypat
 
 def test_the_compilers_own_products_are_taken_for_a_few_rows_in_the_formats_it_has(model, monkeypatch):
     """Up to HALF_MAX_ROWS rows a step's products are the compiler's GEMM template (float32, bf16,
-    float16 matrices; AVX2 or AVX-512), on the step's threads; more rows, float64, or another
-    instruction set: PyTorch's kernels."""
+    float16 matrices; AVX2 or AVX-512), on the step's threads, and at any number of rows for bf16
+    matrices on an AMX CPU; more rows otherwise, float64, or another instruction set: PyTorch's
+    kernels."""
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     assert decode_step.template_products(model, 1) and decode_step.template_products(model, HALF_MAX_ROWS)
     assert not decode_step.template_products(model, HALF_MAX_ROWS + 1)
@@ -246,8 +252,15 @@ def test_the_compilers_own_products_are_taken_for_a_few_rows_in_the_formats_it_h
     assert "max_autotune_gemm_backends" not in decode_step.step_options(model, 16, any_batch=True)
     assert decode_step.step_options(model, 16)["cpp.threads"] == 1  # sample's fixed 16 rows: one thread, as before
     assert not decode_step.template_products(copy.deepcopy(model).double(), 1)
+    # bf16 matrices on an AMX CPU: the template's AMX kernels, at any number of rows
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    for amx in (True, False):
+        monkeypatch.setattr(decode_step, "cpu_has_amx", lambda amx=amx: amx)
+        assert decode_step.template_products(bf16, 16) is amx and decode_step.template_products(bf16, 64) is amx
+        assert decode_step.template_products(bf16, HALF_MAX_ROWS) and not decode_step.template_products(model, 16)
+        assert ("max_autotune_gemm_backends" in decode_step.step_options(bf16, 16, any_batch=True)) is amx
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
-    assert not decode_step.template_products(model, 1)
+    assert not decode_step.template_products(model, 1) and not decode_step.template_products(bf16, 16)
 
 
 def test_a_step_another_process_is_compiling_is_waited_for_and_then_loaded(model, tmp_path, monkeypatch, capsys):
