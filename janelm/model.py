@@ -26,11 +26,16 @@ from janelm.config import ModelConfig
 from janelm.device import cpu_has_amx
 from janelm.linear import Linear
 from janelm.norm import make_norm, normalize
+from janelm.quantize import HalfLinear
 from janelm.rotary import Rotary
 
 
 class KVCache:
-    """Keys and values of every block for the positions seen so far, preallocated to the context.
+    """Keys and values of every block for the positions seen so far, preallocated to the context,
+    in the activations' format, or in the matrices' where they are 16-bit and activations float32
+    (janelm.quantize.HalfLinear: the values come out of those products already rounded to it).
+    A server's 16-row step reads 16 rows' caches: in 16 bits the reference shape's ran 1.3-1.45×
+    faster at positions 127-200, the lone step as fast (docs/speed.md).
 
     `length` is the number of cached positions; positions written next start there.
     """
@@ -134,7 +139,8 @@ class CausalSelfAttention(nn.Module):
             end = start + T
             cache.keys[layer][:, :, start:end] = k
             cache.values[layer][:, :, start:end] = v
-            k, v = self._shared_kv(cache.keys[layer][:, :, :end], cache.values[layer][:, :, :end])
+            # Read back as stored (a 16-bit cache rounds them), as the steps after it read them.
+            k, v = self._shared_kv(cache.keys[layer][:, :, :end].to(q.dtype), cache.values[layer][:, :, :end].to(q.dtype))
             if start == 0:
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             else:
@@ -170,16 +176,17 @@ class CausalSelfAttention(nn.Module):
             qk = Rotary.rotate(qk, *rotation) if fused else torch.bmm(qk, rotation)
         keys, values = cache.keys[layer], cache.values[layer]  # (B, n_kv_head, context, D)
         # Written as rows of the flattened cache: index_copy_, which compiles to in-place stores.
-        keys.view(-1, self.head_dim).index_copy_(0, slots, qk[:, self.n_head :].reshape(-1, self.head_dim))
-        values.view(-1, self.head_dim).index_copy_(0, slots, qkv[:, self.n_head + self.n_kv_head :].reshape(-1, self.head_dim))
+        keys.view(-1, self.head_dim).index_copy_(0, slots, qk[:, self.n_head :].reshape(-1, self.head_dim).to(keys.dtype))
+        values.view(-1, self.head_dim).index_copy_(0, slots, qkv[:, self.n_head + self.n_kv_head :].reshape(-1, self.head_dim).to(values.dtype))
         # Attention reads the cache's first `span` positions: a batch's furthest row (the server's
         # batches), rounded up to a multiple of 32 in a compiled step, the whole cache otherwise.
         span = cache.slots.size(0)
         q = qk[:, : self.n_head].reshape(B * self.n_kv_head, group, self.head_dim).float()
         if fused:  # the same sums, over D and then over the span, as broadcast products
             # Read transposed, (B · n_kv_head, D, span): a slice of a variable span there is never
-            # contiguous, so the compiler need not ask whether it is (which fixes the span).
-            keys, values = (t.flatten(0, 1).transpose(1, 2)[:, :, :span].float() for t in (keys, values))
+            # contiguous, so the compiler need not ask whether it is (which fixes the span); and
+            # converted before the slice: a 16-bit slice's conversion asked it again.
+            keys, values = (t.flatten(0, 1).transpose(1, 2).float()[:, :, :span] for t in (keys, values))
             scores = (q[..., None] * keys[:, None]).sum(2) * (1 / math.sqrt(self.head_dim)) + bias
             y = (scores.softmax(-1)[:, :, None] * values[:, None]).sum(-1)
         else:  # as stored, (B · n_kv_head, span, D): 2-4x faster products than read transposed
@@ -380,4 +387,6 @@ class GPT(nn.Module):
     def new_cache(self, batch_size: int) -> KVCache:
         p = self.tok_embed.weight
         dtype = torch.get_autocast_dtype(p.device.type) if torch.is_autocast_enabled(p.device.type) else p.dtype
+        if isinstance(self.blocks[0].attn.qkv, HalfLinear):
+            dtype = self.blocks[0].attn.qkv.weight.dtype
         return KVCache(self.config, batch_size, p.device, dtype)

@@ -4,7 +4,8 @@ Decoding one token at batch 1 reads every weight once and does little arithmetic
 speed is set by how many bytes the weights take and how fast they are read. Two formats:
 
 - `HalfLinear` (`--dtype float16|bfloat16` on the CPU, and sampling's default there): the matrix
-  in 16 bits, everything else (norms, attention, the KV cache, the residual stream) in float32.
+  in 16 bits, the KV cache too (janelm.model.KVCache), everything else (norms, attention's
+  arithmetic, the residual stream) in float32.
   Half the bytes of float32 nearly doubles the speed of the matrix-vector products on every CPU
   class, even without native bf16 or float16 arithmetic, while elementwise work stays in float32,
   where the CPU is fastest and nothing overflows (docs/speed.md).
