@@ -8,6 +8,7 @@ novel; wall times and bits per character are appended to benchmarks/results/ten_
     python3 benchmarks/ten_minutes.py --class avx2            # PyTorch, oneDNN and MKL capped at AVX2
     python3 benchmarks/ten_minutes.py --one-core              # taskset -c 0: a slower machine
     python3 benchmarks/ten_minutes.py -- --max-time 1200      # train's own flags
+    python3 benchmarks/ten_minutes.py --keep /tmp/best.pt     # and keep the trained model
 
 The machine must be otherwise idle: this measures what the clock buys.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -46,6 +48,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--class", dest="cpu_class", choices=("native", "avx2"), default="native")
     p.add_argument("--one-core", action="store_true", help="run under taskset -c 0")
+    p.add_argument("--keep", type=Path, help="copy the trained best.pt here (a model to measure with)")
     p.add_argument("train_flags", nargs="*", help="flags for janelm train (after --)")
     a = p.parse_args()
     sys.path.insert(0, str(REPO))
@@ -63,6 +66,9 @@ def main() -> None:
         import torch
 
         ckpt = torch.load(work / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+        if a.keep:
+            a.keep.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(work / "checkpoints" / "best.pt", a.keep)
     result = json.loads(score.stdout)
     lines = train.stderr.replace("\r", "\n").splitlines()  # the progress bar redraws with \r
     row = {"class": a.cpu_class, "one_core": a.one_core, "train_flags": a.train_flags,
