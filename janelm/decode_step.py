@@ -67,15 +67,14 @@ TEMPLATE_ISAS = ("AVX2", "AVX512")
 TEMPLATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # of the matrices (float64: none)
 
 
-def template_products(model, batch_size: int, any_batch: bool = False) -> bool:
+def template_products(model, batch_size: int) -> bool:
     """Whether a step of `model` for up to `batch_size` rows gets the compiler's own products here:
-    for a few rows in every format it has; for a server's batches (`any_batch`) of bf16 matrices on
-    an AMX CPU, at any number of rows. (A step for a fixed number of rows past HALF_MAX_ROWS, sample's
-    --num-samples, multiplies in float32, where oneDNN's kernel beats the template's.)"""
+    for a few rows in every format it has, for any number of bf16 rows on an AMX CPU (which a
+    compiled step multiplies as stored: HalfLinear)."""
     matrices = [m.weight for m in model.modules() if isinstance(m, (torch.nn.Linear, HalfLinear))]
     if torch.backends.cpu.get_cpu_capability() not in TEMPLATE_ISAS or any(w.dtype not in TEMPLATE_DTYPES for w in matrices):
         return False
-    return batch_size <= HALF_MAX_ROWS or (any_batch and all(w.dtype == torch.bfloat16 for w in matrices) and cpu_has_amx())
+    return batch_size <= HALF_MAX_ROWS or (all(w.dtype == torch.bfloat16 for w in matrices) and cpu_has_amx())
 
 
 def step_options(model, batch_size: int, any_batch: bool = False) -> dict:
@@ -84,7 +83,7 @@ def step_options(model, batch_size: int, any_batch: bool = False) -> dict:
     on the threads they step on, fixed when compiled (a 16-row step on 2 threads: 7.3 ms against 9.8
     with them on one; docs/speed.md); the rest on one."""
     threads = {"cpp.threads": torch.get_num_threads()}
-    if template_products(model, batch_size, any_batch):
+    if template_products(model, batch_size):
         return {**CPU_STEP_OPTIONS, **TEMPLATE_PRODUCTS, **threads}
     return {**CPU_STEP_OPTIONS, **threads} if any_batch else dict(CPU_STEP_OPTIONS)
 

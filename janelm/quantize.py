@@ -46,10 +46,11 @@ class HalfLinear(nn.Module):
         # torch.mm on a 2-D view: F.linear's extra dispatch costs ~15 µs a call at batch 1.
         rows = x.reshape(-1, self.in_features).to(self.weight.dtype)
         as_stored = _at_most(rows.size(0), HALF_MAX_ROWS)
-        # A step compiled for a range of row counts past that (a server's larger batches): float32,
-        # except native bf16, whose packed kernel is the fastest at any count (16 rows: 3.9 ms a step
-        # against 5.4 through float32; docs/speed.md) and rounds as the lone rows' does.
-        if not as_stored and isinstance(rows.size(0), torch.SymInt):
+        # A compiled step of more rows (a server's batches, sample's --num-samples): float32, except
+        # native bf16, whose packed kernels are the fastest at any count (16 rows: 3.9 ms a step
+        # against 5.4 through float32; with AMX 1.1 against 2.9; docs/speed.md) and round as the
+        # lone rows' do.
+        if not as_stored and torch.compiler.is_compiling():
             as_stored = self.weight.dtype == torch.bfloat16 and cpu_has_native_bf16()
         if as_stored:
             y = torch.mm(rows, self.weight.t()).to(x.dtype)

@@ -114,7 +114,7 @@ def test_rows_step_alone_only_where_the_lone_step_alone_has_the_compilers_produc
     model, tokenizer = parts
     monkeypatch.setattr(batching, "decode_step_for", lambda *args, **kwargs: lambda *step: None)
     monkeypatch.setattr(batching, "batch_step_for", lambda *args: lambda *step: None)
-    monkeypatch.setattr(batching, "template_products", lambda model, rows, any_batch=False: rows <= HALF_MAX_ROWS)
+    monkeypatch.setattr(batching, "template_products", lambda model, rows: rows <= HALF_MAX_ROWS)
     assert Batcher(model, tokenizer, max_rows=16, max_waiting=1).lone_rows == batching.LONE_ROWS
     assert Batcher(model, tokenizer, max_rows=HALF_MAX_ROWS, max_waiting=1).lone_rows == 1  # the batch step has them too
     monkeypatch.setattr(batching, "batch_step_for", lambda *args: None)

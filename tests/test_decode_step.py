@@ -256,13 +256,12 @@ def test_the_compilers_own_products_are_taken_for_a_few_rows_in_the_formats_it_h
     bf16 = copy.deepcopy(model).to(torch.bfloat16)
     for amx in (True, False):
         monkeypatch.setattr(decode_step, "cpu_has_amx", lambda amx=amx: amx)
-        assert decode_step.template_products(bf16, 16, any_batch=True) is amx and decode_step.template_products(bf16, 64, True) is amx
-        assert decode_step.template_products(bf16, HALF_MAX_ROWS) and not decode_step.template_products(model, 16, True)
-        assert ("max_autotune_gemm_backends" in decode_step.step_options(bf16, 16, any_batch=True)) is amx
-        # sample's fixed 16 rows multiply in float32 (HalfLinear), where oneDNN's kernel is the faster
-        assert not decode_step.template_products(bf16, 16) and "max_autotune_gemm_backends" not in decode_step.step_options(bf16, 16)
+        assert decode_step.template_products(bf16, 16) is amx and decode_step.template_products(bf16, 64) is amx
+        assert decode_step.template_products(bf16, HALF_MAX_ROWS) and not decode_step.template_products(model, 16)
+        for any_batch in (True, False):  # a server's batches and sample's --num-samples 16
+            assert ("max_autotune_gemm_backends" in decode_step.step_options(bf16, 16, any_batch)) is amx
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
-    assert not decode_step.template_products(model, 1) and not decode_step.template_products(bf16, 16, any_batch=True)
+    assert not decode_step.template_products(model, 1) and not decode_step.template_products(bf16, 16)
 
 
 def test_a_step_another_process_is_compiling_is_waited_for_and_then_loaded(model, tmp_path, monkeypatch, capsys):
@@ -312,17 +311,20 @@ def test_a_bf16_models_batch_step_multiplies_in_bf16_as_its_lone_rows_do(tmp_pat
     gpt = GPT(ModelConfig(vocab_size=40, context=16, n_block=1, n_embed=32, n_head=4)).eval()
     bf16 = inference_weights(copy.deepcopy(gpt), "cpu", torch.bfloat16)  # in place: each format its own copy
 
-    def product_dtypes(layer, most: int) -> set:  # what the matrix products of `layer` take, for 2 to `most` rows
-        rows = {0: torch.export.Dim("rows", min=2, max=most)}
-        graph = torch.export.export(layer, (torch.randn(3, 32),), dynamic_shapes=(rows,), strict=False).graph
+    def product_dtypes(layer, most: int, fixed: int = 0) -> set:
+        """What the matrix products of `layer` take compiled for 2 to `most` rows (or `fixed` rows)."""
+        rows = None if fixed else ({0: torch.export.Dim("rows", min=2, max=most)},)
+        graph = torch.export.export(layer, (torch.randn(fixed or 3, 32),), dynamic_shapes=rows, strict=False).graph
         return {n.args[0].meta["val"].dtype for n in graph.nodes if n.target is torch.ops.aten.mm.default}
 
     assert product_dtypes(bf16.blocks[0].attn.qkv, 16) == product_dtypes(bf16.blocks[0].attn.qkv, 4) == {torch.bfloat16}
+    assert product_dtypes(bf16.blocks[0].attn.qkv, 0, fixed=16) == {torch.bfloat16}  # sample's --num-samples 16
     float16 = inference_weights(copy.deepcopy(gpt), "cpu", torch.float16)
     # float16 as stored up to HALF_MAX_ROWS rows (the compiler's products convert as they go), past it
     # through float32 (no float16 arithmetic on most CPUs)
     assert product_dtypes(float16.blocks[0].attn.qkv, HALF_MAX_ROWS) == {torch.float16}
     assert product_dtypes(float16.blocks[0].attn.qkv, HALF_MAX_ROWS + 1) == {torch.float32}
+    assert product_dtypes(float16.blocks[0].attn.qkv, 0, fixed=16) == {torch.float32}
     step = decode_step.cpu_compiled_step(bf16, 4, compile=True, any_batch=True)
     cache = bf16.new_cache(4)
     with torch.inference_mode():

@@ -86,7 +86,7 @@ class Batcher:
         # Where the lone step's products are the compiler's own and the batch step's oneDNN's (past
         # HALF_MAX_ROWS rows), a batch of up to LONE_ROWS rows steps row by row through the lone step.
         self.lone_rows = LONE_ROWS if (self.batch_step is not None and self.lone_step != model.decode_step
-                                       and not template_products(model, max_rows, any_batch=True) and template_products(model, 1)) else 1
+                                       and not template_products(model, max_rows) and template_products(model, 1)) else 1
         self.compiled = self.lone_step != model.decode_step and (self.batch_step is not None or max_rows < 2)
         self.thread: threading.Thread | None = None
 
