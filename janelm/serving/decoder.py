@@ -200,7 +200,7 @@ def decode_in_child(conn, load: dict[str, Any], max_rows: int, max_waiting: int,
 
         device = pick_device(load["device"])
         model, tokenizer, _ = load_model(load["checkpoint"], device, pick_weight_dtype(load["dtype"], device), load["quantize"])
-        if load["dtype"] == "auto" and amx_would_batch_faster(model):
+        if load["dtype"] == "auto" and not load["quantize"] and amx_would_batch_faster(model):
             note("note: on this AMX CPU --dtype bfloat16 serves 16 streams about 1.8x faster (docs/speed.md); "
                  "auto chose the format of the fastest lone text")
         if compile is None and device.type == "cpu":
