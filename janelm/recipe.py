@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from janelm.config import COMPUTE_TABLE, PROBE_PRESET, ModelConfig, TrainConfig
+from janelm.config import COMPUTE_TABLE, PROBE_PRESET, ModelConfig, TrainConfig, preset_configs
 from janelm.schedule import fewest_steps_holding_to
 
 # The share of the budget the planned steps fill: evaluations, checkpoint writes and the machine's
@@ -130,7 +130,13 @@ def choose_by_measuring(budget: float, vocab_size: int, configs_for: Callable[[s
     from janelm.device import describe_machine, pick_device, pick_dtype
 
     start = time.perf_counter()
-    probe_model, probe_train = configs_for(PROBE_PRESET)
+    # The table is indexed by what the probe's own shape and batch train here: the user's model flags
+    # and batch apply to the row chosen, not to the measurement (`--dropout 0.3` had the probe read
+    # 12,139 tokens/s where it reads 17,276); the device, precision and compiling are the run's.
+    own_model, own_train = preset_configs(PROBE_PRESET)
+    run_model, run_train = configs_for(PROBE_PRESET)
+    probe_model = replace(own_model, vocab_size=run_model.vocab_size)
+    probe_train = replace(run_train, batch_size=own_train.batch_size, grad_accum=own_train.grad_accum)
     probe = measure_pace(probe_model, probe_train, vocab_size)
     compute = budget * probe.tokens_per_s
     preset = choose_preset(compute)

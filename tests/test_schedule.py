@@ -420,6 +420,29 @@ def test_auto_chooses_from_the_table_by_measured_compute(monkeypatch, capsys, ma
     assert model_cfg == preset_configs(expected)[0]
 
 
+def test_the_probe_measures_its_own_shape_and_the_flags_apply_to_the_row_chosen(monkeypatch, capsys):
+    """The table is indexed by the probe's own shape and batch: model flags and --batch-size do not
+    change what it measures (dropout slows a CPU step), only the recipe chosen; precision does."""
+    import janelm.recipe
+    from janelm.cli import build_parser
+    from janelm.commands.train import choose_auto, configs_from_args
+    from janelm.config import PROBE_PRESET
+
+    measured = []
+    pace = fake_pace(13_100.0)
+    monkeypatch.setattr(janelm.recipe, "measure_pace", lambda m, t, *a, **k: measured.append((m, t)) or pace(m, t, *a, **k))
+    args = build_parser().parse_args(["train", "--device", "cpu", "--dtype", "float32", "--dropout", "0.3",
+                                      "--n-embed", "768", "--batch-size", "4"])
+    choose_auto(args, vocab_size=2048)
+    probe_model, probe_train = measured[0]
+    own_model, own_train = preset_configs(PROBE_PRESET)
+    assert (probe_model.dropout, probe_model.n_embed, probe_model.n_block) == (own_model.dropout, own_model.n_embed, own_model.n_block)
+    assert probe_train.batch_size == own_train.batch_size and probe_train.dtype == "float32"
+    assert "dropout" not in capsys.readouterr().err.split("→")[0]  # the first line: what was measured
+    model_cfg, train_cfg = configs_from_args(args)  # the row chosen, with the flags
+    assert args.preset == "cpu-5x256" and (model_cfg.dropout, model_cfg.n_embed, train_cfg.batch_size) == (0.3, 768, 4)
+
+
 def test_more_compute_never_chooses_a_worse_recipe():
     from janelm.config import COMPUTE_TABLE, PRESETS
     from janelm.recipe import choose_preset
