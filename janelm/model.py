@@ -26,7 +26,7 @@ from janelm.config import ModelConfig
 from janelm.device import cpu_has_amx
 from janelm.linear import Linear
 from janelm.norm import make_norm, normalize
-from janelm.quantize import HalfLinear
+from janelm.quantize import half_format
 from janelm.rotary import Rotary
 
 
@@ -387,6 +387,4 @@ class GPT(nn.Module):
     def new_cache(self, batch_size: int) -> KVCache:
         p = self.tok_embed.weight
         dtype = torch.get_autocast_dtype(p.device.type) if torch.is_autocast_enabled(p.device.type) else p.dtype
-        if isinstance(self.blocks[0].attn.qkv, HalfLinear):
-            dtype = self.blocks[0].attn.qkv.weight.dtype
-        return KVCache(self.config, batch_size, p.device, dtype)
+        return KVCache(self.config, batch_size, p.device, half_format(self) or dtype)

@@ -122,6 +122,11 @@ def inference_weights(model: nn.Module, device: torch.device | str, dtype: torch
     return model
 
 
+def half_format(model: nn.Module) -> torch.dtype | None:
+    """The format of `model`'s 16-bit matrices (HalfLinear), or None where it has none."""
+    return next((m.weight.dtype for m in model.modules() if isinstance(m, HalfLinear)), None)
+
+
 def _replace_linears(model: nn.Module, convert, keep=lambda linear: False) -> None:
     """Replace every nn.Linear of `model` (in place) by `convert(linear)`, except those `keep` keeps."""
     for module in list(model.modules()):

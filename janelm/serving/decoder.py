@@ -170,11 +170,9 @@ def amx_would_batch_faster(model) -> bool:
     import torch
 
     from janelm.device import cpu_has_amx
-    from janelm.quantize import HalfLinear
+    from janelm.quantize import half_format
 
-    if model.tok_embed.weight.device.type != "cpu" or not cpu_has_amx():
-        return False
-    return not any(isinstance(m, HalfLinear) and m.weight.dtype == torch.bfloat16 for m in model.modules())
+    return model.tok_embed.weight.device.type == "cpu" and cpu_has_amx() and half_format(model) != torch.bfloat16
 
 
 def decode_in_child(conn, load: dict[str, Any], max_rows: int, max_waiting: int, compile: bool | None, threads: int,
