@@ -125,7 +125,7 @@ def add_sampling_flags(p: argparse.ArgumentParser, seed: bool = True) -> None:
         p.add_argument("--seed", type=int, default=None, help="random seed: the same seed and options give the same text (default: random)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--dtype", choices=DTYPES, default="auto",
-                   help="weight matrices' precision; auto: float16 on the CPU (activations stay float32), bf16 on GPUs (default: auto)")
+                   help="weight matrices' precision; auto: on the CPU bf16 with AMX, else the fastest format measured (activations stay float32); bf16 on GPUs (default: auto)")
     add_decoding_flags(p)
 
 
@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object to stdout (default: a table on stderr)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--dtype", choices=DTYPES, default="float32",
-                   help="weight matrices' precision; float32 gives exact figures, auto is sampling's (float16 on the CPU) (default: float32)")
+                   help="weight matrices' precision; float32 gives exact figures, auto is sampling's (default: float32)")
     p.add_argument("--quantize", choices=QUANTIZE, default=None,
                    help="score the model with int8 weight matrices, to see what --quantize costs (default: off)")
 

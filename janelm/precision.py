@@ -12,6 +12,12 @@ busy moment slows every format alike, the best round of each kept. The fastest f
 figures are kept in JaneLM's cache folder per matrix shapes, CPU, thread count and PyTorch, so the
 measurement (about a second) happens once. Every format is within the quality tolerance measured
 (docs/speed.md; `janelm eval --dtype` and `--quantize int8` show it for a model).
+
+One exception, by what the CPU has rather than a floor: on an AMX CPU `auto` is bf16. A compiled
+step (serve's always, sample's once one is cached) multiplies bf16 on AMX tiles, where one row runs
+as fast as the fastest format's and a batch of 16 runs twice as fast (docs/speed.md); the eager
+floors measured here cannot see that, and choosing between them would give serve and sample
+different formats, so different texts for one seed.
 """
 
 from __future__ import annotations
@@ -162,6 +168,15 @@ def fastest_precision(model) -> str:
     """The format whose matmul floor is highest here for `model`'s matrices."""
     floors = floors_here(model)
     return max(floors, key=floors.get)
+
+
+def auto_precision(model) -> tuple[str, str]:
+    """`--dtype auto`'s format for `model`'s matrices on this CPU, and why, in words."""
+    from janelm.device import cpu_has_amx
+
+    if cpu_has_amx():
+        return "bfloat16", "AMX: compiled steps multiply bf16 on its tiles, alone as fast as any format and batched 2x faster"
+    return fastest_precision(model), "the fastest format measured for these matrices on this CPU"
 
 
 def check_int8_is_fast(model) -> None:

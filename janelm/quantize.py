@@ -105,13 +105,14 @@ def inference_weights(model: nn.Module, device: torch.device | str, dtype: torch
     """Move a float32 `model` to `device` in eval mode, its weights in the precision generation and
     scoring use: on the CPU only the matrices change (`HalfLinear`, or `Int8Linear` with quantize
     "int8") and all else stays float32; on a GPU the whole model takes `dtype`. On the CPU `dtype`
-    "auto" is the format measured fastest here for these matrices (janelm.precision)."""
+    "auto" is bf16 on an AMX CPU and elsewhere the format measured fastest here for these matrices
+    (janelm.precision)."""
     device = torch.device(device)
     model.to(device).eval()
     if dtype == "auto" and quantize is None:
-        from janelm.precision import fastest_precision
+        from janelm.precision import auto_precision
 
-        choice = fastest_precision(model)
+        choice, _ = auto_precision(model)
         dtype, quantize = (None, "int8") if choice == "int8" else (getattr(torch, choice), quantize)
     if quantize == "int8":
         quantize_int8(model)

@@ -71,7 +71,7 @@ def measure_sampling(model, dtype: torch.dtype | None = None, new_tokens: int = 
     speedup compares each side's fastest weights. `samples` > 1 also times that many samples
     decoded as one batch (`janelm sample --num-samples`).
     """
-    from janelm.precision import FLOAT_PRECISIONS, PRECISIONS, fastest_precision, matmul_floor, matrix_shapes
+    from janelm.precision import FLOAT_PRECISIONS, PRECISIONS, auto_precision, matmul_floor, matrix_shapes
     from janelm.quantize import inference_weights, quantize_int8
 
     device = model.tok_embed.weight.device
@@ -81,8 +81,8 @@ def measure_sampling(model, dtype: torch.dtype | None = None, new_tokens: int = 
     formats = PRECISIONS if device.type == "cpu" else FLOAT_PRECISIONS
     floors = {name: matmul_floor(shapes, name, device) for name in formats}
     why = "--quantize int8" if quantize else f"--dtype {str(dtype).removeprefix('torch.')}"
-    if dtype == "auto" and not quantize:  # what `janelm sample` would choose: the format measured fastest here (janelm.precision)
-        precision, why = fastest_precision(model), "the fastest format measured for these matrices on this CPU"
+    if dtype == "auto" and not quantize:  # what `janelm sample` would choose (janelm.precision)
+        precision, why = auto_precision(model)
         dtype, quantize = (None, "int8") if precision == "int8" else (getattr(torch, precision), quantize)
     inference_weights(model, device, None if quantize else dtype)  # int8 comes after prefill and recompute
     precision = "int8" if quantize == "int8" else str(dtype or torch.float32).removeprefix("torch.")

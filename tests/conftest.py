@@ -161,10 +161,11 @@ def decode_floors(checkpoint: Path, cache: Path, **floors: float) -> dict[str, s
     """Make `cache` (a JANELM_CACHE folder) hold `floors` as this machine's measured matmul floors
     for the checkpoint's matrices, as `janelm` subprocesses (one thread) look them up, so a test
     decides which weight format `--dtype auto` picks and whether int8 counts as fast. Returns the
-    variables that point a subprocess at the folder."""
+    variables that point a subprocess at the folder, and an oneDNN cap below AMX: on an AMX CPU
+    `auto` is bf16 whatever the floors (janelm.precision.auto_precision)."""
     import json
 
-    env = {"JANELM_CACHE": str(cache)}
+    env = {"JANELM_CACHE": str(cache), "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}
     code = ("import sys; from janelm.checkpoint import load_model; from janelm.precision import _machine_key, "
             "matrix_shapes; print(_machine_key(matrix_shapes(load_model(sys.argv[1])[0])))")
     key = subprocess.run([sys.executable, "-c", code, str(checkpoint)], capture_output=True, text=True, check=True,

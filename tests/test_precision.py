@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+import janelm.device as cpu_features
 from conftest import decode_floors, janelm
 from janelm.config import ModelConfig
 from janelm.errors import InputError
@@ -42,9 +43,23 @@ def test_every_format_is_measured_on_this_cpu():
                                                    ("bfloat16", HalfLinear, torch.bfloat16),
                                                    ("int8", Int8Linear, torch.int8)])
 def test_auto_takes_the_fastest_format_measured(cache, monkeypatch, fastest, layer, dtype):
+    monkeypatch.setattr(cpu_features, "cpu_has_amx", lambda: False)
     fake_measurements(monkeypatch, {**dict.fromkeys(PRECISIONS, 100.0), fastest: 300.0})
     model = inference_weights(GPT(CONFIG), "cpu", "auto")
     assert isinstance(model.blocks[0].attn.qkv, layer) and model.blocks[0].attn.qkv.weight.dtype == dtype
+
+
+@pytest.mark.parametrize("fastest", PRECISIONS)
+def test_auto_is_bf16_on_an_amx_cpu_whatever_the_eager_floors(cache, monkeypatch, fastest):
+    """A compiled step multiplies bf16 on AMX tiles (alone as fast, batched faster), which the
+    eager floors do not measure; bench sample says why."""
+    from janelm.precision import auto_precision
+
+    monkeypatch.setattr(cpu_features, "cpu_has_amx", lambda: True)
+    fake_measurements(monkeypatch, {**dict.fromkeys(PRECISIONS, 100.0), fastest: 300.0})
+    model = inference_weights(GPT(CONFIG), "cpu", "auto")
+    assert isinstance(model.blocks[0].attn.qkv, HalfLinear) and model.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
+    assert "AMX" in auto_precision(GPT(CONFIG))[1]
 
 
 def test_floors_are_measured_once_and_kept(cache, monkeypatch):

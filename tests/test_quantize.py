@@ -87,16 +87,3 @@ def test_half_matrices_keep_activations_in_float32_and_decode_like_the_full_pass
     cached = [t.tolist() for t in generate_tokens(model, [1, 2], 50, greedy)]
     recomputed = [t.tolist() for t in generate_tokens(model, [1, 2], 50, greedy, use_cache=False)]
     assert cached == recomputed
-
-
-def test_serve_says_when_bf16_matrices_would_batch_faster_on_amx(monkeypatch):
-    """On an AMX CPU a server whose matrices `auto` made float16 or float32 is told of bf16's
-    batches; one with bf16 matrices, or a CPU without AMX, hears nothing."""
-    import janelm.device
-    from janelm.serving.decoder import amx_would_batch_faster
-
-    models = {dtype: inference_weights(GPT(SMALL), "cpu", dtype) for dtype in (torch.float16, torch.bfloat16, None)}
-    for amx in (True, False):
-        monkeypatch.setattr(janelm.device, "cpu_has_amx", lambda amx=amx: amx)
-        assert amx_would_batch_faster(models[torch.float16]) is amx and amx_would_batch_faster(models[None]) is amx
-        assert not amx_would_batch_faster(models[torch.bfloat16])

@@ -25,7 +25,6 @@ import time
 from contextlib import suppress
 from typing import Any, Callable, Sequence
 
-from janelm.console import note
 from janelm.errors import InputError, JaneLMError, first_line
 from janelm.serving.jobs import Closed, Event, Job, QueueFull
 from janelm.tokenizer import tokenizer_from_dict
@@ -164,17 +163,6 @@ class Outbox:
             return events
 
 
-def amx_would_batch_faster(model) -> bool:
-    """Whether `model`, its matrices not bf16, runs on an AMX CPU, where bf16 matrices serve 16
-    streams 1.8x faster (the 16-row step 2x) at the same lone speed (docs/speed.md)."""
-    import torch
-
-    from janelm.device import cpu_has_amx
-    from janelm.quantize import half_format
-
-    return model.tok_embed.weight.device.type == "cpu" and cpu_has_amx() and half_format(model) != torch.bfloat16
-
-
 def decode_in_child(conn, load: dict[str, Any], max_rows: int, max_waiting: int, compile: bool | None, threads: int,
                     stream_interval: float) -> None:
     """The decoding process: load the model, report ready, then run the Batcher on this (main)
@@ -198,9 +186,6 @@ def decode_in_child(conn, load: dict[str, Any], max_rows: int, max_waiting: int,
 
         device = pick_device(load["device"])
         model, tokenizer, _ = load_model(load["checkpoint"], device, pick_weight_dtype(load["dtype"], device), load["quantize"])
-        if load["dtype"] == "auto" and not load["quantize"] and amx_would_batch_faster(model):
-            note("note: on this AMX CPU --dtype bfloat16 serves 16 streams about 1.8x faster (docs/speed.md); "
-                 "auto chose the format of the fastest lone text")
         if compile is None and device.type == "cpu":
             # A server is long-lived: its steps compile at its first start, once (kept in the cache,
             # found by later starts), where sample compiles only for outputs long enough to repay it.
