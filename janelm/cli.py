@@ -54,6 +54,7 @@ TRAIN_HELP = {
     "max_time": "the time budget in seconds, the measurements of auto included; with --max-iters, a limit that "
                 "ends the schedule on the clock if the steps would overrun it (0: no time limit)",
     "weight_decay": "AdamW weight decay on weight matrices",
+    "average": "evaluate and save an exponential moving average of the weights, with this decay per step (0: off)",
     "beta1": "AdamW beta1",
     "beta2": "AdamW beta2",
     "grad_clip": "clip the gradient norm to this (0: off)",

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from janelm.averaging import WeightAverage
 from janelm.checkpoint import BEST, LAST, build_model, checkpoint_tokenizer, save_checkpoint
 from janelm.config import ModelConfig, TrainConfig
 from janelm.console import note
@@ -111,8 +112,11 @@ class Trainer:
         self.model = build_model(base) if base is not None else GPT(model_cfg)
         self.model.to(self.device).train()
         self.optimizer = make_optimizer(self.model, cfg)
+        self.average = WeightAverage(self.model, cfg.average) if cfg.average else None
         if resume is not None:
             self.optimizer.load_state_dict(resume["optimizer"])
+            if self.average is not None and resume.get("average"):
+                self.average.load_state_dict(resume["average"])
             self.state = RunState(**resume["state"])
             if cfg.max_iters != resume["train_config"]["max_iters"]:  # the user's steps now: none to plan again
                 self.state.replan_step = -1
@@ -176,8 +180,11 @@ class Trainer:
                 (self.out_dir / BEST).unlink(missing_ok=True)
         self.metrics = MetricsLog(self.out_dir / METRICS_FILE, self.state.step if self.resumed else None)
 
-    def _payload(self) -> dict[str, Any]:
+    def _payload(self, name: str) -> dict[str, Any]:
+        """What checkpoint `name` holds; `best` holds the averaged weights as its model, `last` the
+        trained ones and the average beside them (janelm.averaging)."""
         return {
+            "average": self.average.state_dict() if self.average is not None and name == LAST else None,
             "model_config": asdict(self.model_cfg),
             "train_config": asdict(self.cfg),
             "tokenizer": self.corpus.tokenizer.to_dict(),
@@ -191,10 +198,14 @@ class Trainer:
 
     def save(self, name: str) -> None:
         if self.dist.is_main:
-            save_checkpoint(self.out_dir / name, self._payload())
+            save_checkpoint(self.out_dir / name, self._payload(name))
 
     def evaluate(self) -> dict[str, float]:
         return {split: mean_loss(self.model, batches, self.ctx) for split, batches in self.eval_sets.items()}
+
+    def evaluated(self):
+        """The weights evaluation scores and `best` keeps: the average where there is one."""
+        return self.average.swapped_in() if self.average is not None else nullcontext()
 
     def _done(self) -> bool:
         cfg, s = self.cfg, self.state
@@ -242,6 +253,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.average is not None:
+            self.average.update(self.state.step + 1)
         return self.dist.mean((total / len(micro)).float()).item()
 
     def run(self) -> dict[str, Any]:
@@ -364,16 +377,19 @@ class Trainer:
         """Evaluate, log a metrics row, keep `best`; True when early stopping says stop."""
         s = self.state
         start = self.clock()
-        losses = self.evaluate()
-        self.pace.add_eval(self.clock() - start)
+        with self.evaluated():
+            losses = self.evaluate()
+            self.pace.add_eval(self.clock() - start)
+            improved = losses["val"] < s.best_val_loss
+            if improved:
+                s.best_val_loss, s.bad_evals = losses["val"], 0
+                self.save(BEST)
         lr = self.optimizer.param_groups[0]["lr"]
         if self.metrics is not None:
             self.metrics.append(step=s.step, tokens=s.tokens_seen, train_loss=f"{losses['train']:.5f}",
                                 val_loss=f"{losses['val']:.5f}", lr=f"{lr:.6g}", elapsed_s=f"{s.elapsed:.1f}")
         self._say(f"step {s.step}: train {losses['train']:.4f}, val {losses['val']:.4f}, lr {lr:.2e}")
-        if losses["val"] < s.best_val_loss:
-            s.best_val_loss, s.bad_evals = losses["val"], 0
-            self.save(BEST)
+        if improved:
             return False
         if patience_counts(self.cfg, s):
             s.bad_evals += 1

@@ -57,11 +57,13 @@ def interrupt_at_random_step(args: list[str], run: Path, seed: int) -> subproces
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def test_resume_after_sigint_is_bitwise_identical(tmp_path, prepared):
+@pytest.mark.parametrize("average", [[], ["--average", "0.95"]], ids=["weights", "averaged"])
+def test_resume_after_sigint_is_bitwise_identical(tmp_path, prepared, average):
     straight, broken = tmp_path / "straight", tmp_path / "broken"
-    janelm("train", "--data", str(prepared), "--out", str(straight), *RESUMABLE)
+    janelm("train", "--data", str(prepared), "--out", str(straight), *RESUMABLE, *average)
 
-    first = interrupt_at_random_step(["--data", str(prepared), "--out", str(broken), *RESUMABLE], broken, seed=os.getpid())
+    first = interrupt_at_random_step(["--data", str(prepared), "--out", str(broken), *RESUMABLE, *average], broken,
+                                     seed=os.getpid())
     if first.returncode == 0:
         pytest.skip("training finished before the signal arrived")
     assert first.returncode == 130, first.stderr
@@ -74,6 +76,9 @@ def test_resume_after_sigint_is_bitwise_identical(tmp_path, prepared):
     assert_same_weights(straight / "last.pt", broken / "last.pt")
     assert_same_weights(straight / "best.pt", broken / "best.pt")
     assert metrics_rows(straight) == metrics_rows(broken)
+    if average:
+        for a, b in zip(*(load_checkpoint(run / "last.pt")["average"]["average"] for run in (straight, broken))):
+            assert torch.equal(a, b)
 
 
 def test_sigterm_saves_and_exits_143(tmp_path, prepared):
