@@ -299,6 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return 2
+    # Read by MKL as it loads (with PyTorch, below): without it MKL's float32 products may take
+    # another path in another process, and one seed gave two compiled runs (4e-5 apart after 30
+    # steps, docs/speed.md). AUTO keeps this CPU's fastest path for good, at no measured cost.
+    os.environ.setdefault("MKL_CBWR", "AUTO")
     try:
         module = importlib.import_module(f"janelm.commands.{args.module}")
         return module.run(args) or 0
@@ -310,8 +314,6 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         # The reader went away (`janelm sample | head`): stop quietly, and keep Python's exit-time
         # flush of stdout from raising again.
-        import os
-
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0

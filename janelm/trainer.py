@@ -25,7 +25,8 @@ from janelm.checkpoint import BEST, LAST, build_model, checkpoint_tokenizer, sav
 from janelm.config import ModelConfig, TrainConfig
 from janelm.console import note
 from janelm.data import BatchSampler, Corpus, Mix, tokenizer_fingerprint
-from janelm.device import autocast, keep_freed_memory, peak_matmul_flops, pick_device, pick_dtype, use_compiler_cache
+from janelm.device import (autocast, deterministic_compiling, keep_freed_memory, peak_matmul_flops, pick_device,
+                           pick_dtype, use_compiler_cache)
 from janelm.distributed import Distributed
 from janelm.errors import InputError, Interrupted, JaneLMError, catch_stop_signals, first_line
 from janelm.files import reporting_write_failures
@@ -220,8 +221,11 @@ class Trainer:
         """One optimizer step over grad_accum micro-batches; returns the mean loss. The first step
         of a compiled model compiles it; where that fails (no C++ compiler, an operation the
         compiler lacks) training goes on uncompiled, with a note."""
-        if not self.compile_pending:
-            return self._train_step()
+        with deterministic_compiling(self.cfg.compile and self.device.type == "cpu"):
+            return self._first_step() if self.compile_pending else self._train_step()
+
+    def _first_step(self) -> float:
+        """The step that compiles; a failure to compile falls back to the eager model."""
         try:
             loss = self._train_step()
         except Exception as e:  # noqa: BLE001 - whatever the compiler raises, the eager model still trains

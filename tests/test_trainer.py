@@ -191,6 +191,18 @@ def test_compiled_model_gives_the_eager_loss(tmp_path, prepared):
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
 
 
+@pytest.mark.slow
+def test_a_compiled_run_on_two_threads_replays_bit_for_bit(tmp_path, prepared):
+    """The compiler's embedding backward raced two threads' atomic adds, so one seed gave two runs
+    (janelm.device.deterministic_compiled_training); each run here compiles afresh."""
+    args = ["--data", str(prepared), *TINY, "--n-embed", "64", "--context", "64", "--batch-size", "8",
+            "--max-iters", "12", "--compile", "--no-compile-decode", "--dropout", "0.1"]
+    for name in "ab":
+        janelm("train", *args, "--out", str(tmp_path / name),
+               env={"OMP_NUM_THREADS": "2", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / f"inductor-{name}")})
+    assert_same_weights(tmp_path / "a" / "last.pt", tmp_path / "b" / "last.pt")
+
+
 def test_a_training_step_that_cannot_be_compiled_trains_uncompiled(tmp_path, prepared, monkeypatch, capsys):
     """No C++ compiler, an operation the compiler lacks: the first step's failure is one note, and
     training goes on with the eager model, from the same weights (the failed step took no update)."""
