@@ -50,7 +50,8 @@ class WeightAverage:
                 torch._foreach_copy_(self.params, own)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"average": [t.clone() for t in self.average], "updates": self.updates}
+        """The average as a checkpoint holds it (written at once: the tensors themselves, not copies)."""
+        return {"average": self.average, "updates": self.updates}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         average = state["average"]
