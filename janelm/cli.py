@@ -303,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     # another path in another process, and one seed gave two compiled runs (4e-5 apart after 30
     # steps, docs/speed.md). AUTO keeps this CPU's fastest path for good, at no measured cost.
     os.environ.setdefault("MKL_CBWR", "AUTO")
+    # cuBLAS replays its sums only with a fixed workspace, read as CUDA starts: compiled training
+    # steps run in PyTorch's deterministic mode (janelm.device.deterministic_compiling).
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     try:
         module = importlib.import_module(f"janelm.commands.{args.module}")
         return module.run(args) or 0

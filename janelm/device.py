@@ -181,13 +181,16 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
 
 @contextlib.contextmanager
 def deterministic_compiling(on: bool = True) -> Iterator[None]:
-    """Inside: torch.compile's CPU training steps replay bit for bit. Inductor lowers the token
+    """Inside: torch.compile's training steps replay bit for bit. Inductor lowers the token
     embedding's backward (a scatter-add of each token's gradient into its row) to atomic adds that
-    the threads race on, so two runs of one seed parted from the first steps (max weight difference
-    0.013 after 30 bf16 steps, a different model after thousands). In PyTorch's deterministic mode
-    it calls ATen's serial kernel there instead, at no measured cost (cpu-5x256's compiled step
-    14,139 against 14,137 tokens/s). Uninitialized memory stays unfilled, as outside that mode. The
-    compiler's cache keys record the mode; the settings are restored after."""
+    the CPU's threads or the GPU's blocks race on, so two runs of one seed parted from the first
+    steps (max weight difference 0.013 after 30 bf16 steps on a CPU, 0.023 after 40 on an H200).
+    In PyTorch's deterministic mode it calls ATen's deterministic kernel there instead: no measured
+    cost on the CPU (cpu-5x256's compiled step 14,139 against 14,137 tokens/s), 0.89x on an H200
+    at the reference shape, batch 32 (medians of five rounds; the unforced rounds fell mid-run to
+    the forced ones' pace). cuBLAS needs CUBLAS_WORKSPACE_CONFIG set before CUDA starts (janelm.cli
+    sets it). Uninitialized memory stays unfilled, as outside that mode. The compiler's cache keys
+    record the mode; the settings are restored after."""
     import torch
 
     if not on:

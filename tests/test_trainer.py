@@ -192,11 +192,13 @@ def test_compiled_model_gives_the_eager_loss(tmp_path, prepared):
 
 
 @pytest.mark.slow
-def test_a_compiled_run_on_two_threads_replays_bit_for_bit(tmp_path, prepared):
-    """The compiler's embedding backward raced two threads' atomic adds, so one seed gave two runs
-    (janelm.device.deterministic_compiled_training); each run here compiles afresh."""
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+def test_a_compiled_run_on_two_threads_replays_bit_for_bit(tmp_path, prepared, device):
+    """The compiler's embedding backward raced two threads' (or a GPU's blocks') atomic adds, so one
+    seed gave two runs (janelm.device.deterministic_compiling); each run here compiles afresh."""
     args = ["--data", str(prepared), *TINY, "--n-embed", "64", "--context", "64", "--batch-size", "8",
-            "--max-iters", "12", "--compile", "--no-compile-decode", "--dropout", "0.1"]
+            "--max-iters", "12", "--compile", "--no-compile-decode", "--dropout", "0.1", "--device", device]
     for name in "ab":
         janelm("train", *args, "--out", str(tmp_path / name),
                env={"OMP_NUM_THREADS": "2", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / f"inductor-{name}")})
