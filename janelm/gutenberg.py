@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import sys
 import tempfile
 import time
 import urllib.error
@@ -18,9 +17,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from tqdm import tqdm
-
 import janelm
+from janelm.console import progress_bar
 from janelm.errors import InputError, JaneLMError
 from janelm.files import write_failure
 
@@ -147,16 +145,8 @@ def _download(url: str, dest: Path, *, timeout: float, progress: bool, label: st
                 expected = int(length_header) if length_header and length_header.isdigit() else None
                 digest = hashlib.sha256()
                 received = 0
-                with tqdm(
-                    total=expected,
-                    unit="B",
-                    unit_scale=True,
-                    unit_divisor=1024,
-                    desc=label,
-                    file=sys.stderr,
-                    disable=not progress,
-                    leave=False,
-                ) as bar:
+                with progress_bar(total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
+                                  disable=not progress) as bar:
                     while True:
                         try:
                             chunk = response.read(_CHUNK)

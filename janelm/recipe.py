@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from janelm.config import COMPUTE_TABLE, PROBE_PRESET, ModelConfig, TrainConfig, preset_configs
-from janelm.schedule import fewest_steps_holding_to
+from janelm.schedule import cosine_start, fewest_steps_holding_to
 
 # The share of the budget the planned steps fill: evaluations, checkpoint writes and the machine's
 # noise take the rest, and the time limit itself (a guard at 100%) catches a slower stretch.
@@ -90,6 +90,20 @@ def planned_steps(cfg: TrainConfig, step: int, seconds_left: float, pace: Pace, 
         steps = held
         plan += f", but the rate has held at its peak to step {step}: {held:,}"
     return steps, plan
+
+
+def plan_run(cfg: TrainConfig, step: int, seconds_left: float, pace: Pace, train_tokens: int,
+             replan: bool) -> tuple[TrainConfig, int, str]:
+    """The run's config planned at `step` (`Trainer._plan`), where it plans again (< 0: nowhere),
+    and the plan in words. A first plan followed by a hold at the peak rate fills FIRST_PLAN_SHARE
+    of the time and is made again at the hold's end, from the pace since."""
+    steps, plan = planned_steps(cfg, step, seconds_left, pace, train_tokens)
+    first_of_two = bool(cfg.lr_hold) and not replan
+    if first_of_two and cosine_start(cfg, steps) > step:
+        steps, plan = planned_steps(cfg, step, seconds_left, pace, train_tokens, FIRST_PLAN_SHARE)
+    planned = with_steps(cfg, steps)
+    again = cosine_start(planned) if first_of_two and cosine_start(planned) > step else -1
+    return planned, again, plan
 
 
 def with_steps(cfg: TrainConfig, steps: int) -> TrainConfig:

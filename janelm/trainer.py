@@ -23,7 +23,7 @@ import torch.nn as nn
 from janelm.averaging import WeightAverage
 from janelm.checkpoint import BEST, LAST, build_model, checkpoint_tokenizer, save_checkpoint
 from janelm.config import ModelConfig, TrainConfig
-from janelm.console import note
+from janelm.console import note, progress_bar
 from janelm.data import BatchSampler, Corpus, Mix, tokenizer_fingerprint
 from janelm.device import (autocast, deterministic_compiling, keep_freed_memory, peak_matmul_flops, pick_device,
                            pick_dtype, use_compiler_cache)
@@ -34,9 +34,8 @@ from janelm.metrics_log import METRICS_FILE, MetricsLog
 from janelm.model import GPT
 from janelm.optim import make_optimizer
 from janelm.random_state import rng_state, set_rng_state
-from janelm.recipe import FIRST_PLAN_SHARE, PLAN_MIN_STEPS, Pace, planned_steps, with_steps
-from janelm.schedule import (PaceMeter, cosine_start, learning_rate, mix_progress, patience_counts,
-                             schedule_progress, update_time_bound)
+from janelm.recipe import PLAN_MIN_STEPS, Pace, plan_run
+from janelm.schedule import PaceMeter, learning_rate, mix_progress, patience_counts, schedule_progress, update_time_bound
 from janelm.scoring import mean_loss
 
 
@@ -367,12 +366,8 @@ class Trainer:
         step_s, eval_s, elapsed = measured.tolist()
         self.plan_eval_s = eval_s
         pace, left = Pace(step_s, eval_s, tokens_per_step), cfg.max_time - elapsed - eval_s
-        steps, plan = planned_steps(cfg, s.step, left, pace, len(self.corpus.train))
-        if cfg.lr_hold and not replan and cosine_start(cfg, steps) > s.step:  # a hold, and a plan at its end, follow:
-            steps, plan = planned_steps(cfg, s.step, left, pace, len(self.corpus.train), FIRST_PLAN_SHARE)
-        self.cfg = with_steps(cfg, steps)
-        self.planned_steps = steps
-        s.replan_step = cosine_start(self.cfg) if cfg.lr_hold and not replan and cosine_start(self.cfg) > s.step else -1
+        self.cfg, s.replan_step, plan = plan_run(cfg, s.step, left, pace, len(self.corpus.train), replan)
+        steps = self.planned_steps = self.cfg.max_iters
         again = f"; again at step {s.replan_step:,}, the hold's end" if s.replan_step > 0 else ""
         self._say(f"step {s.step}: {step_s:.3g} s a step{' since the first plan' if replan else ''}, {eval_s:.2g} s "
                   f"an evaluation → {plan} (--max-iters {steps} replays this run{again})")
@@ -412,11 +407,5 @@ class Trainer:
             plot_runs([self.out_dir], self.out_dir / "loss.png", option="--out")
 
     def _bar(self):
-        if not self.progress:
-            return None
-        from tqdm import tqdm
-
         total = self.cfg.max_iters or None
-        # Into a log file (stderr not a terminal), a line every 30 s rather than ten a second.
-        return tqdm(total=total, initial=self.state.step if total else 0, desc="train", unit="step",
-                    dynamic_ncols=True, leave=False, mininterval=0.1 if sys.stderr.isatty() else 30.0)
+        return progress_bar(total=total, initial=self.state.step if total else 0, desc="train", unit="step") if self.progress else None

@@ -132,7 +132,7 @@ def _train_bpe(chunk_counts: dict[str, int], vocab_size: int, progress: bool) ->
     lazy deletion finds the most frequent pair. Ties go to the smallest (left id, right id),
     so the same corpus always gives the same vocabulary.
     """
-    from tqdm import tqdm
+    from janelm.console import progress_bar
 
     tokens: list[bytes] = [bytes([b]) for b in range(256)]
     id_of: dict[bytes, int] = {t: i for i, t in enumerate(tokens)}
@@ -154,9 +154,7 @@ def _train_bpe(chunk_counts: dict[str, int], vocab_size: int, progress: bool) ->
     heap = [(-count, pair) for pair, count in pair_counts.items()]
     heapq.heapify(heap)
 
-    bar = tqdm(
-        total=vocab_size - len(tokens), desc="training BPE", unit="merge", disable=not progress
-    )
+    bar = progress_bar(total=vocab_size - len(tokens), desc="training BPE", unit="merge", disable=not progress)
     try:
         while len(tokens) < vocab_size and heap:
             neg_count, pair = heapq.heappop(heap)
