@@ -407,5 +407,7 @@ class Trainer:
             plot_runs([self.out_dir], self.out_dir / "loss.png", option="--out")
 
     def _bar(self):
+        if not self.progress:
+            return None
         total = self.cfg.max_iters or None
-        return progress_bar(total=total, initial=self.state.step if total else 0, desc="train", unit="step") if self.progress else None
+        return progress_bar(total=total, initial=self.state.step if total else 0, desc="train", unit="step")
