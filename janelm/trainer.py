@@ -220,7 +220,7 @@ class Trainer:
         """One optimizer step over grad_accum micro-batches; returns the mean loss. The first step
         of a compiled model compiles it; where that fails (no C++ compiler, an operation the
         compiler lacks) training goes on uncompiled, with a note."""
-        with deterministic_compiling(self.cfg.compile):
+        with deterministic_compiling(self.step_model is not self.eager_model):  # a compiled step
             return self._first_step() if self.compile_pending else self._train_step()
 
     def _first_step(self) -> float:
