@@ -209,8 +209,14 @@ SEED_MODEL = {"n_block": 6, "n_embed": 512, "n_head": 4, "head_size": 128, "cont
 # and cost nothing: 2 × 256 for 1,000 steps, Northanger Abbey 1.6208 bits/char against 1.6224 without.
 # The model kept is an average of the weights over ~500 steps (janelm.averaging): cpu-5x256's ten
 # minutes on an AMX Xeon, 3,474 steps, 1.5119 against the weights' own 1.5228 (0.999: 1.5127).
+# Weight decay 0.3, three times AdamW's usual: it holds a model that sees each token five times or
+# more back from memorising them (data-bound training's lesson: Kim et al., "Pre-training under
+# infinite compute", 2025). On an AMX Xeon, each row's run replayed with the same steps and seed
+# (Northanger Abbey, bits/char; docs/quality.md): cpu-3x256 in float32 1.5172 against 1.5327,
+# cpu-4x256 1.5303 against 1.5355, cpu-5x256 1.4998 against 1.5147, cpu-5x256-d2 1.4789 against
+# 1.4961; 0.5 tied 0.3 there, and 1.0 trailed by 0.13 in validation loss halfway.
 TABLE_TRAIN = {"batch_size": 8, "eval_batches": 6, "max_iters": 0, "max_time": 600.0, "max_passes": 6.5,
-               "lr_hold": 0.2, "average": 0.998, "compile": True, "compile_decode": True}
+               "lr_hold": 0.2, "average": 0.998, "weight_decay": 0.3, "compile": True, "compile_decode": True}
 
 # `janelm train` with no flags runs `--preset auto`: the compute table's row for what this machine
 # measures (janelm.recipe); the other presets are named by hand.
