@@ -170,13 +170,14 @@ def describe_dtype(name: str, device: torch.device, dtype: torch.dtype) -> str:
     return f"{text} (auto: {cpu_class()})"
 
 
-def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    """Mixed precision for the forward pass; weights stay float32 (a no-op for float32)."""
+def autocast(device: torch.device, dtype: torch.dtype, cache: bool = True) -> contextlib.AbstractContextManager:
+    """Mixed precision for the forward pass; weights stay float32 (a no-op for float32). `cache`
+    keeps each weight's cast for the rest of the pass; a CUDA graph's capture must not."""
     import torch
 
     if dtype == torch.float32:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
 
 
 @contextlib.contextmanager

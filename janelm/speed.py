@@ -184,9 +184,10 @@ def random_token_trainer(model_cfg: ModelConfig, train_cfg: TrainConfig, vocab_s
         yield Trainer(model_cfg, train_cfg, corpus, Path(out), progress=False)
 
 
-def time_steps(trainer, steps: int = 0, seconds: float = 0.0, warmup: int = 2) -> tuple[int, float]:
+def time_steps(trainer, steps: int = 0, seconds: float = 0.0, warmup: int = 3) -> tuple[int, float]:
     """(steps, seconds) of real training steps after `warmup` untimed ones: `steps` of them, or as
-    many as fit in `seconds` (at least two)."""
+    many as fit in `seconds` (at least two). The first steps allocate, and on a GPU the third
+    captures the step's CUDA graph (janelm.graph_step)."""
     device = trainer.device
     for _ in range(warmup):
         trainer.train_step()

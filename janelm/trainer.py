@@ -30,6 +30,7 @@ from janelm.device import (autocast, deterministic_compiling, keep_freed_memory,
 from janelm.distributed import Distributed
 from janelm.errors import InputError, Interrupted, JaneLMError, catch_stop_signals, first_line
 from janelm.files import reporting_write_failures
+from janelm.graph_step import GraphedStep
 from janelm.metrics_log import METRICS_FILE, MetricsLog
 from janelm.model import GPT
 from janelm.optim import make_optimizer
@@ -132,6 +133,14 @@ class Trainer:
             # plain compilation.
             graphs = self.device.type == "cuda" and not self.dist.active
             self.step_model = torch.compile(self.step_model, mode="reduce-overhead" if graphs else None)
+        # Uncompiled on one GPU, forward and backward replay from a CUDA graph of their own
+        # (janelm.graph_step). A gradient scaler (float16) syncs with the CPU, which a graph cannot hold.
+        self.graphed = None
+        if self.device.type == "cuda" and not cfg.compile and not self.dist.active and not self.scaler.is_enabled():
+            graph_ctx = autocast(self.device, self.dtype, cache=False)
+            self.graphed = GraphedStep(self.model, lambda batches: self._forward_backward(batches, graph_ctx),
+                                       on_failure=lambda why: note(f"note: could not capture the training step in a "
+                                                                   f"CUDA graph ({why}): training with eager steps"))
 
         sampler = lambda tokens, mix=Mix(): BatchSampler(  # noqa: E731
             tokens, model_cfg.context, cfg.batch_size, cfg.grad_accum, cfg.seed,
@@ -243,22 +252,28 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         micro = self.train_batches.step_batches(self.state.step, mix_progress(cfg, self.state))
+        loss = self.graphed(micro) if self.graphed is not None else self._forward_backward(micro, self.ctx)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.graphed is None or not self.graphed.captured:  # a graph writes into the same gradients each step
+            self.optimizer.zero_grad(set_to_none=True)
+        if self.average is not None:
+            self.average.update(self.state.step + 1)
+        return self.dist.mean(loss.float()).item()
+
+    def _forward_backward(self, micro: list[tuple[torch.Tensor, torch.Tensor]], ctx) -> torch.Tensor:
+        """Gradients of the step's micro-batches, clipped; returns their mean loss (on the device)."""
         total = torch.zeros((), device=self.device)
         for i, (x, y) in enumerate(micro):
             # Only the last micro-step all-reduces gradients across processes.
-            with self.dist.no_sync(self.step_model, last=i == len(micro) - 1), self.ctx:
+            with self.dist.no_sync(self.step_model, last=i == len(micro) - 1), ctx:
                 _, loss = self.step_model(x, y)
             self.scaler.scale(loss / len(micro)).backward()
             total += loss.detach()
-        if cfg.grad_clip:
+        if self.cfg.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.average is not None:
-            self.average.update(self.state.step + 1)
-        return self.dist.mean((total / len(micro)).float()).item()
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        return total / len(micro)
 
     def run(self) -> dict[str, Any]:
         """Train until a budget or early stopping ends the run; returns a summary."""
