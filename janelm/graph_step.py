@@ -34,7 +34,7 @@ class GraphedStep:
 
     The graph reads its batches from buffers of its own and writes the gradients into the same
     tensors every replay, so once captured the gradients must not be set to None between steps
-    (`captured`); the optimizer step overwrites nothing of theirs. Where the capture fails (an
+    (`captured`); the optimizer step only reads them. Where the capture fails (an
     operation a graph cannot hold), the step stays eager and `on_failure` is told why, once."""
 
     def __init__(self, model: nn.Module, forward_backward: Callable[[Batches], torch.Tensor],
