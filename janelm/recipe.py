@@ -42,10 +42,6 @@ EVALS_PER_RUN = 8  # evaluations in a planned run: the log's resolution, and the
 FIRST_PLAN_SHARE = 0.92
 PROBE_SECONDS = 2.5  # of timed steps per measured recipe, after two untimed ones
 PLAN_MIN_STEPS = 5  # a planned run warms up for at least this many steps: the pace they show sets its length
-# `auto` takes the table's next row when the chosen row's passes would end it before its budget, but
-# only a row whose own threshold is within this factor of the compute measured: a small text climbs
-# one or two rows, never from a CPU row to the gpu one.
-CLIMB_WITHIN = 2.0
 
 
 @dataclass(frozen=True)
@@ -72,22 +68,6 @@ def choose_preset(compute: float) -> str:
     return chosen
 
 
-def pass_cap(cfg: TrainConfig, train_tokens: int, tokens_per_step: int) -> float:
-    """The steps that make --max-passes over `train_tokens` (infinite with no cap, or no count)."""
-    if not (cfg.max_passes and train_tokens):
-        return math.inf
-    return math.ceil(cfg.max_passes * train_tokens / tokens_per_step)
-
-
-def next_row(preset: str, compute: float) -> str | None:
-    """The table's row after `preset`, where its threshold is within CLIMB_WITHIN of `compute`."""
-    rows = [name for _, name in COMPUTE_TABLE]
-    at = rows.index(preset) if preset in rows else len(rows) - 1
-    if at + 1 < len(rows) and COMPUTE_TABLE[at + 1][0] <= CLIMB_WITHIN * compute:
-        return rows[at + 1]
-    return None
-
-
 def plan_steps(seconds: float, pace: Pace, evals: int = EVALS_PER_RUN) -> int:
     """Optimizer steps that fill FILL of `seconds` at `pace`, with `evals` evaluations among them."""
     usable = seconds * FILL - evals * pace.eval_s
@@ -101,7 +81,7 @@ def planned_steps(cfg: TrainConfig, step: int, seconds_left: float, pace: Pace, 
     never fewer than keep the hold at the peak rate past the steps already taken at it."""
     fill = step + plan_steps(seconds_left * share, pace) if seconds_left > 0 else step
     steps, plan = fill, f"{fill:,} steps fill {f'{share:.0%} of ' if share < 1 else ''}--max-time {cfg.max_time:g} s"
-    cap = pass_cap(cfg, train_tokens, pace.tokens_per_step)
+    cap = math.ceil(cfg.max_passes * train_tokens / pace.tokens_per_step) if cfg.max_passes else fill
     if cap < fill:  # more steps than the text can use: stop early rather than overfit
         steps = max(cap, step)
         plan += f", but {cfg.max_passes:g} passes over the {train_tokens:,} training tokens (--max-passes) end at {steps:,}"
@@ -156,16 +136,11 @@ class AutoChoice:
     message: str  # the run's first line
 
 
-def choose_by_measuring(budget: float, vocab_size: int, configs_for: Callable[[str], tuple[ModelConfig, TrainConfig]],
-                        train_tokens: int = 0) -> AutoChoice:
+def choose_by_measuring(budget: float, vocab_size: int, configs_for: Callable[[str], tuple[ModelConfig, TrainConfig]]
+                        ) -> AutoChoice:
     """Measure the probe here, choose the table's recipe for the compute `budget` seconds buy, and
     estimate its steps from its own pace. `configs_for(preset)` is the run's configs with that
-    preset (the user's flags applied), on the run's device and in its precision.
-
-    The table's thresholds were set on Austen's six works; with `train_tokens` (the corpus's) a row
-    whose passes would end its run before the budget (a smaller text, or compute near the next row)
-    yields to the next row (`next_row`), as each row took over where the one before it ran out of
-    passes. Its pace is uncompiled, and a compiled run 9-15% quicker: a row kept ends past ~88%."""
+    preset (the user's flags applied), on the run's device and in its precision."""
     from janelm.device import describe_machine, pick_device, pick_dtype
 
     start = time.perf_counter()
@@ -178,24 +153,15 @@ def choose_by_measuring(budget: float, vocab_size: int, configs_for: Callable[[s
     probe_train = replace(run_train, batch_size=own_train.batch_size, grad_accum=own_train.grad_accum)
     probe = measure_pace(probe_model, probe_train, vocab_size)
     compute = budget * probe.tokens_per_s
-    preset, climbed = choose_preset(compute), ""
+    preset = choose_preset(compute)
     model_cfg, train_cfg = configs_for(preset)
     same = (model_cfg, replace(train_cfg, max_iters=0, max_time=0)) == (probe_model, replace(probe_train, max_iters=0, max_time=0))
     pace = probe if same else measure_pace(model_cfg, train_cfg, vocab_size)
-    while True:
-        steps = plan_steps(budget - (time.perf_counter() - start), pace)  # the measurements came out of the budget
-        cap, higher = pass_cap(train_cfg, train_tokens, pace.tokens_per_step), next_row(preset, compute)
-        if higher is None or cap >= steps:
-            break
-        climbed = (f" ({preset}'s {train_cfg.max_passes:g} passes over the {tokens_text(train_tokens)} training tokens "
-                   f"would end it at {cap / steps:.0%} of the budget)")
-        preset = higher
-        model_cfg, train_cfg = configs_for(preset)
-        pace = measure_pace(model_cfg, train_cfg, vocab_size)
+    steps = plan_steps(budget - (time.perf_counter() - start), pace)  # the measurements came out of the budget
     device = pick_device(train_cfg.device)
     machine = describe_machine(device, pick_dtype(train_cfg.dtype, device))
     message = (f"auto: {machine} ≈ {probe.tokens_per_s:,.0f} tokens/s at {describe_shape(probe_model)} → "
-               f"{budget:g} s ≈ {tokens_text(compute)} tokens → preset {preset}{climbed}: {describe_shape(model_cfg)}, "
+               f"{budget:g} s ≈ {tokens_text(compute)} tokens → preset {preset}: {describe_shape(model_cfg)}, "
                f"batch {train_cfg.batch_size}, ≈ {steps:,} steps (--preset NAME picks another)")
     return AutoChoice(preset, compute, steps, message)
 

@@ -420,55 +420,6 @@ def test_auto_chooses_from_the_table_by_measured_compute(monkeypatch, capsys, ma
     assert model_cfg == preset_configs(expected)[0]
 
 
-@pytest.mark.parametrize("tokens_per_s, train_tokens, chosen", [
-    (10_000.0, 3_000_000, "cpu-4x256"),  # 6M probe tokens: 8 passes over 3M are more than the budget trains
-    (10_000.0, 600_000, "cpu-5x256"),  # 8 passes over 600k end cpu-4x256 early; cpu-5x256-d2 is past 2 × 6M
-    (25_000.0, 10_000, "cpu-5x256-d2"),  # the top CPU row: the gpu row's 60M is past 2 × 15M
-    (2_500.0, 10_000, "cpu-3x256"),  # 1.5M: cpu-3x256's 2.6M is within 2 ×, cpu-4x256's 5M is not
-    (900.0, 10_000, "cpu-2x256"),  # 0.54M: no row within 2 ×, so it stops at its passes
-])
-def test_auto_climbs_a_row_where_the_text_runs_out_before_the_budget(monkeypatch, capsys, tokens_per_s, train_tokens, chosen):
-    import janelm.recipe
-    from janelm.cli import build_parser
-    from janelm.commands.train import choose_auto
-    from janelm.config import DEFAULT_BUDGET
-
-    measured = []
-    pace = fake_pace(tokens_per_s)
-    monkeypatch.setattr(janelm.recipe, "measure_pace", lambda m, t, *a, **k: measured.append(m) or pace(m, t, *a, **k))
-    args = build_parser().parse_args(["train", "--device", "cpu"])
-    choose_auto(args, vocab_size=2048, train_tokens=train_tokens)
-    line = capsys.readouterr().err.splitlines()[0]
-    assert args.preset == chosen and f"preset {chosen}" in line
-    first = janelm.recipe.choose_preset(DEFAULT_BUDGET["cpu"] * tokens_per_s)
-    if chosen == first:
-        assert "passes over the" not in line
-    else:
-        assert f"{first}'s {preset_configs(first)[1].max_passes:g} passes over the" in line and "of the budget)" in line
-        assert measured[-1] == preset_configs(chosen)[0]  # the row climbed to was measured
-    _, train_cfg = preset_configs(chosen)
-    steps = int(line.split("≈ ")[-1].split(" steps")[0].replace(",", ""))
-    higher = janelm.recipe.next_row(chosen, DEFAULT_BUDGET["cpu"] * tokens_per_s)
-    assert higher is None or janelm.recipe.pass_cap(train_cfg, train_tokens, 8 * 256) >= steps
-
-
-def test_climbing_keeps_more_compute_from_choosing_a_worse_recipe(monkeypatch):
-    """With the text's passes in the choice, more compute still never chooses an earlier row."""
-    import janelm.recipe
-    from janelm.config import COMPUTE_TABLE
-    from janelm.recipe import choose_by_measuring
-
-    rows = [preset for _, preset in COMPUTE_TABLE]
-    for train_tokens in (50_000, 900_000, 5_000_000):
-        chosen = []
-        for k in range(30):  # 500 to 500k probe tokens/s: 0.3M to 300M in 600 s
-            monkeypatch.setattr(janelm.recipe, "measure_pace", fake_pace(500 * 10 ** (k / 10)))
-            choice = choose_by_measuring(600.0, 2048, lambda p: (replace(preset_configs(p)[0], vocab_size=2048),
-                                                                  replace(preset_configs(p)[1], device="cpu")), train_tokens)
-            chosen.append(rows.index(choice.preset))
-        assert chosen == sorted(chosen), train_tokens
-
-
 def test_the_probe_measures_its_own_shape_and_the_flags_apply_to_the_row_chosen(monkeypatch, capsys):
     """The table is indexed by the probe's own shape and batch: model flags and --batch-size do not
     change what it measures (dropout slows a CPU step), only the recipe chosen; precision does."""

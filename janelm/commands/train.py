@@ -29,7 +29,7 @@ def resolve_preset(args: argparse.Namespace) -> str:
 FINAL_SECONDS = 3.0
 
 
-def choose_auto(args: argparse.Namespace, vocab_size: int, train_tokens: int = 0) -> None:
+def choose_auto(args: argparse.Namespace, vocab_size: int) -> None:
     """Resolve `--preset auto` by measuring this machine (janelm.recipe) and say what it measured
     and chose on the run's first line.
     Under a torchrun started by hand every process would measure alone and might choose apart,
@@ -45,7 +45,7 @@ def choose_auto(args: argparse.Namespace, vocab_size: int, train_tokens: int = 0
     budget = args.max_time or default_budget(args)
     if args.max_iters is None:
         args.max_time = budget  # the chosen recipe trains for the budget: the trainer plans its steps
-    choice = choose_by_measuring(budget, vocab_size, lambda preset: configs_for_preset(args, preset), train_tokens)
+    choice = choose_by_measuring(budget, vocab_size, lambda preset: configs_for_preset(args, preset))
     note(choice.message)
     args.preset = choice.preset
 
@@ -124,8 +124,7 @@ def launch_torchrun(args: argparse.Namespace) -> int:
     if args.preset == AUTO and not (args.resume or args.init_from):  # measured here, once, for every process
         from janelm.data import load_corpus
 
-        corpus = load_corpus(args.data)
-        choose_auto(args, corpus.tokenizer.vocab_size, len(corpus.train))
+        choose_auto(args, load_corpus(args.data).tokenizer.vocab_size)
         argv += ["--preset", args.preset] + ([] if args.max_iters else ["--max-time", str(args.max_time)])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
            "-m", "janelm", "train", *argv]
@@ -169,7 +168,7 @@ def train(args: argparse.Namespace) -> int:
     init = load_checkpoint(resolve_checkpoint(args.init_from)) if args.init_from else None
     corpus = load_corpus(args.data)
     if args.preset == AUTO and not (resume or init):
-        choose_auto(args, corpus.tokenizer.vocab_size, len(corpus.train))
+        choose_auto(args, corpus.tokenizer.vocab_size)
     model_cfg, train_cfg = configs_from_args(args, resume or init, "--resume" if resume else "--init-from")
     dist = Distributed.from_environment(train_cfg.device)
     compile_decode = train_cfg.compile_decode and (dist.device or pick_device(train_cfg.device)).type == "cpu"
