@@ -18,19 +18,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn as nn
 
 from janelm.averaging import WeightAverage
 from janelm.checkpoint import BEST, LAST, build_model, checkpoint_tokenizer, save_checkpoint
 from janelm.config import ModelConfig, TrainConfig
 from janelm.console import note, progress_bar
 from janelm.data import BatchSampler, Corpus, Mix, tokenizer_fingerprint
-from janelm.device import (autocast, deterministic_compiling, keep_freed_memory, peak_matmul_flops, pick_device,
-                           pick_dtype, use_compiler_cache)
+from janelm.device import autocast, keep_freed_memory, peak_matmul_flops, pick_device, pick_dtype
 from janelm.distributed import Distributed
-from janelm.errors import InputError, Interrupted, JaneLMError, catch_stop_signals, first_line
+from janelm.errors import InputError, Interrupted, JaneLMError, catch_stop_signals
 from janelm.files import reporting_write_failures
-from janelm.graph_step import GraphedStep
 from janelm.metrics_log import METRICS_FILE, MetricsLog
 from janelm.model import GPT
 from janelm.optim import make_optimizer
@@ -38,6 +35,7 @@ from janelm.random_state import rng_state, set_rng_state
 from janelm.recipe import PLAN_MIN_STEPS, Pace, plan_run
 from janelm.schedule import PaceMeter, learning_rate, mix_progress, patience_counts, schedule_progress, update_time_bound
 from janelm.scoring import mean_loss
+from janelm.training_step import TrainingStep
 
 
 @dataclass
@@ -122,25 +120,8 @@ class Trainer:
             if cfg.max_iters != resume["train_config"]["max_iters"]:  # the user's steps now: none to plan again
                 self.state.replan_step = -1
             set_rng_state(resume["rng"])
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        self.step_model = self.eager_model = self.dist.wrap(self.model)
-        self.compile_pending = cfg.compile  # compiling happens in the first step, which may fail
-        if cfg.compile:
-            use_compiler_cache()
-            # On one GPU, CUDA graphs replay each step's hundreds of kernel launches at once: the
-            # seed preset's step went from 15.5 to 12.4 ms on an H100, where launches, not maths,
-            # set the pace. DDP's all-reduce hooks do not go into a graph, so several processes use
-            # plain compilation.
-            graphs = self.device.type == "cuda" and not self.dist.active
-            self.step_model = torch.compile(self.step_model, mode="reduce-overhead" if graphs else None)
-        # Uncompiled on one GPU, forward and backward replay from a CUDA graph of their own
-        # (janelm.graph_step). A gradient scaler (float16) syncs with the CPU, which a graph cannot hold.
-        self.graphed = None
-        if self.device.type == "cuda" and not cfg.compile and not self.dist.active and not self.scaler.is_enabled():
-            graph_ctx = autocast(self.device, self.dtype, cache=False)
-            self.graphed = GraphedStep(self.model, lambda batches: self._forward_backward(batches, graph_ctx),
-                                       on_failure=lambda why: note(f"note: could not capture the training step in a "
-                                                                   f"CUDA graph ({why}): training with eager steps"))
+        self.training_step = TrainingStep(self.model, self.optimizer, cfg, self.device, self.dtype, self.dist,
+                                          self.average, note)
 
         sampler = lambda tokens, mix=Mix(): BatchSampler(  # noqa: E731
             tokens, model_cfg.context, cfg.batch_size, cfg.grad_accum, cfg.seed,
@@ -226,54 +207,11 @@ class Trainer:
         return out_of_steps or out_of_time
 
     def train_step(self) -> float:
-        """One optimizer step over grad_accum micro-batches; returns the mean loss. The first step
-        of a compiled model compiles it; where that fails (no C++ compiler, an operation the
-        compiler lacks) training goes on uncompiled, with a note."""
-        with deterministic_compiling(self.step_model is not self.eager_model):  # a compiled step
-            return self._first_step() if self.compile_pending else self._train_step()
-
-    def _first_step(self) -> float:
-        """The step that compiles; a failure to compile falls back to the eager model."""
-        try:
-            loss = self._train_step()
-        except Exception as e:  # noqa: BLE001 - whatever the compiler raises, the eager model still trains
-            self.optimizer.zero_grad(set_to_none=True)
-            self.step_model = self.eager_model
-            self.compile_pending = False
-            if self.dist.is_main:
-                note(f"note: could not compile the training step ({first_line(e)}): training uncompiled")
-            return self._train_step()
-        self.compile_pending = False
-        return loss
-
-    def _train_step(self) -> float:
-        cfg = self.cfg
-        lr = learning_rate(cfg, self.state.step, schedule_progress(cfg, self.state))
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        micro = self.train_batches.step_batches(self.state.step, mix_progress(cfg, self.state))
-        loss = self.graphed(micro) if self.graphed is not None else self._forward_backward(micro, self.ctx)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        if self.graphed is None or not self.graphed.captured:  # a graph writes into the same gradients each step
-            self.optimizer.zero_grad(set_to_none=True)
-        if self.average is not None:
-            self.average.update(self.state.step + 1)
-        return self.dist.mean(loss.float()).item()
-
-    def _forward_backward(self, micro: list[tuple[torch.Tensor, torch.Tensor]], ctx) -> torch.Tensor:
-        """Gradients of the step's micro-batches, clipped; returns their mean loss (on the device)."""
-        total = torch.zeros((), device=self.device)
-        for i, (x, y) in enumerate(micro):
-            # Only the last micro-step all-reduces gradients across processes.
-            with self.dist.no_sync(self.step_model, last=i == len(micro) - 1), ctx:
-                _, loss = self.step_model(x, y)
-            self.scaler.scale(loss / len(micro)).backward()
-            total += loss.detach()
-        if self.cfg.grad_clip:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        return total / len(micro)
+        """One optimizer step at the schedule's rate on the step's batches (janelm.training_step);
+        returns the mean loss."""
+        cfg, s = self.cfg, self.state
+        micro = self.train_batches.step_batches(s.step, mix_progress(cfg, s))
+        return self.training_step(micro, learning_rate(cfg, s.step, schedule_progress(cfg, s)), s.step)
 
     def run(self) -> dict[str, Any]:
         """Train until a budget or early stopping ends the run; returns a summary."""

@@ -31,9 +31,9 @@ def test_the_graph_replays_the_eager_steps_numbers(tmp_path, prepared):
     corpus = load_corpus(prepared)
     graphed = Trainer(MODEL, TRAIN, corpus, tmp_path / "graphed", progress=False)
     eager = Trainer(MODEL, TRAIN, corpus, tmp_path / "eager", progress=False)
-    eager.graphed = None
+    eager.training_step.graphed = None
     assert steps(graphed, 8) == pytest.approx(steps(eager, 8), rel=1e-5)
-    assert graphed.graphed.captured and graphed.graphed.calls == 8
+    assert graphed.training_step.graphed.captured and graphed.training_step.graphed.calls == 8
     for (name, a), b in zip(graphed.model.state_dict().items(), eager.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
@@ -45,7 +45,7 @@ def test_bf16_dropout_draws_new_masks_each_replay_and_learns(tmp_path, prepared)
     cfg = replace(TRAIN, dtype="bfloat16", max_iters=60, lr=3e-3)
     trainer = Trainer(replace(MODEL, dropout=0.2), cfg, corpus, tmp_path / "run", progress=False)
     losses = steps(trainer, 60)
-    assert trainer.graphed.captured
+    assert trainer.training_step.graphed.captured
     assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 0.3
     fixed = trainer.train_batches.step_batches(0)
     trainer.train_batches.step_batches = lambda step, progress=0.0: fixed
@@ -56,7 +56,7 @@ def test_bf16_dropout_draws_new_masks_each_replay_and_learns(tmp_path, prepared)
 def test_a_failed_capture_trains_eagerly_with_one_note(tmp_path, prepared, monkeypatch, capsys):
     corpus = load_corpus(prepared)
     eager = Trainer(MODEL, TRAIN, corpus, tmp_path / "eager", progress=False)
-    eager.graphed = None
+    eager.training_step.graphed = None
     steps(eager, 6)
 
     def refuse(*args, **kwargs):
@@ -65,7 +65,7 @@ def test_a_failed_capture_trains_eagerly_with_one_note(tmp_path, prepared, monke
     monkeypatch.setattr(torch.cuda, "graph", refuse)
     failing = Trainer(MODEL, TRAIN, corpus, tmp_path / "failing", progress=False)
     steps(failing, 6)
-    assert not failing.graphed.captured
+    assert not failing.training_step.graphed.captured
     err = capsys.readouterr().err
     assert err.count("note: could not capture the training step in a CUDA graph (operation not permitted") == 1
     for (name, a), b in zip(failing.model.state_dict().items(), eager.model.state_dict().values()):
