@@ -24,7 +24,7 @@ from janelm.checkpoint import BEST, LAST, build_model, checkpoint_tokenizer, sav
 from janelm.config import ModelConfig, TrainConfig
 from janelm.console import note, progress_bar
 from janelm.data import BatchSampler, Corpus, Mix, tokenizer_fingerprint
-from janelm.device import autocast, keep_freed_memory, peak_matmul_flops, pick_device, pick_dtype
+from janelm.device import keep_freed_memory, peak_matmul_flops, pick_device, pick_dtype
 from janelm.distributed import Distributed
 from janelm.errors import InputError, Interrupted, JaneLMError, catch_stop_signals
 from janelm.files import reporting_write_failures
@@ -81,7 +81,6 @@ class Trainer:
         if self.device.type == "cpu":
             keep_freed_memory()
         self.dtype = pick_dtype(cfg.dtype, self.device)
-        self.ctx = autocast(self.device, self.dtype)
         self.state = RunState()
         self.bar = None
         self.fingerprint = tokenizer_fingerprint(corpus.tokenizer)
@@ -122,6 +121,7 @@ class Trainer:
             set_rng_state(resume["rng"])
         self.training_step = TrainingStep(self.model, self.optimizer, cfg, self.device, self.dtype, self.dist,
                                           self.average, note)
+        self.ctx = self.training_step.ctx  # evaluation runs in the training steps' precision
 
         sampler = lambda tokens, mix=Mix(): BatchSampler(  # noqa: E731
             tokens, model_cfg.context, cfg.batch_size, cfg.grad_accum, cfg.seed,
