@@ -22,8 +22,8 @@ Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 class TrainingStep:
-    """`step(micro, lr, step)`: one optimizer step of `model` over the micro-batches at rate `lr`;
-    returns their mean loss, averaged over the processes. The first step of a compiled model
+    """`training_step(micro, lr, step)`: optimizer step number `step` of `model` over the
+    micro-batches at rate `lr`; returns their mean loss, averaged over the processes. The first step of a compiled model
     compiles it; where that fails (no C++ compiler, an operation the compiler lacks) training goes
     on uncompiled, with a note (`note`, shown by the main process)."""
 
