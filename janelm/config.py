@@ -241,7 +241,8 @@ PRESETS: dict[str, Preset] = {
         # 1337: 3,474 (8) 1.5182, 4,600 1.5132. Past the turn best.pt keeps the model, as it should.
         # Its floor 0.4 of the peak (0.1 elsewhere): the longer runs' best models came from mid-cosine
         # (lr ~8e-4), and the same steps annealed to 8e-4 scored 1.5074 against 1.5123 (seed 11, 3,360)
-        # and 1.5131 against 1.5182 (seed 1337, 3,474).
+        # and 1.5131 against 1.5182 (seed 1337, 3,474). cpu-5x256, whose dropout already holds it back,
+        # did not gain (1.4958 against 1.4944, seed 1337, 3,150 steps).
         train={**TABLE_TRAIN, "lr": 2e-3, "max_passes": 10.5, "min_lr_ratio": 0.4},
     ),
     "cpu-4x256": Preset(
