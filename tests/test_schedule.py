@@ -443,6 +443,26 @@ def test_the_probe_measures_its_own_shape_and_the_flags_apply_to_the_row_chosen(
     assert args.preset == "cpu-5x256" and (model_cfg.dropout, model_cfg.n_embed, train_cfg.batch_size) == (0.3, 768, 4)
 
 
+def test_a_step_budget_evaluates_where_the_planned_run_did():
+    """`--max-iters N` on a time-bound recipe evaluates, and so keeps best.pt, at the spacing the
+    trainer's last plan of N steps gave the run it replays; given intervals and step-bound presets keep theirs."""
+    from janelm.cli import build_parser
+    from janelm.commands.train import configs_from_args
+    from janelm.recipe import Pace, plan_run
+
+    def train_cfg(*flags: str):
+        return configs_from_args(build_parser().parse_args(["train", "--device", "cpu", *flags]))[1]
+
+    preset = train_cfg("--preset", "cpu-3x256")
+    planned, _, _ = plan_run(preset, 613, 420.0, Pace(0.158, 0.7, 2048), train_tokens=3_450_000, replan=True)
+    replay = train_cfg("--preset", "cpu-3x256", "--max-iters", str(planned.max_iters))
+    assert planned.max_iters > 2_000 and replay.max_time == 0.0
+    assert (replay.max_iters, replay.eval_interval, replay.save_interval) == (
+        planned.max_iters, planned.eval_interval, planned.save_interval) != (planned.max_iters, 100, 100)
+    assert train_cfg("--preset", "cpu-3x256", "--max-iters", "3385", "--eval-interval", "50").eval_interval == 50
+    assert train_cfg("--preset", "tiny", "--max-iters", "400").eval_interval == preset_configs("tiny")[1].eval_interval
+
+
 def test_more_compute_never_chooses_a_worse_recipe():
     from janelm.config import COMPUTE_TABLE, PRESETS
     from janelm.recipe import choose_preset

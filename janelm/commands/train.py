@@ -14,6 +14,7 @@ from pathlib import Path
 from janelm.cli import flag
 from janelm.config import AUTO, DEFAULT_BUDGET, PROBE_PRESET, ModelConfig, TrainConfig, preset_configs
 from janelm.errors import InputError
+from janelm.recipe import with_steps
 
 FINE_TUNE_LR_FACTOR = 0.1  # fine-tuning starts from trained weights: a gentler default step
 
@@ -84,6 +85,7 @@ def configs_from_args(args: argparse.Namespace, base: dict | None = None, source
         if differ:
             raise InputError(f"{source} keeps {owner}'s model: {'; '.join(differ)}: "
                              f"drop {'that flag' if len(differ) == 1 else 'those flags'}, or train a new run")
+    plans_its_steps = train_cfg.max_iters == 0 and train_cfg.max_time > 0  # a time-bound recipe
     model_cfg, train_cfg = replace(model_cfg, **given(model_cfg)), replace(train_cfg, **given(train_cfg))
     if getattr(args, "init_from", None) and args.lr is None:
         train_cfg = replace(train_cfg, lr=train_cfg.lr * FINE_TUNE_LR_FACTOR)
@@ -91,6 +93,10 @@ def configs_from_args(args: argparse.Namespace, base: dict | None = None, source
         train_cfg = replace(train_cfg, max_iters=0)  # a time budget alone: the trainer plans its steps
     elif getattr(args, "max_iters", None) and args.max_time is None:
         train_cfg = replace(train_cfg, max_time=0.0)  # a step budget alone: replays a run bit for bit
+        spaced = any(getattr(args, name, None) is not None for name in ("eval_interval", "save_interval"))
+        if plans_its_steps and not spaced:
+            # and evaluates where the planned run did, so it keeps the same best.pt
+            train_cfg = with_steps(train_cfg, train_cfg.max_iters)
     model_cfg.validate()
     train_cfg.validate()
     return model_cfg, train_cfg
