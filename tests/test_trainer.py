@@ -176,10 +176,11 @@ def test_muon_optimizer_trains_and_resumes(tmp_path, prepared):
 
 
 @pytest.mark.parametrize("argv, expected", [(["--preset", "cpu-2x256"], 0.3), (["--preset", "cpu-5x256-d2"], 0.3),
+                                            (["--preset", "cpu-3x256"], 1.0), (["--preset", "cpu-5x256"], 0.5),
                                             (["--preset", "cpu-5x256", "--weight-decay", "0.05"], 0.05),
                                             (["--preset", "cpu"], TrainConfig().weight_decay)])
 def test_weight_decay_pulls_the_rows_matrices_and_the_flag_overrides_it(argv, expected):
-    """The compute table's rows train with weight decay 0.3 (their many passes over Austen), on
+    """The compute table's rows train with weight decay 0.3 or more (their many passes over Austen), on
     matrices only (norms' gains are not pulled towards zero); --weight-decay has the last word."""
     from janelm.cli import build_parser
     from janelm.commands.train import configs_from_args
