@@ -232,13 +232,14 @@ def checkpoint_tokenizer(ckpt: dict[str, Any], file: Path | str = "checkpoint") 
 
 
 def build_model(ckpt: dict[str, Any], file: Path | str = "checkpoint"):
-    """A GPT from a checkpoint dict's config and weights, with clear errors for mismatches.
+    """A GPT (or an ensemble of them) from a checkpoint dict's config and weights, with clear errors for mismatches.
 
     The weights' shapes are checked against a model built on the `meta` device (no memory)
     first, so a damaged config cannot make us allocate a huge model before failing."""
     import torch
 
-    from janelm.model import GPT, weights_uninitialised
+    from janelm.ensemble import make_model
+    from janelm.model import weights_uninitialised
 
     def unfit(detail: str) -> InputError:
         return InputError(f"{file} holds weights that do not fit its model config ({detail[:160]})")
@@ -254,7 +255,7 @@ def build_model(ckpt: dict[str, Any], file: Path | str = "checkpoint"):
             # Rotary tables grow with the context but hold no weights: the shapes cannot catch it.
             raise unfit(f"a context of {config.context!r} positions (at most {MAX_CONTEXT:,})")
         with torch.device("meta"), weights_uninitialised():
-            shell = GPT(config)
+            shell = make_model(config)
         expected = {k: tuple(v.shape) for k, v in shell.state_dict().items()}
         found = {k: tuple(v.shape) for k, v in state.items()}
         if expected != found:
@@ -265,7 +266,7 @@ def build_model(ckpt: dict[str, Any], file: Path | str = "checkpoint"):
                       f"{wrong[0]} is {list(found[wrong[0]])}, expected {list(expected[wrong[0]])}")
             raise unfit(detail)
         with weights_uninitialised():  # every weight is loaded next
-            model = GPT(config)
+            model = make_model(config)
         model.load_state_dict(state)
     except InputError as e:
         if str(e).startswith(str(file)):

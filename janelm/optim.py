@@ -54,7 +54,9 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     if cfg.optimizer == "muon":
-        table_ids = {id(model.tok_embed.weight), id(model.head.weight)}
+        # The embedding tables and output heads, of every member of an ensemble.
+        table_ids = {id(module.weight) for name, module in model.named_modules()
+                     if name.rsplit(".", 1)[-1] in ("tok_embed", "head")}
         hidden = [p for p in decay if id(p) not in table_ids]
         tables = [p for p in decay if id(p) in table_ids]
         other = [{"params": tables, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

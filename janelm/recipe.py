@@ -75,16 +75,18 @@ def plan_steps(seconds: float, pace: Pace, evals: int = EVALS_PER_RUN) -> int:
 
 
 def planned_steps(cfg: TrainConfig, step: int, seconds_left: float, pace: Pace, train_tokens: int,
-                  share: float = 1.0) -> tuple[int, str]:
+                  share: float = 1.0, members: int = 1) -> tuple[int, str]:
     """The run's step count, planned at `step` with `seconds_left` at `pace`, and the plan in words:
-    the steps that fill the time (`share` of it), at most --max-passes over the `train_tokens`, and
-    never fewer than keep the hold at the peak rate past the steps already taken at it."""
+    the steps that fill the time (`share` of it), at most --max-passes over the `train_tokens` (by
+    each of an ensemble's `members`, which read a share of a step's tokens each), and never fewer
+    than keep the hold at the peak rate past the steps already taken at it."""
     fill = step + plan_steps(seconds_left * share, pace) if seconds_left > 0 else step
     steps, plan = fill, f"{fill:,} steps fill {f'{share:.0%} of ' if share < 1 else ''}--max-time {cfg.max_time:g} s"
-    cap = math.ceil(cfg.max_passes * train_tokens / pace.tokens_per_step) if cfg.max_passes else fill
+    cap = math.ceil(cfg.max_passes * train_tokens * members / pace.tokens_per_step) if cfg.max_passes else fill
     if cap < fill:  # more steps than the text can use: stop early rather than overfit
         steps = max(cap, step)
-        plan += f", but {cfg.max_passes:g} passes over the {train_tokens:,} training tokens (--max-passes) end at {steps:,}"
+        each = f" by each of {members} members" if members > 1 else ""
+        plan += f", but {cfg.max_passes:g} passes over the {train_tokens:,} training tokens{each} (--max-passes) end at {steps:,}"
     held = fewest_steps_holding_to(cfg, step)
     if steps < held:  # slower than planned: the time limit ends the schedule on the clock if need be
         steps = held
@@ -93,14 +95,14 @@ def planned_steps(cfg: TrainConfig, step: int, seconds_left: float, pace: Pace, 
 
 
 def plan_run(cfg: TrainConfig, step: int, seconds_left: float, pace: Pace, train_tokens: int,
-             replan: bool) -> tuple[TrainConfig, int, str]:
+             replan: bool, members: int = 1) -> tuple[TrainConfig, int, str]:
     """The run's config planned at `step` (`Trainer._plan`), where it plans again (< 0: nowhere),
     and the plan in words. A first plan followed by a hold at the peak rate fills FIRST_PLAN_SHARE
     of the time and is made again at the hold's end, from the pace since."""
-    steps, plan = planned_steps(cfg, step, seconds_left, pace, train_tokens)
+    steps, plan = planned_steps(cfg, step, seconds_left, pace, train_tokens, members=members)
     first_of_two = bool(cfg.lr_hold) and not replan
     if first_of_two and cosine_start(cfg, steps) > step:
-        steps, plan = planned_steps(cfg, step, seconds_left, pace, train_tokens, FIRST_PLAN_SHARE)
+        steps, plan = planned_steps(cfg, step, seconds_left, pace, train_tokens, FIRST_PLAN_SHARE, members)
     planned = with_steps(cfg, steps)
     again = cosine_start(planned) if first_of_two and cosine_start(planned) > step else -1
     return planned, again, plan
@@ -168,7 +170,8 @@ def choose_by_measuring(budget: float, vocab_size: int, configs_for: Callable[[s
 
 def describe_shape(model_cfg: ModelConfig) -> str:
     dropout = f", dropout {model_cfg.dropout:g}" if model_cfg.dropout else ""
-    return f"{model_cfg.n_block} blocks × {model_cfg.n_embed}{dropout}"
+    shape = f"{model_cfg.n_block} blocks × {model_cfg.n_embed}{dropout}"
+    return f"{model_cfg.members} models of {shape}, averaged" if model_cfg.members > 1 else shape
 
 
 def tokens_text(n: float) -> str:

@@ -29,7 +29,7 @@ from janelm.distributed import Distributed
 from janelm.errors import InputError, Interrupted, JaneLMError, catch_stop_signals
 from janelm.files import reporting_write_failures
 from janelm.metrics_log import METRICS_FILE, MetricsLog
-from janelm.model import GPT
+from janelm.ensemble import make_model
 from janelm.optim import make_optimizer
 from janelm.random_state import rng_state, set_rng_state
 from janelm.recipe import PLAN_MIN_STEPS, Pace, plan_run
@@ -107,7 +107,7 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
-        self.model = build_model(base) if base is not None else GPT(model_cfg)
+        self.model = build_model(base) if base is not None else make_model(model_cfg)
         self.model.to(self.device).train()
         self.optimizer = make_optimizer(self.model, cfg)
         self.average = WeightAverage(self.model, cfg.average) if cfg.average else None
@@ -319,7 +319,8 @@ class Trainer:
         step_s, eval_s, elapsed = measured.tolist()
         self.plan_eval_s = eval_s
         pace, left = Pace(step_s, eval_s, tokens_per_step), cfg.max_time - elapsed - eval_s
-        self.cfg, s.replan_step, plan = plan_run(cfg, s.step, left, pace, len(self.corpus.train), replan)
+        self.cfg, s.replan_step, plan = plan_run(cfg, s.step, left, pace, len(self.corpus.train), replan,
+                                                     self.model_cfg.members)
         steps = self.planned_steps = self.cfg.max_iters
         again = f"; again at step {s.replan_step:,}, the hold's end" if s.replan_step > 0 else ""
         self._say(f"step {s.step}: {step_s:.3g} s a step{' since the first plan' if replan else ''}, {eval_s:.2g} s "

@@ -398,7 +398,7 @@ def fake_pace(tokens_per_s: float):
                                                            ("a 2-core laptop", 2_500.0, "cpu-2x256"),
                                                            ("a 2-core Zen 4", 5_500.0, "cpu-3x256"),
                                                            ("a 4-core Zen 4", 9_500.0, "cpu-4x256"),
-                                                           ("a 2-core AMX Xeon", 13_100.0, "cpu-5x256"),
+                                                           ("a 2-core AMX Xeon", 13_100.0, "cpu-3x256-x2"),
                                                            ("a 4-core AMX Xeon", 25_000.0, "cpu-5x256-d2"),
                                                            ("a GPU", 2_000_000.0, "gpu")])
 def test_auto_chooses_from_the_table_by_measured_compute(monkeypatch, capsys, machine, tokens_per_s, chosen):
@@ -429,7 +429,7 @@ def test_the_probe_measures_its_own_shape_and_the_flags_apply_to_the_row_chosen(
     from janelm.config import PROBE_PRESET
 
     measured = []
-    pace = fake_pace(13_100.0)
+    pace = fake_pace(9_500.0)
     monkeypatch.setattr(janelm.recipe, "measure_pace", lambda m, t, *a, **k: measured.append((m, t)) or pace(m, t, *a, **k))
     args = build_parser().parse_args(["train", "--device", "cpu", "--dtype", "float32", "--dropout", "0.3",
                                       "--n-embed", "768", "--batch-size", "4"])
@@ -440,7 +440,7 @@ def test_the_probe_measures_its_own_shape_and_the_flags_apply_to_the_row_chosen(
     assert probe_train.batch_size == own_train.batch_size and probe_train.dtype == "float32"
     assert "dropout" not in capsys.readouterr().err.split("→")[0]  # the first line: what was measured
     model_cfg, train_cfg = configs_from_args(args)  # the row chosen, with the flags
-    assert args.preset == "cpu-5x256" and (model_cfg.dropout, model_cfg.n_embed, train_cfg.batch_size) == (0.3, 768, 4)
+    assert args.preset == "cpu-4x256" and (model_cfg.dropout, model_cfg.n_embed, train_cfg.batch_size) == (0.3, 768, 4)
 
 
 def test_a_step_budget_evaluates_where_the_planned_run_did():
@@ -481,11 +481,13 @@ def test_every_row_stops_at_its_passes_so_a_faster_machine_cannot_overfit():
     from janelm.recipe import Pace, planned_steps
 
     for _, preset in COMPUTE_TABLE:
-        _, train_cfg = preset_configs(preset)
+        model_cfg, train_cfg = preset_configs(preset)
         assert 0 < train_cfg.max_passes <= 14, preset
         fast = Pace(step_s=1e-3, eval_s=0.01, tokens_per_step=train_cfg.batch_size * 256)
-        steps, plan = planned_steps(train_cfg, 0, train_cfg.max_time, fast, train_tokens=3_450_000)
-        assert steps == math.ceil(train_cfg.max_passes * 3_450_000 / fast.tokens_per_step), preset
+        steps, plan = planned_steps(train_cfg, 0, train_cfg.max_time, fast, train_tokens=3_450_000,
+                                    members=model_cfg.members)
+        per_member = fast.tokens_per_step / model_cfg.members  # an ensemble's members read a share each
+        assert steps == math.ceil(train_cfg.max_passes * 3_450_000 / per_member), preset
         assert "--max-passes" in plan
 
 

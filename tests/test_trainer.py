@@ -177,6 +177,7 @@ def test_muon_optimizer_trains_and_resumes(tmp_path, prepared):
 
 @pytest.mark.parametrize("argv, expected", [(["--preset", "cpu-2x256"], 0.3), (["--preset", "cpu-5x256-d2"], 0.3),
                                             (["--preset", "cpu-3x256"], 1.0), (["--preset", "cpu-5x256"], 0.5),
+                                            (["--preset", "cpu-3x256-x2"], 1.0),
                                             (["--preset", "cpu-5x256", "--weight-decay", "0.05"], 0.05),
                                             (["--preset", "cpu"], TrainConfig().weight_decay)])
 def test_weight_decay_pulls_the_rows_matrices_and_the_flag_overrides_it(argv, expected):
@@ -184,11 +185,11 @@ def test_weight_decay_pulls_the_rows_matrices_and_the_flag_overrides_it(argv, ex
     matrices only (norms' gains are not pulled towards zero); --weight-decay has the last word."""
     from janelm.cli import build_parser
     from janelm.commands.train import configs_from_args
-    from janelm.model import GPT
+    from janelm.ensemble import make_model
     from janelm.optim import make_optimizer
 
     model_cfg, train_cfg = configs_from_args(build_parser().parse_args(["train", *argv]))
-    model = GPT(replace(model_cfg, vocab_size=64, n_block=1))
+    model = make_model(replace(model_cfg, vocab_size=64, n_block=1))  # an ensemble's members too
     decay = {id(p): group["weight_decay"] for group in make_optimizer(model, train_cfg).param_groups
              for p in group["params"]}
     assert {decay[id(p)] for p in model.parameters() if p.dim() >= 2} == {expected}

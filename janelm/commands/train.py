@@ -99,6 +99,9 @@ def configs_from_args(args: argparse.Namespace, base: dict | None = None, source
             train_cfg = with_steps(train_cfg, train_cfg.max_iters)
     model_cfg.validate()
     train_cfg.validate()
+    if train_cfg.batch_size % model_cfg.members:
+        raise InputError(f"--batch-size {train_cfg.batch_size} does not split among --members {model_cfg.members}: "
+                         f"give a multiple of {model_cfg.members} (each member trains on its share of the rows)")
     return model_cfg, train_cfg
 
 

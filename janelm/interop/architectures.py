@@ -175,6 +175,9 @@ BY_MODEL_TYPE = {arch.model_type: arch for arch in (Llama, GPT2)}
 
 def architecture_for(cfg: ModelConfig):
     """The transformers architecture a JaneLM config is, or one InputError naming what has none."""
+    if cfg.members > 1:
+        raise InputError(f"an ensemble of {cfg.members} models has no transformers equivalent (a folder holds one model): "
+                         f"sample, eval and serve it with janelm, or train with --members 1 to export")
     arch = Llama if cfg.position == "rope" else GPT2
     wrong = arch.mismatches(cfg)
     if wrong:
