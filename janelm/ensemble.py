@@ -33,8 +33,7 @@ class _MemberLayers:
     def __init__(self, cache, start: int, stop: int):
         self.keys, self.values = cache.keys[start:stop], cache.values[start:stop]
         self.slots = cache.slots
-        self.capacity = getattr(cache, "capacity", None)
-        self.length = getattr(cache, "length", 0)
+        self.length = getattr(cache, "length", 0)  # a compiled step's tensors count no positions
 
 
 class Ensemble(nn.Module):
