@@ -30,7 +30,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from janelm.config import preset_configs  # noqa: E402
+from janelm.presets import preset_configs  # noqa: E402
 from janelm.generate import generate_tokens  # noqa: E402
 from janelm.model import GPT  # noqa: E402
 from janelm.quantize import inference_weights  # noqa: E402

@@ -37,7 +37,7 @@ def nanogpt_step(path: Path, dtype, steps: int, compile: bool = False, device: s
     """nanoGPT's model and optimizer at the reference shape, and one training step of it."""
     import torch
 
-    from janelm.config import preset_configs
+    from janelm.presets import preset_configs
     from janelm.device import autocast
 
     spec = importlib.util.spec_from_file_location("nanogpt_model", path / "model.py")
@@ -73,7 +73,7 @@ def compare(nanogpt: Path, dtype_name: str, rounds: int, steps: int, compile: bo
 
     import torch
 
-    from janelm.config import preset_configs
+    from janelm.presets import preset_configs
     from janelm.speed import random_token_trainer, time_steps
 
     from janelm.device import synchronize, use_compiler_cache

@@ -113,7 +113,7 @@ def run_recipe(name: str, corpora: dict[str, Path], budget: float, seed: int, wo
 
 def preset_train_config(preset: str):
     sys.path.insert(0, str(REPO))
-    from janelm.config import preset_configs
+    from janelm.presets import preset_configs
 
     return preset_configs(preset)[1]
 

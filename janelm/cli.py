@@ -15,9 +15,10 @@ import traceback
 from dataclasses import asdict, fields
 
 from janelm import __version__
-from janelm.config import (AUTO, AUTO_COMPILE_TOKENS, COMPUTE_TABLE, DEFAULT_BUDGET, DEFAULT_PRESET, DTYPES, MLPS, NORMS,
-                           OPTIMIZERS, POSITIONS, PRESET_CHOICES, PRESETS, PROBE_PRESET, SAMPLE_DEFAULTS, STREAM_INTERVAL_S,
-                           PrepareDefaults, preset_configs)
+from janelm.config import (AUTO_COMPILE_TOKENS, DTYPES, MLPS, NORMS, OPTIMIZERS, POSITIONS, SAMPLE_DEFAULTS,
+                           STREAM_INTERVAL_S, PrepareDefaults)
+from janelm.presets import (AUTO, COMPUTE_TABLE, DEFAULT_BUDGET, DEFAULT_PRESET, PRESET_CHOICES, PRESETS, PROBE_PRESET,
+                            preset_configs)
 from janelm.errors import JaneLMError
 from janelm.mixing import SCHEDULE_HELP, extra_weight_arg
 

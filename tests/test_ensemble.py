@@ -77,7 +77,7 @@ def test_the_cache_and_the_decode_step_give_the_full_pass_logits():
 
 
 def test_each_member_passes_over_the_text_as_often_as_a_lone_model():
-    from janelm.config import preset_configs
+    from janelm.presets import preset_configs
     from janelm.recipe import Pace, planned_steps
 
     model_cfg, train_cfg = preset_configs("cpu-3x256-x2")
@@ -104,3 +104,11 @@ def test_an_ensemble_trains_samples_scores_and_refuses_export(tmp_path, prepared
     assert refused.returncode != 0 and "ensemble of 2" in refused.stderr and "Traceback" not in refused.stderr
     odd = janelm("train", "--data", str(prepared), "--out", str(tmp_path / "odd"), *TINY, "--members", "3", check=False)
     assert odd.returncode != 0 and "--members 3" in odd.stderr and "Traceback" not in odd.stderr
+
+
+def test_bench_sample_times_the_ensemble_it_is_asked_for():
+    """`bench sample --members N` decodes N members a token, as sampling a trained ensemble does."""
+    flags = ["--preset", "tiny", "--steps", "5", "--no-compile", "--json", "--device", "cpu"]
+    one = json.loads(janelm("bench", "sample", *flags).stdout)
+    two = json.loads(janelm("bench", "sample", *flags, "--members", "2").stdout)
+    assert (one["members"], two["members"]) == (1, 2) and two["params"] == 2 * one["params"]

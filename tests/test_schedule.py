@@ -14,7 +14,8 @@ import torch
 
 from conftest import REPO
 from janelm.checkpoint import load_checkpoint
-from janelm.config import ModelConfig, TrainConfig, preset_configs
+from janelm.config import ModelConfig, TrainConfig
+from janelm.presets import preset_configs
 from janelm.data import load_corpus
 from janelm.schedule import (PaceMeter, budget_used, cosine_start, fewest_steps_holding_to, learning_rate, patience_counts,
                              schedule_progress, step_progress, update_time_bound)
@@ -383,6 +384,9 @@ def test_a_budget_too_short_for_the_warm_up_still_trains_the_warm_up(tmp_path, p
 # --- --preset auto: the recipe follows the measured compute --------------------------------------
 
 
+AUSTEN_TRAIN_TOKENS = 889_138  # the six works' training tokens (BPE 2,048)
+
+
 def fake_pace(tokens_per_s: float):
     """measure_pace as on a machine where every recipe runs at `tokens_per_s` (batch × context per step)."""
     from janelm.recipe import Pace
@@ -399,17 +403,17 @@ def fake_pace(tokens_per_s: float):
                                                            ("a 2-core Zen 4", 5_500.0, "cpu-3x256"),
                                                            ("a 4-core Zen 4", 9_500.0, "cpu-4x256"),
                                                            ("a 2-core AMX Xeon", 13_100.0, "cpu-3x256-x2"),
-                                                           ("a 4-core AMX Xeon", 25_000.0, "cpu-5x256-d2"),
+                                                           ("a 4-core AMX Xeon", 25_000.0, "cpu-3x256-x3"),
                                                            ("a GPU", 2_000_000.0, "gpu")])
 def test_auto_chooses_from_the_table_by_measured_compute(monkeypatch, capsys, machine, tokens_per_s, chosen):
     import janelm.recipe
     from janelm.cli import build_parser
     from janelm.commands.train import choose_auto, configs_from_args
-    from janelm.config import COMPUTE_TABLE, DEFAULT_BUDGET
+    from janelm.presets import COMPUTE_TABLE, DEFAULT_BUDGET
 
     monkeypatch.setattr(janelm.recipe, "measure_pace", fake_pace(tokens_per_s))
     args = build_parser().parse_args(["train", "--device", "cpu"])
-    choose_auto(args, vocab_size=2048)
+    choose_auto(args, vocab_size=2048, train_tokens=AUSTEN_TRAIN_TOKENS)
     compute = DEFAULT_BUDGET["cpu"] * tokens_per_s
     expected = [preset for threshold, preset in COMPUTE_TABLE if compute >= threshold][-1]
     assert args.preset == expected == chosen
@@ -420,20 +424,45 @@ def test_auto_chooses_from_the_table_by_measured_compute(monkeypatch, capsys, ma
     assert model_cfg == preset_configs(expected)[0]
 
 
+@pytest.mark.parametrize("train_tokens, flags, chosen", [(AUSTEN_TRAIN_TOKENS, [], "cpu-3x256-x2"),
+                                                       (300_000, [], "cpu-3x256-x3"),
+                                                       (300_000, ["--members", "2", "--batch-size", "16"], "cpu-3x256-x2"),
+                                                       (300_000, ["--max-passes", "0"], "cpu-3x256-x2"),
+                                                       (300_000, ["--batch-size", "16"], "cpu-3x256-x2")])
+def test_members_that_would_end_the_run_early_give_way_to_more_members(monkeypatch, capsys, train_tokens, flags, chosen):
+    """20,000 tokens/s for ten minutes is 12M probe tokens: cpu-3x256-x2's row. Over Austen its
+    members' 12.5 passes take longer than the budget; over a third of the text they would end the
+    run at ~65% of it, so auto takes the next row, the same members, three of them, whose passes
+    fill it. Members, passes or a batch the next row's members cannot share, given by hand, keep the row."""
+    import janelm.recipe
+    from janelm.cli import build_parser
+    from janelm.commands.train import choose_auto
+
+    monkeypatch.setattr(janelm.recipe, "measure_pace", fake_pace(20_000.0))
+    args = build_parser().parse_args(["train", "--device", "cpu", *flags])
+    choose_auto(args, vocab_size=2048, train_tokens=train_tokens)
+    assert args.preset == chosen
+    line = capsys.readouterr().err.splitlines()[0]
+    assert "≈ 12.0M tokens → preset " in line
+    climbed = chosen == "cpu-3x256-x3"
+    assert ("preset cpu-3x256-x3 (cpu-3x256-x2's members would reach their 12.5 passes at 6" in line) == climbed
+    assert ("3 models of 3 blocks × 256, averaged, batch 24" in line) == climbed
+
+
 def test_the_probe_measures_its_own_shape_and_the_flags_apply_to_the_row_chosen(monkeypatch, capsys):
     """The table is indexed by the probe's own shape and batch: model flags and --batch-size do not
     change what it measures (dropout slows a CPU step), only the recipe chosen; precision does."""
     import janelm.recipe
     from janelm.cli import build_parser
     from janelm.commands.train import choose_auto, configs_from_args
-    from janelm.config import PROBE_PRESET
+    from janelm.presets import PROBE_PRESET
 
     measured = []
     pace = fake_pace(9_500.0)
     monkeypatch.setattr(janelm.recipe, "measure_pace", lambda m, t, *a, **k: measured.append((m, t)) or pace(m, t, *a, **k))
     args = build_parser().parse_args(["train", "--device", "cpu", "--dtype", "float32", "--dropout", "0.3",
                                       "--n-embed", "768", "--batch-size", "4"])
-    choose_auto(args, vocab_size=2048)
+    choose_auto(args, vocab_size=2048, train_tokens=AUSTEN_TRAIN_TOKENS)
     probe_model, probe_train = measured[0]
     own_model, own_train = preset_configs(PROBE_PRESET)
     assert (probe_model.dropout, probe_model.n_embed, probe_model.n_block) == (own_model.dropout, own_model.n_embed, own_model.n_block)
@@ -464,7 +493,7 @@ def test_a_step_budget_evaluates_where_the_planned_run_did():
 
 
 def test_more_compute_never_chooses_a_worse_recipe():
-    from janelm.config import COMPUTE_TABLE, PRESETS
+    from janelm.presets import COMPUTE_TABLE, PRESETS
     from janelm.recipe import choose_preset
 
     rows = [preset for _, preset in COMPUTE_TABLE]
@@ -476,8 +505,8 @@ def test_more_compute_never_chooses_a_worse_recipe():
 
 def test_every_row_stops_at_its_passes_so_a_faster_machine_cannot_overfit():
     """More compute buys more steps only up to the passes a row scored best at: the gpu row, with
-    none, spent an H200's 360 s on 73 passes and kept a model 0.017 bits/char worse (config.py)."""
-    from janelm.config import COMPUTE_TABLE
+    none, spent an H200's 360 s on 73 passes and kept a model 0.017 bits/char worse (presets.py)."""
+    from janelm.presets import COMPUTE_TABLE
     from janelm.recipe import Pace, planned_steps
 
     for _, preset in COMPUTE_TABLE:

@@ -45,7 +45,7 @@ def bench_sample(args: argparse.Namespace, model_cfg, train_cfg) -> dict:
 
     from janelm.checkpoint import load_model
     from janelm.device import pick_device, pick_weight_dtype
-    from janelm.model import GPT
+    from janelm.ensemble import make_model
     from janelm.speed import measure_sampling
 
     device = pick_device(train_cfg.device)
@@ -53,13 +53,13 @@ def bench_sample(args: argparse.Namespace, model_cfg, train_cfg) -> dict:
         model, _, _ = load_model(args.checkpoint, device)  # float32: measure_sampling sets the weights
     else:
         torch.manual_seed(0)
-        model = GPT(replace(model_cfg, vocab_size=args.vocab_size)).to(device).eval()
+        model = make_model(replace(model_cfg, vocab_size=args.vocab_size)).to(device).eval()  # --members: an ensemble
     params = model.num_params()  # before the matrices become buffers
     result = measure_sampling(model, pick_weight_dtype(train_cfg.dtype, device), new_tokens=args.steps or 255,
                               compile=args.compile, quantize=args.quantize, samples=args.num_samples)
     c = model.config
     return {"device": device.type, "n_block": c.n_block, "n_embed": c.n_embed, "n_head": c.n_head,
-            "context": c.context, "vocab_size": c.vocab_size, "params": params, **result}
+            "context": c.context, "vocab_size": c.vocab_size, "members": c.members, "params": params, **result}
 
 
 def bench_serve(args: argparse.Namespace) -> dict:

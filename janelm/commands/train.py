@@ -12,7 +12,8 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from janelm.cli import flag
-from janelm.config import AUTO, DEFAULT_BUDGET, PROBE_PRESET, ModelConfig, TrainConfig, preset_configs
+from janelm.config import ModelConfig, TrainConfig
+from janelm.presets import AUTO, DEFAULT_BUDGET, PROBE_PRESET, preset_configs
 from janelm.errors import InputError
 from janelm.recipe import with_steps
 
@@ -30,7 +31,7 @@ def resolve_preset(args: argparse.Namespace) -> str:
 FINAL_SECONDS = 3.0
 
 
-def choose_auto(args: argparse.Namespace, vocab_size: int) -> None:
+def choose_auto(args: argparse.Namespace, vocab_size: int, train_tokens: int) -> None:
     """Resolve `--preset auto` by measuring this machine (janelm.recipe) and say what it measured
     and chose on the run's first line.
     Under a torchrun started by hand every process would measure alone and might choose apart,
@@ -46,7 +47,7 @@ def choose_auto(args: argparse.Namespace, vocab_size: int) -> None:
     budget = args.max_time or default_budget(args)
     if args.max_iters is None:
         args.max_time = budget  # the chosen recipe trains for the budget: the trainer plans its steps
-    choice = choose_by_measuring(budget, vocab_size, lambda preset: configs_for_preset(args, preset))
+    choice = choose_by_measuring(budget, vocab_size, train_tokens, lambda preset: configs_for_preset(args, preset))
     note(choice.message)
     args.preset = choice.preset
 
@@ -133,7 +134,8 @@ def launch_torchrun(args: argparse.Namespace) -> int:
     if args.preset == AUTO and not (args.resume or args.init_from):  # measured here, once, for every process
         from janelm.data import load_corpus
 
-        choose_auto(args, load_corpus(args.data).tokenizer.vocab_size)
+        corpus = load_corpus(args.data)
+        choose_auto(args, corpus.tokenizer.vocab_size, len(corpus.train))
         argv += ["--preset", args.preset] + ([] if args.max_iters else ["--max-time", str(args.max_time)])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
            "-m", "janelm", "train", *argv]
@@ -177,7 +179,7 @@ def train(args: argparse.Namespace) -> int:
     init = load_checkpoint(resolve_checkpoint(args.init_from)) if args.init_from else None
     corpus = load_corpus(args.data)
     if args.preset == AUTO and not (resume or init):
-        choose_auto(args, corpus.tokenizer.vocab_size)
+        choose_auto(args, corpus.tokenizer.vocab_size, len(corpus.train))
     model_cfg, train_cfg = configs_from_args(args, resume or init, "--resume" if resume else "--init-from")
     dist = Distributed.from_environment(train_cfg.device)
     compile_decode = train_cfg.compile_decode and (dist.device or pick_device(train_cfg.device)).type == "cpu"
