@@ -17,10 +17,10 @@ from dataclasses import asdict, fields
 from janelm import __version__
 from janelm.config import (AUTO_COMPILE_TOKENS, DTYPES, MLPS, NORMS, OPTIMIZERS, POSITIONS, SAMPLE_DEFAULTS,
                            STREAM_INTERVAL_S, PrepareDefaults)
-from janelm.presets import (AUTO, COMPUTE_TABLE, DEFAULT_BUDGET, DEFAULT_PRESET, PRESET_CHOICES, PRESETS, PROBE_PRESET,
-                            preset_configs)
 from janelm.errors import JaneLMError
 from janelm.mixing import SCHEDULE_HELP, extra_weight_arg
+from janelm.presets import (AUTO, COMPUTE_TABLE, DEFAULT_BUDGET, DEFAULT_PRESET, PRESET_CHOICES, PRESETS, PROBE_PRESET,
+                            preset_configs)
 
 MODEL_HELP = {
     "context": "tokens of history the model sees",

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from janelm.cli import flag
 from janelm.config import ModelConfig, TrainConfig
-from janelm.presets import AUTO, DEFAULT_BUDGET, PROBE_PRESET, preset_configs
 from janelm.errors import InputError
+from janelm.presets import AUTO, DEFAULT_BUDGET, PROBE_PRESET, preset_configs
 from janelm.recipe import with_steps
 
 FINE_TUNE_LR_FACTOR = 0.1  # fine-tuning starts from trained weights: a gentler default step
