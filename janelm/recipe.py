@@ -180,7 +180,7 @@ def choose_by_measuring(budget: float, vocab_size: int, train_tokens: int,
             break
         climbed = (f" ({preset}'s members would reach their {train_cfg.max_passes:g} passes at "
                    f"{steps / fill:.0%} of the budget)")
-        preset, (model_cfg, train_cfg) = more, configs_for(more)
+        preset, model_cfg, train_cfg = more
         pace = measure_pace(model_cfg, train_cfg, vocab_size)
     device = pick_device(train_cfg.device)
     machine = describe_machine(device, pick_dtype(train_cfg.dtype, device))
@@ -191,9 +191,9 @@ def choose_by_measuring(budget: float, vocab_size: int, train_tokens: int,
 
 
 def climb(preset: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
-          configs_for: Callable[[str], tuple[ModelConfig, TrainConfig]]) -> str | None:
-    """The table's next row if it trains the same members as `preset`, more of them (each on as
-    many rows a step); else None."""
+          configs_for: Callable[[str], tuple[ModelConfig, TrainConfig]]) -> tuple[str, ModelConfig, TrainConfig] | None:
+    """The table's next row and its configs if it trains the same members as `preset`, more of
+    them (each on as many rows a step); else None."""
     rows = [name for _, name in COMPUTE_TABLE]
     if preset not in rows or rows.index(preset) + 1 == len(rows):
         return None
@@ -208,7 +208,8 @@ def climb(preset: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
     def member(m: ModelConfig, t: TrainConfig) -> tuple[ModelConfig, TrainConfig]:
         return replace(m, members=1), replace(t, batch_size=t.batch_size // m.members)
 
-    return following if member(model_cfg, train_cfg) == member(next_model, next_train) else None
+    same = member(model_cfg, train_cfg) == member(next_model, next_train)
+    return (following, next_model, next_train) if same else None
 
 
 def describe_shape(model_cfg: ModelConfig) -> str:
