@@ -54,8 +54,9 @@ TRAIN_HELP = {
     "max_iters": "optimizer steps to train; alone, the run has no time limit and replays bit for bit with the same "
                  "seed (0: as many as --max-time fits, planned from the pace of the warm-up steps, and with "
                  "--lr-hold again at the hold's end)",
-    "max_time": "the time budget in seconds, the measurements of auto included; with --max-iters, a limit that "
-                "ends the schedule on the clock if the steps would overrun it (0: no time limit)",
+    "max_time": "the time budget in seconds, the measurements of auto included; alone, the run plans steps that "
+                "fill it, and its schedule follows the clock if the machine then turns slower or quicker; with "
+                "--max-iters, a limit that ends the schedule on the clock if the steps would overrun it (0: no time limit)",
     "weight_decay": "AdamW weight decay on weight matrices",
     "average": "evaluate and save an exponential moving average of the weights, with this decay per step (0: off)",
     "beta1": "AdamW beta1",

@@ -18,7 +18,9 @@ measures before it trains:
    steps once warm-up ends, before the count matters to the schedule, and plans it again from the
    steps since then at the end of the hold at the peak rate (`Trainer._plan`, `planned_steps`,
    capped by `--max-passes`). The cosine then follows steps, so `--max-iters N` with the same seed
-   replays the run bit for bit.
+   replays the run bit for bit, unless the machine's pace then moves by more than 3% either way:
+   the rest of the cosine then follows the clock (janelm.schedule), with room for more steps when
+   the machine turned quicker (`stretch_limit`).
 
 Pure Python apart from `measure_pace`, which imports torch inside: `janelm train --help` reads this.
 """
@@ -36,7 +38,7 @@ from janelm.presets import COMPUTE_TABLE, PROBE_PRESET, preset_configs
 from janelm.schedule import cosine_start, fewest_steps_holding_to
 
 # The share of the budget the planned steps fill: evaluations, checkpoint writes and the machine's
-# noise take the rest, and the time limit itself (a guard at 100%) catches a slower stretch.
+# noise take the rest, and the time limit itself (a guard at 100%) catches a slower spell.
 FILL = 0.96
 EVALS_PER_RUN = 8  # evaluations in a planned run: the log's resolution, and the best.pt checkpoints
 # The share of the time left that a run's first plan fills when a hold at the peak rate follows: the
@@ -52,6 +54,10 @@ PLAN_MIN_STEPS = 5  # a planned run warms up for at least this many steps: the p
 # the probe read 12.7M for twenty minutes (cpu-3x256-x2), whose two members then reached their 12.5
 # passes at 68% of it: 1.4490 bits/char, where three members, 4,825 steps, 87%, scored 1.4443.
 CLIMB_SHARE = 0.9
+# A planned run that follows the clock once its machine turns quicker may take as many steps as its
+# passes allow, or without --max-passes this many times its plan (a bound the clock ends it before):
+# an AMX Xeon whose two busy neighbours left after the plan ran 3× its planned pace.
+STRETCH_LIMIT = 4.0
 
 
 @dataclass(frozen=True)
@@ -92,7 +98,7 @@ def planned_steps(cfg: TrainConfig, step: int, seconds_left: float, pace: Pace, 
     than keep the hold at the peak rate past the steps already taken at it."""
     fill = step + plan_steps(seconds_left * share, pace) if seconds_left > 0 else step
     steps, plan = fill, f"{fill:,} steps fill {f'{share:.0%} of ' if share < 1 else ''}--max-time {cfg.max_time:g} s"
-    cap = math.ceil(cfg.max_passes * train_tokens * members / pace.tokens_per_step) if cfg.max_passes else fill
+    cap = pass_cap(cfg, train_tokens, pace.tokens_per_step, members) or fill
     if cap < fill:  # more steps than the text can use: stop early rather than overfit
         steps = max(cap, step)
         each = f" by each of {members} members" if members > 1 else ""
@@ -102,6 +108,20 @@ def planned_steps(cfg: TrainConfig, step: int, seconds_left: float, pace: Pace, 
         steps = held
         plan += f", but the rate has held at its peak to step {step}: {held:,}"
     return steps, plan
+
+
+def pass_cap(cfg: TrainConfig, train_tokens: int, tokens_per_step: int, members: int = 1) -> int:
+    """The steps after which --max-passes ends the run (each of `members` reads a share of a
+    step's tokens); 0 where there is no cap."""
+    return math.ceil(cfg.max_passes * train_tokens * members / tokens_per_step) if cfg.max_passes else 0
+
+
+def stretch_limit(cfg: TrainConfig, train_tokens: int, tokens_per_step: int, members: int = 1) -> int:
+    """How many steps a run planned to `cfg.max_iters` may take if its machine turns quicker and it
+    follows the clock instead (janelm.schedule.ends_early): its passes' cap, else STRETCH_LIMIT
+    times its plan; 0 where it may take none more (the cap already ends it)."""
+    limit = pass_cap(cfg, train_tokens, tokens_per_step, members) or math.floor(STRETCH_LIMIT * cfg.max_iters)
+    return limit if limit > cfg.max_iters else 0
 
 
 def plan_run(cfg: TrainConfig, step: int, seconds_left: float, pace: Pace, train_tokens: int,

@@ -32,8 +32,9 @@ from janelm.metrics_log import METRICS_FILE, MetricsLog
 from janelm.ensemble import make_model
 from janelm.optim import make_optimizer
 from janelm.random_state import rng_state, set_rng_state
-from janelm.recipe import PLAN_MIN_STEPS, Pace, plan_run
-from janelm.schedule import PaceMeter, learning_rate, mix_progress, patience_counts, schedule_progress, update_time_bound
+from janelm.recipe import PLAN_MIN_STEPS, Pace, plan_run, stretch_limit
+from janelm.schedule import (PaceMeter, ends_early, follow_the_clock, learning_rate, mix_progress, patience_counts,
+                             projected_end, schedule_progress, update_time_bound)
 from janelm.scoring import mean_loss
 from janelm.training_step import TrainingStep
 
@@ -51,6 +52,8 @@ class RunState:
     time_bound_progress: float = -1.0
     time_bound_elapsed: float = 0.0
     replan_step: int = -1  # where a planned run with a hold plans its steps again (Trainer._plan); < 0: none
+    # The steps a planned run may go on to when its machine turns quicker (Trainer._stretch); 0: none.
+    stretch_limit: int = 0
 
 
 class Trainer:
@@ -117,7 +120,7 @@ class Trainer:
                 self.average.load_state_dict(resume["average"])
             self.state = RunState(**resume["state"])
             if cfg.max_iters != resume["train_config"]["max_iters"]:  # the user's steps now: none to plan again
-                self.state.replan_step = -1
+                self.state.replan_step, self.state.stretch_limit = -1, 0
             set_rng_state(resume["rng"])
         self.training_step = TrainingStep(self.model, self.optimizer, cfg, self.device, self.dtype, self.dist,
                                           self.average, note)
@@ -268,6 +271,12 @@ class Trainer:
                     if self._eval_and_log():
                         stop_reason = "early stop"
                         break
+                    s.elapsed = elapsed_before + self.clock() - start  # the evaluation counts too
+                    if s.step < cfg.max_iters and self._ends_early():
+                        self._stretch()
+                        cfg = self.cfg
+                        if bar is not None:
+                            bar.total = self._projected_steps()
                 if s.step % cfg.save_interval == 0:
                     self.save(LAST)
                 if signals:
@@ -286,6 +295,7 @@ class Trainer:
             self._plot()
         return {"stop": stop_reason, "step": s.step, "tokens_seen": s.tokens_seen, "elapsed_s": s.elapsed,
                 "planned": self.planned_steps if s.time_bound_progress < 0 else 0,  # a replay follows steps
+                "clock_from_s": s.time_bound_elapsed if s.time_bound_progress >= 0 else None,
                 "best_val_loss": s.best_val_loss, "last_train_loss": last_loss,
                 "tokens_per_s": s.tokens_seen / s.elapsed if s.elapsed else 0.0}
 
@@ -322,9 +332,35 @@ class Trainer:
         self.cfg, s.replan_step, plan = plan_run(cfg, s.step, left, pace, len(self.corpus.train), replan,
                                                      self.model_cfg.members)
         steps = self.planned_steps = self.cfg.max_iters
+        s.stretch_limit = stretch_limit(self.cfg, len(self.corpus.train), tokens_per_step, self.model_cfg.members)
         again = f"; again at step {s.replan_step:,}, the hold's end" if s.replan_step > 0 else ""
         self._say(f"step {s.step}: {step_s:.3g} s a step{' since the first plan' if replan else ''}, {eval_s:.2g} s "
                   f"an evaluation → {plan} (--max-iters {steps} replays this run{again})")
+
+    def _ends_early(self) -> bool:
+        """Whether this planned run, its plans made, would at its pace end its steps well before its
+        time, and may take more (janelm.schedule.ends_early), as every process (timing its own) agrees."""
+        s = self.state
+        early = s.stretch_limit > self.cfg.max_iters and s.replan_step < 0 and ends_early(self.cfg, s, self.pace)
+        return self.dist.mean(torch.tensor(float(early), dtype=torch.float64, device=self.device)).item() == 1.0
+
+    def _stretch(self) -> None:
+        """The machine turned quicker after the last plan: rather than end early, the rest of the
+        cosine follows the clock from where it is, as on a machine that turned slower, with room for
+        more steps (up to `stretch_limit`). `--max-iters` no longer replays the run."""
+        s, cfg = self.state, self.cfg
+        share = projected_end(cfg, s, self.pace) / cfg.max_time
+        follow_the_clock(cfg, s)
+        self.cfg, s.stretch_limit = replace(cfg, max_iters=s.stretch_limit), 0
+        self._say(f"step {s.step}: at this pace the run's {cfg.max_iters:,} steps end at {share:.0%} of --max-time "
+                  f"{cfg.max_time:g} s; the rest of the schedule now follows the clock (≈ {self._projected_steps():,} "
+                  f"steps, at most {self.cfg.max_iters:,})")
+
+    def _projected_steps(self) -> int:
+        """The step the time limit ends this run at, at the pace so far (at most its `max_iters`)."""
+        s, cfg = self.state, self.cfg
+        left = max(0.0, cfg.max_time - s.elapsed - self.plan_eval_s)
+        return min(cfg.max_iters, s.step + math.floor(left / self.pace.seconds_per_step(cfg.eval_interval)))
 
     def _eval_and_log(self) -> bool:
         """Evaluate, log a metrics row, keep `best`; True when early stopping says stop."""

@@ -5,6 +5,7 @@ measured compute."""
 import csv
 import math
 import os
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -17,8 +18,9 @@ from janelm.checkpoint import load_checkpoint
 from janelm.config import ModelConfig, TrainConfig
 from janelm.presets import preset_configs
 from janelm.data import load_corpus
-from janelm.schedule import (PaceMeter, budget_used, cosine_start, fewest_steps_holding_to, learning_rate, patience_counts,
-                             schedule_progress, step_progress, update_time_bound)
+from janelm.schedule import (EARLY_END_SHARE, PaceMeter, budget_used, cosine_start, fewest_steps_holding_to,
+                             learning_rate, patience_counts, schedule_progress, step_progress, update_time_bound)
+from janelm.recipe import STRETCH_LIMIT
 from janelm.trainer import RunState, Trainer
 
 TINY_MODEL = ModelConfig(context=32, n_block=1, n_embed=32, n_head=2)
@@ -247,20 +249,24 @@ PLANNED = replace(CFG, max_iters=0, max_time=60.0, warmup_iters=10)
 HELD = replace(PLANNED, lr_hold=0.2)
 SPEEDS = {"steady": lambda step: 0.1, "slows by a third half-way": lambda step: 0.1 if step < 250 else 0.133,
           "speeds up after warm-up": lambda step: 0.1 if step < 10 else 0.095,
+          "a fifth faster half-way": lambda step: 0.1 if step < 250 else 0.08,
           "a third faster after warm-up": lambda step: 0.1 if step < 10 else 0.067,
+          "twice as slow after the plan, then a third faster": lambda step: 0.1 if step < 10 else 0.2 if step < 100 else 0.067,
           "a third slower after warm-up": lambda step: 0.1 if step < 10 else 0.133}
 
 
 @pytest.mark.parametrize("cfg, pace", [(PLANNED, "steady"), (PLANNED, "slows by a third half-way"),
                                        (PLANNED, "speeds up after warm-up"), (HELD, "steady"),
                                        (HELD, "slows by a third half-way"), (HELD, "a third faster after warm-up"),
-                                       (HELD, "a third slower after warm-up")])
+                                       (HELD, "a third slower after warm-up"), (PLANNED, "a fifth faster half-way"),
+                                       (HELD, "a fifth faster half-way")])
 def test_a_time_budget_ends_within_90_to_100_percent_of_it_annealed(tmp_path, prepared, cfg, pace):
     """Steps of 0.1 s and evaluations of 0.5 s: the plan at the end of warm-up fills the budget, and
     the rate reaches its floor at the end. When the machine slows down later, the time limit
     finishes the schedule on the clock; when the warm-up was a little slower than the rest, the run
     ends early but within the 90% the plan leaves for evaluations and noise. With a hold, the plan
-    made again at its end follows a pace a third off either way."""
+    made again at its end follows a pace a third off either way. When the machine speeds up after
+    the last plan, the rest of the schedule follows the clock, with more steps."""
     clock = FakeClock()
     trainer = make_trainer(prepared, tmp_path, cfg, clock)
     lrs = run_planned(trainer, clock, SPEEDS[pace], seconds_per_eval=0.5)
@@ -287,13 +293,14 @@ def test_a_budget_begun_before_the_run_counts_that_time(tmp_path, prepared):
     assert trainer.state.time_bound_progress < 0 and trainer.state.step == trainer.cfg.max_iters
 
 
-@pytest.mark.parametrize("cfg", [PLANNED, HELD])
-def test_max_iters_replays_a_planned_run_bit_for_bit(tmp_path, prepared, capsys, cfg):
-    """With a hold, the second plan (a pace a third faster after warm-up) sets the steps replayed."""
+@pytest.mark.parametrize("cfg, pace", [(PLANNED, "steady"), (HELD, "a third faster after warm-up")])
+def test_max_iters_replays_a_planned_run_bit_for_bit(tmp_path, prepared, capsys, cfg, pace):
+    """With a hold, the second plan (a pace a third faster after warm-up) sets the steps replayed.
+    (Without one, such a pace makes the run follow the clock instead: the test above.)"""
     clock = FakeClock()
     planned = Trainer(TINY_MODEL, replace(cfg, max_time=8.0), load_corpus(prepared), tmp_path / "a",
                       progress=True, clock=clock)
-    run_planned(planned, clock, SPEEDS["a third faster after warm-up"], seconds_per_eval=0.2)
+    run_planned(planned, clock, SPEEDS[pace], seconds_per_eval=0.05)
     steps = load_checkpoint(tmp_path / "a" / "last.pt")["train_config"]["max_iters"]
     plans = [line for line in capsys.readouterr().err.splitlines() if "replays this run" in line]
     assert len(plans) == (2 if cfg.lr_hold else 1) and f"--max-iters {steps} replays this run)" in plans[-1]
@@ -372,6 +379,55 @@ def test_a_planned_run_stops_at_max_passes_over_the_text(tmp_path, prepared, cap
     assert lrs[-1] < 1.05 * PLANNED.lr * PLANNED.min_lr_ratio  # the cosine followed the capped steps
     assert "(--max-passes) end at 60 (--max-iters 60 replays this run)" in capsys.readouterr().err
     assert load_checkpoint(tmp_path / "last.pt")["train_config"]["max_iters"] == 60
+
+
+@pytest.mark.parametrize("cfg, pace, quicker_from", [
+    (PLANNED, "a fifth faster half-way", 250),
+    # A busy neighbour from the first plan to step 100 (the clock takes the schedule at once, and the
+    # hold's plan does not come), then the machine a third quicker than planned: an AMX Xeon's run so.
+    (HELD, "twice as slow after the plan, then a third faster", 100)])
+def test_a_machine_that_turns_quicker_after_the_plan_follows_the_clock_with_more_steps(tmp_path, prepared, capsys,
+                                                                                      cfg, pace, quicker_from):
+    """Steps quicker than planned from `quicker_from`: the run's steps would end well before the
+    budget, so at an evaluation the rest of the cosine follows the clock from where it is: the run
+    takes more steps than planned, ends by the clock within the budget, annealed and falling all the
+    way, and says that `--max-iters` no longer replays it."""
+    clock = FakeClock()
+    trainer = Trainer(TINY_MODEL, cfg, load_corpus(prepared), tmp_path, progress=True, clock=clock)
+    lrs = run_planned(trainer, clock, SPEEDS[pace], seconds_per_eval=0.5)
+    err = capsys.readouterr().err
+    planned = int(err.split("(--max-iters ")[1].split()[0])
+    switch = re.search(r"steps end at (\d+)% of --max-time 60 s; the rest of the schedule now follows the clock", err)
+    assert switch and int(switch[1]) < 100 * EARLY_END_SHARE
+    s = trainer.state
+    assert s.time_bound_progress > 0 and s.time_bound_elapsed >= quicker_from * 0.1 and s.stretch_limit == 0
+    assert planned < s.step < trainer.cfg.max_iters == STRETCH_LIMIT * planned  # no --max-passes here
+    assert 0.97 * PLANNED.max_time <= s.elapsed <= PLANNED.max_time + 0.2
+    after_warmup = lrs[PLANNED.warmup_iters:]
+    assert all(b <= a + 1e-15 for a, b in zip(after_warmup, after_warmup[1:]))
+    assert lrs[-1] < 1.05 * PLANNED.lr * PLANNED.min_lr_ratio
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["state"]["time_bound_progress"] == s.time_bound_progress
+    assert ckpt["train_config"]["max_iters"] == trainer.cfg.max_iters
+
+
+def test_a_quicker_machine_stops_at_its_passes_and_a_users_steps_never_grow(tmp_path, prepared):
+    """Twice as quick after the plan: a cap on passes a little past the planned steps ends the run
+    there, by its steps and annealed; a run given --max-iters keeps them, ending early."""
+    clock = FakeClock()
+    corpus = load_corpus(prepared)
+    tokens_per_step = PLANNED.batch_size * TINY_MODEL.context
+    passes = 600 * tokens_per_step / len(corpus.train)  # 600 steps' worth, where the plan fits ~540
+    trainer = Trainer(TINY_MODEL, replace(PLANNED, max_passes=passes), corpus, tmp_path / "cap", progress=False,
+                      clock=clock)
+    lrs = run_planned(trainer, clock, lambda step: 0.1 if step < 100 else 0.05, seconds_per_eval=0.5)
+    assert trainer.state.time_bound_progress > 0 and trainer.state.step == trainer.cfg.max_iters == 600
+    assert lrs[-1] == pytest.approx(PLANNED.lr * PLANNED.min_lr_ratio, rel=1e-3)
+
+    clock = FakeClock()
+    fixed = make_trainer(prepared, tmp_path / "fixed", replace(PLANNED, max_iters=300), clock)
+    run_planned(fixed, clock, lambda step: 0.1 if step < 100 else 0.05, seconds_per_eval=0.5)
+    assert fixed.state.step == fixed.cfg.max_iters == 300 and fixed.state.time_bound_progress < 0
 
 
 def test_a_budget_too_short_for_the_warm_up_still_trains_the_warm_up(tmp_path, prepared):
@@ -580,3 +636,19 @@ def test_the_first_step_sets_the_seconds_kept_for_the_end(tmp_path, prepared, ca
     assert "--max-time 60 s: 48 s of training, and about 12 s to finish" in capsys.readouterr().err
     assert 0.9 * 48 <= trainer.state.elapsed <= 48 + 0.2 and trainer.cfg.max_time == 48
     assert lrs[-1] < 1.05 * PLANNED.lr * PLANNED.min_lr_ratio
+
+
+@pytest.mark.parametrize("planned, clock_from_s, says", [
+    (3711, None, "--max-iters 3711"), (0, 412.3, "followed the clock from 412 s"), (0, None, None)])
+def test_the_summary_says_how_to_replay_a_run_or_why_it_cannot(capsys, monkeypatch, planned, clock_from_s, says):
+    from janelm.commands.train import show_summary
+
+    monkeypatch.setenv("COLUMNS", "200")  # one line a row: the phrases are not wrapped apart
+    summary = {"stop": "time limit", "step": 4000, "tokens_seen": 10, "elapsed_s": 570.0, "tokens_per_s": 1.0,
+               "best_val_loss": 3.5, "planned": planned, "clock_from_s": clock_from_s}
+    show_summary(summary, {}, REPO / "checkpoints", "auto")
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("replay it bit for bit" in err) == bool(planned)
+    assert ("does not replay it" in err) == (clock_from_s is not None)
+    if says:
+        assert says in err

@@ -238,4 +238,7 @@ def show_summary(summary: dict, meta: dict, out: Path, preset: str) -> None:
         table.add_row("decode step compiled in", f"{summary['decode_compile_s']:.0f} s")
     if summary["planned"]:
         table.add_row("replay it bit for bit", f"--preset {preset} --max-iters {summary['planned']} (the same flags otherwise)")
+    elif summary.get("clock_from_s") is not None:
+        table.add_row("schedule", f"followed the clock from {summary['clock_from_s']:.0f} s (the machine's pace moved): "
+                                  f"--max-iters does not replay it")
     stderr().print(table)
