@@ -44,7 +44,6 @@ class KVCache:
         shape = (batch_size, config.kv_heads, config.context, config.head_dim)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_block)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_block)]
-        self.capacity = config.context
         self.slots = torch.arange(config.context, device=device)
         self.length = 0
 
@@ -57,7 +56,7 @@ class KVCache:
         positions (default: all)."""
         view = object.__new__(KVCache)
         view.keys, view.values = [k[start:stop] for k in self.keys], [v[start:stop] for v in self.values]
-        view.capacity, view.slots, view.length = self.capacity, self.slots[:span], 0
+        view.slots, view.length = self.slots[:span], 0
         return view
 
 
