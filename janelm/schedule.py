@@ -11,8 +11,8 @@ becomes *time-bound*: from that moment the rest of the cosine is spread over the
 starting from where it was, so the learning rate still reaches its floor as the time runs out
 instead of being cut off half-way down. A planned run whose machine turns quicker, so that its
 steps would end well before the time (`ends_early`), follows the clock the same way from where it
-is, with room for more steps (janelm.trainer), whether it followed the steps or the clock before. The moment of the switch is kept in the run's state, so a
-resumed run continues the same schedule.
+is, with room for more steps (janelm.trainer), whether it followed the steps or the clock before.
+The moment of the switch is kept in the run's state, so a resumed run continues the same schedule.
 
 Nothing here reads a clock: callers pass elapsed seconds, so tests can use a fake one.
 """
