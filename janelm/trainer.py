@@ -273,10 +273,10 @@ class Trainer:
                         break
                     s.elapsed = elapsed_before + self.clock() - start  # the evaluation counts too
                     if s.step < cfg.max_iters and self._ends_early():
-                        self._stretch()
+                        expected = self._stretch()
                         cfg = self.cfg
                         if bar is not None:
-                            bar.total = self._projected_steps()
+                            bar.total = expected
                 if s.step % cfg.save_interval == 0:
                     self.save(LAST)
                 if signals:
@@ -344,17 +344,20 @@ class Trainer:
         early = s.stretch_limit > self.cfg.max_iters and s.replan_step < 0 and ends_early(self.cfg, s, self.pace)
         return self.dist.mean(torch.tensor(float(early), dtype=torch.float64, device=self.device)).item() == 1.0
 
-    def _stretch(self) -> None:
+    def _stretch(self) -> int:
         """The machine turned quicker after the last plan: rather than end early, the rest of the
         cosine follows the clock from where it is, as on a machine that turned slower, with room for
-        more steps (up to `stretch_limit`). `--max-iters` no longer replays the run."""
+        more steps (up to `stretch_limit`). `--max-iters` no longer replays the run. Returns the
+        step the clock will end it at, at the pace so far."""
         s, cfg = self.state, self.cfg
         share = projected_end(cfg, s, self.pace) / cfg.max_time
         follow_the_clock(cfg, s)
         self.cfg, s.stretch_limit = replace(cfg, max_iters=s.stretch_limit), 0
+        expected = self._projected_steps()
         self._say(f"step {s.step}: at this pace the run's {cfg.max_iters:,} steps end at {share:.0%} of --max-time "
-                  f"{cfg.max_time:g} s; the rest of the schedule now follows the clock (≈ {self._projected_steps():,} "
+                  f"{cfg.max_time:g} s; the rest of the schedule now follows the clock (≈ {expected:,} "
                   f"steps, at most {self.cfg.max_iters:,})")
+        return expected
 
     def _projected_steps(self) -> int:
         """The step the time limit ends this run at, at the pace so far (at most its `max_iters`)."""
