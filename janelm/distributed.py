@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -80,3 +81,20 @@ class Distributed:
     def close(self) -> None:
         if self.active and dist.is_initialized():
             dist.destroy_process_group()
+
+
+class AgreedClock:
+    """One clock for every process of a job: a reading is the mean over the processes of their own
+    seconds since their own `origin`, so every decision a time budget makes (the plan, the switch
+    to the clock, the learning rate on it, the end) comes out the same in each. Read apart, one
+    process could end a step before the rest, which then waited for it in their gradient
+    all-reduce for ever, and their learning rates on the clock differed by a hair. Every reading
+    is a collective: all processes read it at the same points of the loop, which decisions made
+    from agreed readings keep true."""
+
+    def __init__(self, clock: Callable[[], float], dist: Distributed, origin: float):
+        self.clock, self.dist, self.origin = clock, dist, origin
+
+    def __call__(self) -> float:
+        seconds = torch.tensor(self.clock() - self.origin, dtype=torch.float64, device=self.dist.device)
+        return self.dist.mean(seconds).item()

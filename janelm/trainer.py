@@ -25,7 +25,7 @@ from janelm.config import ModelConfig, TrainConfig
 from janelm.console import note, progress_bar
 from janelm.data import BatchSampler, Corpus, Mix, tokenizer_fingerprint
 from janelm.device import keep_freed_memory, peak_matmul_flops, pick_device, pick_dtype
-from janelm.distributed import Distributed
+from janelm.distributed import AgreedClock, Distributed
 from janelm.errors import InputError, Interrupted, JaneLMError, catch_stop_signals
 from janelm.files import reporting_write_failures
 from janelm.metrics_log import METRICS_FILE, MetricsLog
@@ -77,8 +77,11 @@ class Trainer:
         cfg.validate()
         if not cfg.max_iters and cfg.max_time:
             cfg = replace(cfg, warmup_iters=max(cfg.warmup_iters, PLAN_MIN_STEPS))
-        self.cfg, self.corpus, self.out_dir, self.clock = cfg, corpus, Path(out_dir), clock
         self.dist = dist or Distributed()
+        if self.dist.active:  # every process's budget follows one clock, so all end at the same step
+            clock, started = AgreedClock(clock, self.dist, clock() if started is None else started), (
+                None if started is None else 0.0)
+        self.cfg, self.corpus, self.out_dir, self.clock = cfg, corpus, Path(out_dir), clock
         self.progress = progress and self.dist.is_main
         self.device = self.dist.device or pick_device(cfg.device)
         if self.device.type == "cpu":
@@ -300,7 +303,6 @@ class Trainer:
                 "tokens_per_s": s.tokens_seen / s.elapsed if s.elapsed else 0.0}
 
     def _keep_for_the_end(self, first_step_s: float) -> None:
-        first_step_s = self.dist.mean(torch.tensor(first_step_s, dtype=torch.float64, device=self.device)).item()
         keep, what = self.keep_at_end(first_step_s)
         total = self.cfg.max_time
         self.cfg = replace(self.cfg, max_time=max(total - keep, 1.0))
@@ -324,11 +326,8 @@ class Trainer:
             start = self.clock()
             self.evaluate()
             eval_s = self.clock() - start
-        # Every process must plan the same steps: they agree on the mean of what each measured.
-        measured = self.dist.mean(torch.tensor([step_s, eval_s, s.elapsed], dtype=torch.float64, device=self.device))
-        step_s, eval_s, elapsed = measured.tolist()
-        self.plan_eval_s = eval_s
-        pace, left = Pace(step_s, eval_s, tokens_per_step), cfg.max_time - elapsed - eval_s
+        self.plan_eval_s = eval_s  # every process plans the same steps: its readings are the job's (AgreedClock)
+        pace, left = Pace(step_s, eval_s, tokens_per_step), cfg.max_time - s.elapsed - eval_s
         self.cfg, s.replan_step, plan = plan_run(cfg, s.step, left, pace, len(self.corpus.train), replan,
                                                      self.model_cfg.members)
         steps = self.planned_steps = self.cfg.max_iters
@@ -339,10 +338,9 @@ class Trainer:
 
     def _ends_early(self) -> bool:
         """Whether this planned run, its plans made, would at its pace end its steps well before its
-        time, and may take more (janelm.schedule.ends_early), as every process (timing its own) agrees."""
+        time, and may take more (janelm.schedule.ends_early)."""
         s = self.state
-        early = s.stretch_limit > self.cfg.max_iters and s.replan_step < 0 and ends_early(self.cfg, s, self.pace)
-        return self.dist.mean(torch.tensor(float(early), dtype=torch.float64, device=self.device)).item() == 1.0
+        return s.stretch_limit > self.cfg.max_iters and s.replan_step < 0 and ends_early(self.cfg, s, self.pace)
 
     def _stretch(self) -> int:
         """The machine turned quicker after the last plan: rather than end early, the rest of the

@@ -42,3 +42,73 @@ def test_more_processes_than_gpus_is_refused_before_starting(monkeypatch):
     check_cuda_ranks(1)
     with pytest.raises(InputError, match=r"2 processes need 2 GPUs, but this machine has 1: use --nproc 1 .*--device cpu"):
         check_cuda_ranks(2)
+
+
+# One process of a two-process job whose machine is uneven: the rank's training steps take 0.1 s on
+# its own fake clock, rank 1's 0.13 s. Prints the step it ended at and every step's learning rate.
+UNEVEN_RANK = """
+import json, sys
+import torch
+from janelm.config import ModelConfig, TrainConfig
+from janelm.data import load_corpus
+from janelm.distributed import Distributed
+from janelm.trainer import Trainer
+
+torch.set_num_threads(1)
+dist = Distributed.from_environment("cpu")
+now = [1000.0 + 77.0 * dist.rank]  # clocks need not share an origin
+cfg = TrainConfig(batch_size=2, lr=1e-3, warmup_iters=10, max_iters=0, max_time=20.0, eval_interval=10,
+                  save_interval=10, eval_batches=1, dtype="float32", device="cpu", seed=3)
+trainer = Trainer(ModelConfig(context=32, n_block=1, n_embed=32, n_head=2), cfg, load_corpus(sys.argv[1]),
+                  sys.argv[2], progress=False, dist=dist, clock=lambda: now[0])
+lrs, real_step = [], trainer.train_step
+
+def step():
+    loss = real_step()
+    lrs.append(trainer.optimizer.param_groups[0]["lr"])
+    now[0] += 0.1 + 0.03 * dist.rank
+    return loss
+
+trainer.train_step = step
+summary = trainer.run()
+dist.close()
+print(json.dumps({"step": summary["step"], "lrs": lrs}))
+"""
+
+
+@pytest.mark.slow
+def test_processes_with_uneven_clocks_follow_one_budget_and_end_together(tmp_path, prepared):
+    """A time budget is spent on the job's clock, the mean of the processes': read apart, the slower
+    process ran out of time a step or more before the other, which then waited in the gradient
+    all-reduce for ever, and a planned run's processes ended on learning rates of their own."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    ranks = [subprocess.Popen([sys.executable, "-c", UNEVEN_RANK, str(prepared), str(tmp_path / "run")],
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in range(2)]
+    outputs = []
+    try:
+        for proc in ranks:
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err[-2000:]
+            outputs.append(json.loads(out.splitlines()[-1]))
+    except subprocess.TimeoutExpired:
+        pytest.fail("the processes did not end together: one waited for the other in an all-reduce")
+    finally:
+        for proc in ranks:
+            proc.kill()
+            proc.wait()
+    first, second = outputs
+    assert first == second
+    # The job's clock ran 0.115 s a step: the plan filled 96% of 20 s with them, annealed.
+    assert 140 <= first["step"] <= 20 / 0.115 and first["lrs"][-1] == pytest.approx(1e-4, rel=0.05)
