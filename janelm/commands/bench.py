@@ -17,7 +17,7 @@ def run(args: argparse.Namespace) -> int:
         result = bench_serve(args)
         print(json.dumps(result)) if args.json else show(result, args.what)
         return 0
-    model_cfg, train_cfg = configs_from_args(args)
+    model_cfg, train_cfg = configs_from_args(args, training=args.what == "train")
     if args.num_samples < 1:
         raise InputError(f"--num-samples must be at least 1, got {args.num_samples}")
     if args.quantize and args.what != "sample":

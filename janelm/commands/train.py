@@ -64,12 +64,13 @@ def configs_for_preset(args: argparse.Namespace, preset: str) -> tuple[ModelConf
     return configs_from_args(argparse.Namespace(**{**vars(args), "preset": preset}))
 
 
-def configs_from_args(args: argparse.Namespace, base: dict | None = None, source: str = "--resume"
-                      ) -> tuple[ModelConfig, TrainConfig]:
+def configs_from_args(args: argparse.Namespace, base: dict | None = None, source: str = "--resume",
+                      training: bool = True) -> tuple[ModelConfig, TrainConfig]:
     """Dataclass defaults ← the preset (or the resumed run's configs) ← flags the user gave.
 
     `base` is the checkpoint a run continues (`--resume`) or starts from (`--init-from`): its model
-    is kept, so model flags may repeat its values (the user's own command again) but not change them."""
+    is kept, so model flags may repeat its values (the user's own command again) but not change them.
+    `training` False (`bench sample`): the batch is not trained on, so --members need not split it."""
     if base is not None and source == "--resume":  # the run's own configs: the preset has no say
         model_cfg = ModelConfig.from_dict(base["model_config"])
         train_cfg = TrainConfig.from_dict(base["train_config"])
@@ -100,7 +101,7 @@ def configs_from_args(args: argparse.Namespace, base: dict | None = None, source
             train_cfg = with_steps(train_cfg, train_cfg.max_iters)
     model_cfg.validate()
     train_cfg.validate()
-    if train_cfg.batch_size % model_cfg.members:
+    if training and train_cfg.batch_size % model_cfg.members:
         raise InputError(f"--batch-size {train_cfg.batch_size} does not split among --members {model_cfg.members}: "
                          f"give a multiple of {model_cfg.members} (each member trains on its share of the rows)")
     return model_cfg, train_cfg
