@@ -86,9 +86,12 @@ COMPILE_TIMES = "compile_times.json"  # in the cache folder: how long compiling 
 def _compile_key(config, any_batch: bool) -> str:
     # With the code's version: a step made by other code may compile at another speed (the
     # products compiled too took 23.5 s for 3 x 256 where the version before took 14 s, and a
-    # ten-minute run reserving for the older time ran 12 s past its budget).
-    return (f"{config.n_block}x{config.n_embed}{', any batch' if any_batch else ''}, {torch.get_num_threads()} threads, "
-            f"code {code_version()}")
+    # ten-minute run reserving for the older time ran 12 s past its budget). With an ensemble's
+    # members: each adds its blocks' kernels (an AMX Xeon: 3 × 256 × 2 members 14.5 s, × 3 21 s,
+    # × 4 28 s), and two members' time, kept for any member count, had a four's run reserve 22 s.
+    members = getattr(config, "members", 1)
+    return (f"{config.n_block}x{config.n_embed}{f' x{members} members' if members > 1 else ''}"
+            f"{', any batch' if any_batch else ''}, {torch.get_num_threads()} threads, code {code_version()}")
 
 
 TRAIN_TO_DECODE_COMPILE = 1.3  # a decode step's compile time, as a multiple of the training step's (above)

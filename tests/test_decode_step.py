@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -69,6 +70,12 @@ def test_a_compiled_step_is_kept_and_found_again(model, tmp_path, monkeypatch, c
     assert step_cache.compile_estimate_s(model.config) == formula
     step_cache.remember_compile_time(model.config, 7.0)
     assert step_cache.compile_estimate_s(model.config) == pytest.approx(1.2 * 7.0 + 2.0)
+    # An ensemble of this shape compiles each member's blocks: its time is its own.
+    three = replace(model.config, members=3)
+    assert step_cache.compile_estimate_s(three) > formula  # none known for three members: their formula
+    step_cache.remember_compile_time(three, 19.0)
+    assert (step_cache.compile_estimate_s(three), step_cache.compile_estimate_s(model.config)) == (
+        pytest.approx(1.2 * 19.0 + 2.0), pytest.approx(1.2 * 7.0 + 2.0))
     # A time measured with other code (before an upgrade) is not this code's: the formula.
     times.write_text(times.read_text().replace(step_cache.code_version(), "0" * 16))
     assert step_cache.compile_estimate_s(model.config) == formula
