@@ -88,26 +88,36 @@ def test_processes_with_uneven_clocks_follow_one_budget_and_end_together(tmp_pat
 
     from conftest import REPO
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    ranks = [subprocess.Popen([sys.executable, "-c", UNEVEN_RANK, str(prepared), str(tmp_path / "run")],
-                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in range(2)]
-    outputs = []
-    try:
-        for proc in ranks:
-            out, err = proc.communicate(timeout=120)
-            assert proc.returncode == 0, err[-2000:]
-            outputs.append(json.loads(out.splitlines()[-1]))
-    except subprocess.TimeoutExpired:
-        pytest.fail("the processes did not end together: one waited for the other in an all-reduce")
-    finally:
-        for proc in ranks:
-            proc.kill()
-            proc.wait()
+    def launch(attempt: int) -> list[dict] | str:
+        """Both ranks' outputs, or the failing rank's stderr."""
+        with socket.socket() as s:  # a free port; another process may take it before rank 0 binds it
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2",
+               "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        ranks = [subprocess.Popen([sys.executable, "-c", UNEVEN_RANK, str(prepared), str(tmp_path / f"run{attempt}")],
+                                  env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in range(2)]
+        outputs = []
+        try:
+            for proc in ranks:
+                out, err = proc.communicate(timeout=120)
+                if proc.returncode:
+                    return err[-2000:]
+                outputs.append(json.loads(out.splitlines()[-1]))
+        except subprocess.TimeoutExpired:
+            pytest.fail("the processes did not end together: one waited for the other in an all-reduce")
+        finally:
+            for proc in ranks:
+                proc.kill()
+                proc.wait()
+        return outputs
+
+    # Once more on a failed start: under the full suite a start failed once in three runs (not a hang).
+    outputs = launch(0)
+    if isinstance(outputs, str):
+        outputs = launch(1)
+    assert not isinstance(outputs, str), outputs
     first, second = outputs
     assert first == second
     # The job's clock ran 0.115 s a step: the plan filled 96% of 20 s with them, annealed.
