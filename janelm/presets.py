@@ -100,6 +100,18 @@ PRESETS: dict[str, Preset] = {
         model={**ENSEMBLE_MEMBER, "members": 3},
         train={**ENSEMBLE_TRAIN, "batch_size": 24},
     ),
+    "cpu-4x256-x3": Preset(
+        "three 4 × 256 models trained side by side, batch 8 each, averaged, up to 12.5 passes each: where cpu-3x256-x3's members reach theirs",
+        # Twenty minutes of an AMX Xeon in a quick hour (~20M probe tokens): cpu-3x256-x3's members
+        # reach their 12.5 passes at 86-91% of the budget (5,427 steps), where three 4 × 256 members
+        # fill it with 4,311 steps (9.9 passes each): seed 1337 1.4391 against 1.4424, seed 11 (the
+        # same steps replayed) 1.4354 against 1.4415 bits/char on Northanger Abbey (docs/quality.md).
+        # Below 20M one seed hints they may win too (a slow hour's 13.4M: three 3 × 256 members,
+        # 4,204 steps, 1.4482; three 4 × 256 members' 3,319, about the same compute at 1.28× a step's
+        # cost, 1.4460): not enough to move the row from where three members' passes cut the run short.
+        model={**ENSEMBLE_MEMBER, "n_block": 4, "members": 3},
+        train={**ENSEMBLE_TRAIN, "batch_size": 24},
+    ),
     "cpu-4x256": Preset(
         "4 × 256, dropout 0.1, batch 8, trains for --max-time: the study's best at the most CPU compute",
         # Dropout lets a deeper model train for more passes over Austen's 0.9M tokens without
@@ -176,9 +188,11 @@ PROBE_PRESET = "cpu"
 # cpu-4x256 at 6.4M: 1.4944 against 1.4996), and the Zen 4's twenty minutes measure 6.3-7.7M, so
 # that budget does not fall on both sides of a row. From 13M, where two members' 12.5 passes fill
 # the budget, a third member (the AMX Xeon's twenty minutes: 1.4443 against cpu-5x256-d2's 1.4789,
-# the row before it, and ten minutes' 1.4795).
+# the row before it, and ten minutes' 1.4795). From 20M, where three members' passes end the run
+# before 90% of the budget, members a block deeper (its comment).
 COMPUTE_TABLE: tuple[tuple[float, str], ...] = ((0.0, "cpu-2x256"), (2.6e6, "cpu-3x256"), (5e6, "cpu-4x256"),
-                                                 (6e6, "cpu-3x256-x2"), (13e6, "cpu-3x256-x3"), (60e6, "gpu"))
+                                                 (6e6, "cpu-3x256-x2"), (13e6, "cpu-3x256-x3"),
+                                                 (20e6, "cpu-4x256-x3"), (60e6, "gpu"))
 # `janelm train`'s time budget with no flags, in seconds: ten minutes on a CPU; on a GPU the budget of
 # the GPU study (docs/quality.md: the gpu recipe's validation loss stopped improving within it).
 DEFAULT_BUDGET = {"cpu": 600.0, "cuda": 360.0}

@@ -12,9 +12,9 @@ measures before it trains:
    it may make (`--max-passes`).
 3. The chosen recipe's own pace (measured the same way; the probe's, when it is the probe's shape)
    gives the first line's estimate. Where that pace says an ensemble's members would reach their
-   passes before CLIMB_SHARE of the budget and the next row is the same members, more of them,
-   `auto` takes the next row (`climb`): the probe's shape stands in for the members' imperfectly,
-   and a member more is what the rest of the time buys. The trainer plans the real count from the pace of its own
+   passes before CLIMB_SHARE of the budget and the next row is more of the same members, or deeper
+   ones, `auto` takes the next row (`climb`): the probe's shape stands in for the members'
+   imperfectly, and a member more, or a block more in each, is what the rest of the time buys. The trainer plans the real count from the pace of its own
    steps once warm-up ends, before the count matters to the schedule, and plans it again from the
    steps since then at the end of the hold at the peak rate (`Trainer._plan`, `planned_steps`,
    capped by `--max-passes`). The cosine then follows steps, so `--max-iters N` with the same seed
@@ -212,8 +212,9 @@ def choose_by_measuring(budget: float, vocab_size: int, train_tokens: int,
 
 def climb(preset: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
           configs_for: Callable[[str], tuple[ModelConfig, TrainConfig]]) -> tuple[str, ModelConfig, TrainConfig] | None:
-    """The table's next row and its configs if it trains the same members as `preset`, more of
-    them (each on as many rows a step); else None."""
+    """The table's next row and its configs if it trains members of the same width as `preset`'s,
+    each on as many rows a step, and more of them or deeper ones: what the time the members' passes
+    leave over buys; else None."""
     rows = [name for _, name in COMPUTE_TABLE]
     if preset not in rows or rows.index(preset) + 1 == len(rows):
         return None
@@ -222,11 +223,13 @@ def climb(preset: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
         next_model, next_train = configs_for(following)
     except InputError:  # the user's flags do not fit it (a --batch-size its members cannot share)
         return None
-    if next_model.members <= model_cfg.members:
+    now, then = (model_cfg.members, model_cfg.n_block), (next_model.members, next_model.n_block)
+    more = all(b >= a for a, b in zip(now, then)) and then != now
+    if model_cfg.members == 1 or not more:  # a single model's row does not climb (docs/quality.md)
         return None
 
     def member(m: ModelConfig, t: TrainConfig) -> tuple[ModelConfig, TrainConfig]:
-        return replace(m, members=1), replace(t, batch_size=t.batch_size // m.members)
+        return replace(m, members=1, n_block=0), replace(t, batch_size=t.batch_size // m.members)
 
     same = member(model_cfg, train_cfg) == member(next_model, next_train)
     return (following, next_model, next_train) if same else None

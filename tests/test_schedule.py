@@ -460,6 +460,7 @@ def fake_pace(tokens_per_s: float):
                                                            ("a 4-core Zen 4", 9_500.0, "cpu-4x256"),
                                                            ("a 2-core AMX Xeon", 13_100.0, "cpu-3x256-x2"),
                                                            ("a 4-core AMX Xeon", 25_000.0, "cpu-3x256-x3"),
+                                                           ("an 8-core AMX Xeon", 40_000.0, "cpu-4x256-x3"),
                                                            ("a GPU", 2_000_000.0, "gpu")])
 def test_auto_chooses_from_the_table_by_measured_compute(monkeypatch, capsys, machine, tokens_per_s, chosen):
     import janelm.recipe
@@ -503,6 +504,27 @@ def test_members_that_would_end_the_run_early_give_way_to_more_members(monkeypat
     climbed = chosen == "cpu-3x256-x3"
     assert ("preset cpu-3x256-x3 (cpu-3x256-x2's members would reach their 12.5 passes at 6" in line) == climbed
     assert ("3 models of 3 blocks × 256, averaged, batch 24" in line) == climbed
+
+
+@pytest.mark.parametrize("train_tokens, flags, chosen", [(AUSTEN_TRAIN_TOKENS, [], "cpu-3x256-x3"),
+                                                       (300_000, [], "cpu-4x256-x3"),
+                                                       (300_000, ["--n-block", "3"], "cpu-3x256-x3")])
+def test_members_that_would_end_the_run_early_give_way_to_deeper_members(monkeypatch, capsys, train_tokens, flags, chosen):
+    """25,000 tokens/s for ten minutes is 15M probe tokens: cpu-3x256-x3's row. Over a third of
+    Austen its members' passes would end the run at ~80% of the budget, so auto takes the next row,
+    three members a block deeper; with the depth given by hand both rows are the same members."""
+    import janelm.recipe
+    from janelm.cli import build_parser
+    from janelm.commands.train import choose_auto
+
+    monkeypatch.setattr(janelm.recipe, "measure_pace", fake_pace(25_000.0))
+    args = build_parser().parse_args(["train", "--device", "cpu", *flags])
+    choose_auto(args, vocab_size=2048, train_tokens=train_tokens)
+    assert args.preset == chosen
+    line = capsys.readouterr().err.splitlines()[0]
+    climbed = chosen == "cpu-4x256-x3"
+    assert ("preset cpu-4x256-x3 (cpu-3x256-x3's members would reach their 12.5 passes at " in line) == climbed
+    assert ("3 models of 4 blocks × 256, averaged, batch 24" in line) == climbed
 
 
 def test_the_probe_measures_its_own_shape_and_the_flags_apply_to_the_row_chosen(monkeypatch, capsys):

@@ -178,6 +178,7 @@ def test_muon_optimizer_trains_and_resumes(tmp_path, prepared):
 @pytest.mark.parametrize("argv, expected", [(["--preset", "cpu-2x256"], 0.3), (["--preset", "cpu-5x256-d2"], 0.3),
                                             (["--preset", "cpu-3x256"], 1.0), (["--preset", "cpu-5x256"], 0.5),
                                             (["--preset", "cpu-3x256-x2"], 1.0), (["--preset", "cpu-3x256-x3"], 1.0),
+                                            (["--preset", "cpu-4x256-x3"], 1.0),
                                             (["--preset", "cpu-5x256", "--weight-decay", "0.05"], 0.05),
                                             (["--preset", "cpu"], TrainConfig().weight_decay)])
 def test_weight_decay_pulls_the_rows_matrices_and_the_flag_overrides_it(argv, expected):
