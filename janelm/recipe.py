@@ -190,7 +190,7 @@ def choose_by_measuring(budget: float, vocab_size: int, train_tokens: int,
     model_cfg, train_cfg = configs_for(preset)
     same = (model_cfg, replace(train_cfg, max_iters=0, max_time=0)) == (probe_model, replace(probe_train, max_iters=0, max_time=0))
     pace = probe if same else measure_pace(model_cfg, train_cfg, vocab_size)
-    climbed = ""
+    climbed = []  # the rows passed over, and where their members' passes would have ended the run
     while True:
         left = budget - (time.perf_counter() - start)  # the measurements came out of the budget
         fill = plan_steps(left, pace)
@@ -198,14 +198,15 @@ def choose_by_measuring(budget: float, vocab_size: int, train_tokens: int,
         more = climb(preset, model_cfg, train_cfg, configs_for) if steps < CLIMB_SHARE * fill else None
         if more is None:
             break
-        climbed = (f" ({preset}'s members would reach their {train_cfg.max_passes:g} passes at "
-                   f"{steps / fill:.0%} of the budget)")
+        climbed.append(f"{preset}'s at {steps / fill:.0%}" if climbed else
+                       f"{preset}'s members would reach their {train_cfg.max_passes:g} passes at {steps / fill:.0%} of the budget")
         preset, model_cfg, train_cfg = more
         pace = measure_pace(model_cfg, train_cfg, vocab_size)
     device = pick_device(train_cfg.device)
     machine = describe_machine(device, pick_dtype(train_cfg.dtype, device))
+    passed_over = f" ({', '.join(climbed)})" if climbed else ""
     message = (f"auto: {machine} ≈ {probe.tokens_per_s:,.0f} tokens/s at {describe_shape(probe_model)} → "
-               f"{budget:g} s ≈ {tokens_text(compute)} tokens → preset {preset}{climbed}: {describe_shape(model_cfg)}, "
+               f"{budget:g} s ≈ {tokens_text(compute)} tokens → preset {preset}{passed_over}: {describe_shape(model_cfg)}, "
                f"batch {train_cfg.batch_size}, ≈ {steps:,} steps (--preset NAME picks another)")
     return AutoChoice(preset, compute, steps, message)
 

@@ -483,6 +483,7 @@ def test_auto_chooses_from_the_table_by_measured_compute(monkeypatch, capsys, ma
 
 @pytest.mark.parametrize("train_tokens, flags, chosen", [(AUSTEN_TRAIN_TOKENS, [], "cpu-3x256-x2"),
                                                        (300_000, [], "cpu-3x256-x3"),
+                                                       (100_000, [], "cpu-4x256-x3"),
                                                        (300_000, ["--members", "2", "--batch-size", "16"], "cpu-3x256-x2"),
                                                        (300_000, ["--max-passes", "0"], "cpu-3x256-x2"),
                                                        (300_000, ["--batch-size", "16"], "cpu-3x256-x2")])
@@ -490,7 +491,7 @@ def test_members_that_would_end_the_run_early_give_way_to_more_members(monkeypat
     """20,000 tokens/s for ten minutes is 12M probe tokens: cpu-3x256-x2's row. Over Austen its
     members' 12.5 passes take longer than the budget; over a third of the text they would end the
     run at ~65% of it, so auto takes the next row, the same members, three of them, whose passes
-    fill it. Members, passes or a batch the next row's members cannot share, given by hand, keep the row."""
+    fill it (over a tenth, deeper members after that). Members, passes or a batch the next row's members cannot share, given by hand, keep the row."""
     import janelm.recipe
     from janelm.cli import build_parser
     from janelm.commands.train import choose_auto
@@ -501,9 +502,12 @@ def test_members_that_would_end_the_run_early_give_way_to_more_members(monkeypat
     assert args.preset == chosen
     line = capsys.readouterr().err.splitlines()[0]
     assert "≈ 12.0M tokens → preset " in line
-    climbed = chosen == "cpu-3x256-x3"
-    assert ("preset cpu-3x256-x3 (cpu-3x256-x2's members would reach their 12.5 passes at 6" in line) == climbed
-    assert ("3 models of 3 blocks × 256, averaged, batch 24" in line) == climbed
+    climbed = chosen != "cpu-3x256-x2"
+    assert (f"preset {chosen} (cpu-3x256-x2's members would reach their 12.5 passes at " in line) == climbed
+    assert ("12.5 passes at 6" in line) == (train_tokens == 300_000 and climbed)
+    assert ("3 models of 3 blocks × 256, averaged, batch 24" in line) == (chosen == "cpu-3x256-x3")
+    if train_tokens == 100_000:  # over a tenth of Austen three members end it early as well: deeper ones
+        assert "of the budget, cpu-3x256-x3's at " in line and "3 models of 4 blocks × 256, averaged" in line
 
 
 @pytest.mark.parametrize("train_tokens, flags, chosen", [(AUSTEN_TRAIN_TOKENS, [], "cpu-3x256-x3"),
