@@ -106,9 +106,9 @@ PRESETS: dict[str, Preset] = {
         # reach their 12.5 passes at 86-91% of the budget (5,427 steps), where three 4 × 256 members
         # fill it with 4,311 steps (9.9 passes each): seed 1337 1.4391 against 1.4424, seed 11 (the
         # same steps replayed) 1.4354 against 1.4415 bits/char on Northanger Abbey (docs/quality.md).
-        # Below 20M one seed hints they may win too (a slow hour's 13.4M: three 3 × 256 members,
-        # 4,204 steps, 1.4482; three 4 × 256 members' 3,319, about the same compute at 1.28× a step's
-        # cost, 1.4460): not enough to move the row from where three members' passes cut the run short.
+        # Below 20M they tie: at the compute of three 3 × 256 members' 4,825 steps (seed 1337, 1.4443)
+        # three 4 × 256 members' 3,770 (a step costs 1.28× as much) scored 1.4446; seed 11, 4,204
+        # steps (1.4482) against 3,319 (1.4460). The row starts where three members' passes cut the run short.
         model={**ENSEMBLE_MEMBER, "n_block": 4, "members": 3},
         train={**ENSEMBLE_TRAIN, "batch_size": 24},
     ),
