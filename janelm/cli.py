@@ -19,6 +19,7 @@ from janelm.config import (AUTO_COMPILE_TOKENS, DTYPES, MLPS, NORMS, OPTIMIZERS,
                            STREAM_INTERVAL_S, PrepareDefaults)
 from janelm.errors import JaneLMError
 from janelm.mixing import SCHEDULE_HELP, extra_weight_arg
+from janelm.recipe import CLIMB_SHARE, MAX_MEMBERS
 from janelm.presets import (AUTO, COMPUTE_TABLE, DEFAULT_BUDGET, DEFAULT_PRESET, PRESET_CHOICES, PRESETS, PROBE_PRESET,
                             preset_configs)
 
@@ -199,7 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=PRESET_CHOICES, default=DEFAULT_PRESET,
                    help=f"named configuration; flags override it (default: {AUTO}: times a few training steps of the "
                    f"{PROBE_PRESET} preset here (a few seconds of the budget), takes the budget × its tokens/s as the "
-                   f"run's compute in probe tokens, and picks by compute: {table}; the budget is --max-time, "
+                   f"run's compute in probe tokens, and picks by compute: {table}; where an ensemble's members would "
+                   f"reach their passes before {CLIMB_SHARE * 100:.0f}%% of the budget, it takes the next row of more or deeper "
+                   f"members, and past the last one more of them (up to {MAX_MEMBERS}); the budget is --max-time, "
                    f"{DEFAULT_BUDGET['cpu']:g} s on a CPU and {DEFAULT_BUDGET['cuda']:g} s on a GPU without it). "
                    + "; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()))
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt (default: off)")

@@ -109,6 +109,9 @@ PRESETS: dict[str, Preset] = {
         # Below 20M they tie: at the compute of three 3 × 256 members' 4,825 steps (seed 1337, 1.4443)
         # three 4 × 256 members' 3,770 (a step costs 1.28× as much) scored 1.4446; seed 11, 4,204
         # steps (1.4482) against 3,319 (1.4460). The row starts where three members' passes cut the run short.
+        # Past its own passes (5,427 steps, ~25M: seed 11 1.4271) `auto` adds members (recipe.grow): at
+        # ~28M a fourth member (4,522 steps, 10.4 passes each) scored 1.4287, a fifth block in each
+        # (4,946 steps) 1.4286: no worse than the three stopped early, and the run fills its budget.
         model={**ENSEMBLE_MEMBER, "n_block": 4, "members": 3},
         train={**ENSEMBLE_TRAIN, "batch_size": 24},
     ),

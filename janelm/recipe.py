@@ -14,7 +14,9 @@ measures before it trains:
    gives the first line's estimate. Where that pace says an ensemble's members would reach their
    passes before CLIMB_SHARE of the budget and the next row is more of the same members, or deeper
    ones, `auto` takes the next row (`climb`): the probe's shape stands in for the members'
-   imperfectly, and a member more, or a block more in each, is what the rest of the time buys. The trainer plans the real count from the pace of its own
+   imperfectly, and a member more, or a block more in each, is what the rest of the time buys. Past
+   the table's last row of members, more of the same members (`grow`, up to MAX_MEMBERS): a faster
+   CPU's budget would otherwise end at their passes. The trainer plans the real count from the pace of its own
    steps once warm-up ends, before the count matters to the schedule, and plans it again from the
    steps since then at the end of the hold at the peak rate (`Trainer._plan`, `planned_steps`,
    capped by `--max-passes`). The cosine then follows steps, so `--max-iters N` with the same seed
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from janelm.config import ModelConfig, TrainConfig
@@ -54,6 +56,10 @@ PLAN_MIN_STEPS = 5  # a planned run warms up for at least this many steps: the p
 # the probe read 12.7M for twenty minutes (cpu-3x256-x2), whose two members then reached their 12.5
 # passes at 68% of it: 1.4490 bits/char, where three members, 4,825 steps, 87%, scored 1.4443.
 CLIMB_SHARE = 0.9
+# Past the table's last row of members (three 4 × 256 on a CPU), a faster machine's budget buys more
+# of them (`grow`), as many as keep each within its passes, up to this many: the table's compute to the
+# gpu row (60M probe tokens) needs 8 on Austen, and a small text would otherwise ask for dozens.
+MAX_MEMBERS = 8
 # A planned run that follows the clock once its machine turns quicker may take as many steps as its
 # passes allow, or without --max-passes this many times its plan (a bound the clock ends it before):
 # an AMX Xeon whose two busy neighbours left after the plan ran 3× its planned pace.
@@ -166,14 +172,20 @@ class AutoChoice:
     compute: float  # probe tokens the budget buys here
     steps: int  # the estimate; the trainer plans the real count after warm-up
     message: str  # the run's first line
+    grown: dict[str, int] = field(default_factory=dict)  # config fields past the preset's (`grow`): more members
+
+    @property
+    def flags(self) -> list[str]:
+        """The recipe as `janelm train` flags: what replays it (with --max-iters) or another process takes."""
+        return ["--preset", self.preset, *(x for k, v in self.grown.items() for x in (flag_name(k), str(v)))]
 
 
 def choose_by_measuring(budget: float, vocab_size: int, train_tokens: int,
-                        configs_for: Callable[[str], tuple[ModelConfig, TrainConfig]]) -> AutoChoice:
+                        configs_for: Callable[..., tuple[ModelConfig, TrainConfig]]) -> AutoChoice:
     """Measure the probe here, choose the table's recipe for the compute `budget` seconds buy, and
     estimate its steps from its own pace (over `train_tokens`, which its passes count).
-    `configs_for(preset)` is the run's configs with that preset (the user's flags applied), on the
-    run's device and in its precision."""
+    `configs_for(preset, **fields)` is the run's configs with that preset and those config fields
+    (the user's flags applied over both), on the run's device and in its precision."""
     from janelm.device import describe_machine, pick_device, pick_dtype
 
     start = time.perf_counter()
@@ -191,24 +203,34 @@ def choose_by_measuring(budget: float, vocab_size: int, train_tokens: int,
     same = (model_cfg, replace(train_cfg, max_iters=0, max_time=0)) == (probe_model, replace(probe_train, max_iters=0, max_time=0))
     pace = probe if same else measure_pace(model_cfg, train_cfg, vocab_size)
     climbed = []  # the rows passed over, and where their members' passes would have ended the run
+    grown: dict[str, int] = {}  # flags past the table's last row of members: more of them
     while True:
         left = budget - (time.perf_counter() - start)  # the measurements came out of the budget
         fill = plan_steps(left, pace)
         steps = planned_steps(train_cfg, 0, left, pace, train_tokens, members=model_cfg.members)[0]  # --max-passes
-        more = climb(preset, model_cfg, train_cfg, configs_for) if steps < CLIMB_SHARE * fill else None
-        if more is None:
+        if steps >= CLIMB_SHARE * fill:
             break
-        climbed.append(f"{preset}'s at {steps / fill:.0%}" if climbed else
+        more = climb(preset, model_cfg, train_cfg, configs_for)
+        flags = grow(preset, model_cfg, train_cfg, fill, train_tokens, configs_for) if more is None else {}
+        if more is None and not flags:
+            break
+        who = f"{model_cfg.members} members'" if grown else f"{preset}'s"
+        climbed.append(f"{who} at {steps / fill:.0%}" if climbed else
                        f"{preset}'s members would reach their {train_cfg.max_passes:g} passes at {steps / fill:.0%} of the budget")
-        preset, model_cfg, train_cfg = more
+        if flags:
+            grown = flags
+            model_cfg, train_cfg = configs_for(preset, **flags)
+        else:
+            preset, model_cfg, train_cfg = more
         pace = measure_pace(model_cfg, train_cfg, vocab_size)
     device = pick_device(train_cfg.device)
     machine = describe_machine(device, pick_dtype(train_cfg.dtype, device))
     passed_over = f" ({', '.join(climbed)})" if climbed else ""
+    recipe = " ".join([f"preset {preset}", *(f"{flag_name(k)} {v}" for k, v in grown.items())])
     message = (f"auto: {machine} ≈ {probe.tokens_per_s:,.0f} tokens/s at {describe_shape(probe_model)} → "
-               f"{budget:g} s ≈ {tokens_text(compute)} tokens → preset {preset}{passed_over}: {describe_shape(model_cfg)}, "
+               f"{budget:g} s ≈ {tokens_text(compute)} tokens → {recipe}{passed_over}: {describe_shape(model_cfg)}, "
                f"batch {train_cfg.batch_size}, ≈ {steps:,} steps (--preset NAME picks another)")
-    return AutoChoice(preset, compute, steps, message)
+    return AutoChoice(preset, compute, steps, message, grown)
 
 
 def climb(preset: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
@@ -234,6 +256,32 @@ def climb(preset: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
 
     same = member(model_cfg, train_cfg) == member(next_model, next_train)
     return (following, next_model, next_train) if same else None
+
+
+def grow(preset: str, model_cfg: ModelConfig, train_cfg: TrainConfig, fill: int, train_tokens: int,
+         configs_for: Callable[..., tuple[ModelConfig, TrainConfig]]) -> dict[str, int]:
+    """Where no next row of members follows (`climb` found none: the table's last, or the user's
+    flags fix the rest): the flags for as many more of the same members as the `fill` steps' time
+    buys, each within its passes, up to MAX_MEMBERS; {} where that adds none (a single model, the
+    user's own --members or --batch-size, no --max-passes, or the cap)."""
+    if model_cfg.members == 1 or not train_cfg.max_passes:
+        return {}
+    rows = train_cfg.batch_size // model_cfg.members  # each member's rows a step, as the row trains them
+    # A step's cost grows with its members: the time that fills `fill` steps of these fills
+    # fill × members / k steps of k, each member then reading `passes` × members / k passes.
+    passes = fill * rows * model_cfg.context / train_tokens
+    members = min(MAX_MEMBERS, math.ceil(passes * model_cfg.members / train_cfg.max_passes))
+    flags = {"members": members, "batch_size": members * rows}
+    more_model, more_train = configs_for(preset, **flags)
+    if members <= model_cfg.members or (more_model.members, more_train.batch_size) != (members, members * rows):
+        return {}
+    return flags
+
+
+def flag_name(field_name: str) -> str:
+    from janelm.cli import flag
+
+    return flag(field_name)
 
 
 def describe_shape(model_cfg: ModelConfig) -> str:

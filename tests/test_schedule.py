@@ -16,11 +16,11 @@ import torch
 from conftest import REPO
 from janelm.checkpoint import load_checkpoint
 from janelm.config import ModelConfig, TrainConfig
-from janelm.presets import preset_configs
+from janelm.presets import DEFAULT_BUDGET, preset_configs
 from janelm.data import load_corpus
 from janelm.schedule import (EARLY_END_SHARE, PaceMeter, budget_used, cosine_start, fewest_steps_holding_to,
                              learning_rate, patience_counts, schedule_progress, step_progress, update_time_bound)
-from janelm.recipe import STRETCH_LIMIT
+from janelm.recipe import MAX_MEMBERS, STRETCH_LIMIT
 from janelm.trainer import RunState, Trainer
 
 TINY_MODEL = ModelConfig(context=32, n_block=1, n_embed=32, n_head=2)
@@ -503,11 +503,15 @@ def test_members_that_would_end_the_run_early_give_way_to_more_members(monkeypat
     line = capsys.readouterr().err.splitlines()[0]
     assert "≈ 12.0M tokens → preset " in line
     climbed = chosen != "cpu-3x256-x2"
-    assert (f"preset {chosen} (cpu-3x256-x2's members would reach their 12.5 passes at " in line) == climbed
+    grown = f" --members {MAX_MEMBERS} --batch-size {8 * MAX_MEMBERS}" if train_tokens == 100_000 else ""
+    assert (f"preset {chosen}{grown} (cpu-3x256-x2's members would reach their 12.5 passes at " in line) == climbed
     assert ("12.5 passes at 6" in line) == (train_tokens == 300_000 and climbed)
     assert ("3 models of 3 blocks × 256, averaged, batch 24" in line) == (chosen == "cpu-3x256-x3")
-    if train_tokens == 100_000:  # over a tenth of Austen three members end it early as well: deeper ones
-        assert "of the budget, cpu-3x256-x3's at " in line and "3 models of 4 blocks × 256, averaged" in line
+    if train_tokens == 100_000:  # over a tenth of Austen three members end it early as well: deeper
+        # ones, then as many more of those as MAX_MEMBERS allows (their passes still end it early)
+        assert "of the budget, cpu-3x256-x3's at " in line and "cpu-4x256-x3's at " in line
+        assert f"preset cpu-4x256-x3 --members {MAX_MEMBERS} --batch-size {8 * MAX_MEMBERS} (" in line
+        assert f"{MAX_MEMBERS} models of 4 blocks × 256, averaged" in line and args.members == MAX_MEMBERS
 
 
 @pytest.mark.parametrize("train_tokens, flags, chosen", [(AUSTEN_TRAIN_TOKENS, [], "cpu-3x256-x3"),
@@ -516,7 +520,9 @@ def test_members_that_would_end_the_run_early_give_way_to_more_members(monkeypat
 def test_members_that_would_end_the_run_early_give_way_to_deeper_members(monkeypatch, capsys, train_tokens, flags, chosen):
     """25,000 tokens/s for ten minutes is 15M probe tokens: cpu-3x256-x3's row. Over a third of
     Austen its members' passes would end the run at ~80% of the budget, so auto takes the next row,
-    three members a block deeper; with the depth given by hand both rows are the same members."""
+    three members a block deeper (and, as the fake pace costs depth nothing, a fourth of them: the
+    next test); with the depth given by hand both rows are the same members, so a fourth member
+    of 3 × 256 fills the time instead."""
     import janelm.recipe
     from janelm.cli import build_parser
     from janelm.commands.train import choose_auto
@@ -527,8 +533,39 @@ def test_members_that_would_end_the_run_early_give_way_to_deeper_members(monkeyp
     assert args.preset == chosen
     line = capsys.readouterr().err.splitlines()[0]
     climbed = chosen == "cpu-4x256-x3"
-    assert ("preset cpu-4x256-x3 (cpu-3x256-x3's members would reach their 12.5 passes at " in line) == climbed
-    assert ("3 models of 4 blocks × 256, averaged, batch 24" in line) == climbed
+    assert ("preset cpu-4x256-x3 --members 4 --batch-size 32 (cpu-3x256-x3's members would reach their 12.5 "
+            "passes at 79% of the budget, cpu-4x256-x3's at 79%)" in line) == climbed
+    assert ("4 models of 4 blocks × 256, averaged, batch 32" in line) == climbed
+    assert args.members == (4 if train_tokens == 300_000 else None)
+
+
+@pytest.mark.parametrize("flags, members", [([], 4), (["--members", "3", "--batch-size", "24"], 3), (["--batch-size", "24"], 3),
+                                            (["--max-passes", "20"], 3)])
+def test_past_the_tables_last_members_a_faster_machine_trains_more_of_them(monkeypatch, capsys, flags, members):
+    """75,000 tokens/s (a 16-core AMX Xeon) for ten minutes is 45M probe tokens: the last row of
+    members, cpu-4x256-x3, whose 12.5 passes over Austen would end the run at ~77% of the budget. So
+    auto adds a fourth member, and the four fill it; the first line and a replay name the flags.
+    Members, a batch or passes given by hand keep the row as it is."""
+    import janelm.recipe
+    from janelm.cli import build_parser
+    from janelm.commands.train import choose_auto, configs_from_args
+    from janelm.recipe import Pace, plan_steps, planned_steps
+
+    monkeypatch.setattr(janelm.recipe, "measure_pace", fake_pace(75_000.0))
+    args = build_parser().parse_args(["train", "--device", "cpu", *flags])
+    choose_auto(args, vocab_size=2048, train_tokens=AUSTEN_TRAIN_TOKENS)
+    line = capsys.readouterr().err.splitlines()[0]
+    model_cfg, train_cfg = configs_from_args(args)
+    assert args.preset == "cpu-4x256-x3" and model_cfg.members == members and model_cfg.n_block == 4
+    grew = members == 4
+    assert ("preset cpu-4x256-x3 --members 4 --batch-size 32 (cpu-4x256-x3's members would reach their "
+            "12.5 passes at 7" in line) == grew
+    assert args.recipe == "--preset cpu-4x256-x3" + (" --members 4 --batch-size 32" if grew else "")
+    tokens = train_cfg.batch_size * model_cfg.context
+    pace = Pace(tokens / 75_000.0, 2 * tokens / 75_000.0, tokens)
+    fill = plan_steps(DEFAULT_BUDGET["cpu"], pace)
+    steps = planned_steps(train_cfg, 0, DEFAULT_BUDGET["cpu"], pace, AUSTEN_TRAIN_TOKENS, members=model_cfg.members)[0]
+    assert (steps >= 0.9 * fill) == (grew or "--max-passes" in flags)
 
 
 def test_the_probe_measures_its_own_shape_and_the_flags_apply_to_the_row_chosen(monkeypatch, capsys):
@@ -665,14 +702,15 @@ def test_the_first_step_sets_the_seconds_kept_for_the_end(tmp_path, prepared, ca
 
 
 @pytest.mark.parametrize("planned, clock_from_s, says", [
-    (3711, None, "--max-iters 3711"), (0, 412.3, "followed the clock from 412 s"), (0, None, None)])
+    (3711, None, "--preset cpu-4x256-x3 --members 4 --batch-size 32 --max-iters 3711"),
+    (0, 412.3, "followed the clock from 412 s"), (0, None, None)])
 def test_the_summary_says_how_to_replay_a_run_or_why_it_cannot(capsys, monkeypatch, planned, clock_from_s, says):
     from janelm.commands.train import show_summary
 
     monkeypatch.setenv("COLUMNS", "200")  # one line a row: the phrases are not wrapped apart
     summary = {"stop": "time limit", "step": 4000, "tokens_seen": 10, "elapsed_s": 570.0, "tokens_per_s": 1.0,
                "best_val_loss": 3.5, "planned": planned, "clock_from_s": clock_from_s}
-    show_summary(summary, {}, REPO / "checkpoints", "auto")
+    show_summary(summary, {}, REPO / "checkpoints", "--preset cpu-4x256-x3 --members 4 --batch-size 32")
     err = " ".join(capsys.readouterr().err.split())
     assert ("replay it bit for bit" in err) == bool(planned)
     assert ("does not replay it" in err) == (clock_from_s is not None)

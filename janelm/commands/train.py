@@ -47,9 +47,12 @@ def choose_auto(args: argparse.Namespace, vocab_size: int, train_tokens: int) ->
     budget = args.max_time or default_budget(args)
     if args.max_iters is None:
         args.max_time = budget  # the chosen recipe trains for the budget: the trainer plans its steps
-    choice = choose_by_measuring(budget, vocab_size, train_tokens, lambda preset: configs_for_preset(args, preset))
+    choice = choose_by_measuring(budget, vocab_size, train_tokens, lambda preset, **grown: configs_for_preset(args, preset, **grown))
     note(choice.message)
     args.preset = choice.preset
+    for name, value in choice.grown.items():  # more members than the preset's (never a flag the user gave)
+        setattr(args, name, value)
+    args.recipe = " ".join(choice.flags)
 
 
 def default_budget(args: argparse.Namespace) -> float:
@@ -59,9 +62,11 @@ def default_budget(args: argparse.Namespace) -> float:
     return DEFAULT_BUDGET["cuda" if cuda else "cpu"]
 
 
-def configs_for_preset(args: argparse.Namespace, preset: str) -> tuple[ModelConfig, TrainConfig]:
-    """The run's configs had `--preset` been `preset`."""
-    return configs_from_args(argparse.Namespace(**{**vars(args), "preset": preset}))
+def configs_for_preset(args: argparse.Namespace, preset: str, **grown) -> tuple[ModelConfig, TrainConfig]:
+    """The run's configs had `--preset` been `preset` and `grown` (config fields) been flags the
+    user did not give: the user's own flags win."""
+    own = {name: value for name, value in grown.items() if getattr(args, name, None) is None}
+    return configs_from_args(argparse.Namespace(**{**vars(args), **own, "preset": preset}))
 
 
 def configs_from_args(args: argparse.Namespace, base: dict | None = None, source: str = "--resume",
@@ -137,7 +142,7 @@ def launch_torchrun(args: argparse.Namespace) -> int:
 
         corpus = load_corpus(args.data)
         choose_auto(args, corpus.tokenizer.vocab_size, len(corpus.train))
-        argv += ["--preset", args.preset] + ([] if args.max_iters else ["--max-time", str(args.max_time)])
+        argv += args.recipe.split() + ([] if args.max_iters else ["--max-time", str(args.max_time)])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
            "-m", "janelm", "train", *argv]
     return subprocess.call(cmd)
@@ -214,11 +219,12 @@ def train(args: argparse.Namespace) -> int:
     if dist.is_main:
         if compile_decode:
             summary["decode_compile_s"] = compile_for_sampling(Path(args.out) / "best.pt")
-        show_summary(summary, corpus.meta, Path(args.out), args.preset)
+        show_summary(summary, corpus.meta, Path(args.out), getattr(args, "recipe", f"--preset {args.preset}"))
     return 0
 
 
-def show_summary(summary: dict, meta: dict, out: Path, preset: str) -> None:
+def show_summary(summary: dict, meta: dict, out: Path, recipe: str) -> None:
+    """The run's table on stderr; `recipe` is its preset as flags (auto's choice, members it added)."""
     from rich.table import Table
 
     from janelm.console import stderr
@@ -238,7 +244,7 @@ def show_summary(summary: dict, meta: dict, out: Path, preset: str) -> None:
     if summary.get("decode_compile_s"):
         table.add_row("decode step compiled in", f"{summary['decode_compile_s']:.0f} s")
     if summary["planned"]:
-        table.add_row("replay it bit for bit", f"--preset {preset} --max-iters {summary['planned']} (the same flags otherwise)")
+        table.add_row("replay it bit for bit", f"{recipe} --max-iters {summary['planned']} (the same flags otherwise)")
     elif summary.get("clock_from_s") is not None:
         table.add_row("schedule", f"followed the clock from {summary['clock_from_s']:.0f} s (the machine's pace moved): "
                                   f"--max-iters does not replay it")
