@@ -177,7 +177,14 @@ class AutoChoice:
     @property
     def flags(self) -> list[str]:
         """The recipe as `janelm train` flags: what replays it (with --max-iters) or another process takes."""
-        return ["--preset", self.preset, *(x for k, v in self.grown.items() for x in (flag_name(k), str(v)))]
+        return recipe_flags(self.preset, self.grown)
+
+
+def recipe_flags(preset: str, grown: dict[str, int]) -> list[str]:
+    """`--preset NAME` and the config fields `grow` added, as flags."""
+    from janelm.cli import flag  # the CLI imports this module for its help
+
+    return ["--preset", preset, *(x for name, value in grown.items() for x in (flag(name), str(value)))]
 
 
 def choose_by_measuring(budget: float, vocab_size: int, train_tokens: int,
@@ -226,7 +233,7 @@ def choose_by_measuring(budget: float, vocab_size: int, train_tokens: int,
     device = pick_device(train_cfg.device)
     machine = describe_machine(device, pick_dtype(train_cfg.dtype, device))
     passed_over = f" ({', '.join(climbed)})" if climbed else ""
-    recipe = " ".join([f"preset {preset}", *(f"{flag_name(k)} {v}" for k, v in grown.items())])
+    recipe = "preset " + " ".join(recipe_flags(preset, grown)[1:])
     message = (f"auto: {machine} ≈ {probe.tokens_per_s:,.0f} tokens/s at {describe_shape(probe_model)} → "
                f"{budget:g} s ≈ {tokens_text(compute)} tokens → {recipe}{passed_over}: {describe_shape(model_cfg)}, "
                f"batch {train_cfg.batch_size}, ≈ {steps:,} steps (--preset NAME picks another)")
@@ -276,12 +283,6 @@ def grow(preset: str, model_cfg: ModelConfig, train_cfg: TrainConfig, fill: int,
     if members <= model_cfg.members or (more_model.members, more_train.batch_size) != (members, members * rows):
         return {}
     return flags
-
-
-def flag_name(field_name: str) -> str:
-    from janelm.cli import flag
-
-    return flag(field_name)
 
 
 def describe_shape(model_cfg: ModelConfig) -> str:

@@ -716,3 +716,26 @@ def test_the_summary_says_how_to_replay_a_run_or_why_it_cannot(capsys, monkeypat
     assert ("does not replay it" in err) == (clock_from_s is not None)
     if says:
         assert says in err
+
+
+def test_torchrun_processes_take_the_recipe_auto_chose_with_the_members_it_added(monkeypatch, prepared, capsys):
+    """`--nproc` measures once and passes the choice on as flags: every process trains the same
+    recipe, the members `grow` added included (a tiny text: its passes end the run early)."""
+    import subprocess
+
+    import janelm.recipe
+    from janelm.cli import build_parser
+    from janelm.commands.train import launch_torchrun
+
+    monkeypatch.setattr(janelm.recipe, "measure_pace", fake_pace(75_000.0))
+    launched = []
+    monkeypatch.setattr(subprocess, "call", lambda cmd: launched.append(cmd) or 0)
+    argv = ["train", "--nproc", "2", "--device", "cpu", "--data", str(prepared)]
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    assert launch_torchrun(args) == 0
+    cmd = launched[0]
+    at = cmd.index("train")
+    assert cmd[at + 1 :] == ["--device", "cpu", "--data", str(prepared), "--preset", "cpu-4x256-x3", "--members",
+                             str(MAX_MEMBERS), "--batch-size", str(8 * MAX_MEMBERS), "--max-time", "600.0"]
+    assert f"preset cpu-4x256-x3 --members {MAX_MEMBERS} --batch-size {8 * MAX_MEMBERS} (" in capsys.readouterr().err
