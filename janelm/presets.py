@@ -111,7 +111,8 @@ PRESETS: dict[str, Preset] = {
         # steps (1.4482) against 3,319 (1.4460). The row starts where three members' passes cut the run short.
         # Past its own passes (5,427 steps, ~25M: seed 11 1.4271) `auto` adds members (recipe.grow): at
         # ~28M a fourth member (4,522 steps, 10.4 passes each) scored 1.4287, a fifth block in each
-        # (4,946 steps) 1.4286: no worse than the three stopped early, and the run fills its budget.
+        # (4,946 steps) 1.4286, the three past their passes (6,029 steps, 13.9) 1.4274: no worse than the
+        # three stopped early, and the run fills its budget.
         model={**ENSEMBLE_MEMBER, "n_block": 4, "members": 3},
         train={**ENSEMBLE_TRAIN, "batch_size": 24},
     ),
