@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from typing import Callable
 
 import torch
@@ -23,6 +24,25 @@ def check_cuda_ranks(local_world_size: int) -> None:
         n = torch.cuda.device_count()
         raise InputError(f"{local_world_size} processes need {local_world_size} GPUs, but this machine has {n}: "
                          f"use --nproc {n} (torchrun --nproc_per_node={n}), or --device cpu to train on the CPU with gloo")
+
+
+def launched_as_job() -> bool:
+    """Whether torchrun started this process as one of several."""
+    return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def end_process(code: int) -> int:
+    """End a process of a multi-process job, once its files are closed, without Python's
+    shutdown; return `code` to a single process. DDP keeps the gloo group, and with it its
+    worker threads, alive past destroy_process_group; a worker that has not yet let go of its
+    last all-reduce's tensors when Python shuts down cannot take the GIL to do so, and the
+    process aborts ("terminate called without an active exception", SIGABRT) after a run that
+    went well. Only the standard streams are left to flush."""
+    if not launched_as_job():
+        return code
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
 
 
 class Distributed:
@@ -42,7 +62,7 @@ class Distributed:
     @classmethod
     def from_environment(cls, device_name: str = "auto") -> "Distributed":
         """Join the process group when launched by torchrun, else a single process."""
-        if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        if not launched_as_job():
             return cls()
         use_cuda = device_name != "cpu" and torch.cuda.is_available()
         if use_cuda:
