@@ -42,7 +42,8 @@ MODEL_HELP = {
     "norm_eps": "epsilon inside the norms (0: the precision's eps for rms, 1e-5 for layer)",
     "rope_base": "base of the rotary frequencies",
     "members": "models of this shape trained side by side, each on its share of the batch's rows, their "
-               "predictions averaged (an ensemble: what more compute buys where the text limits one model)",
+               "predictions averaged (an ensemble: what more compute buys where the text limits one model); "
+               "without --batch-size each member trains on as many rows as the preset's",
 }
 TRAIN_HELP = {
     "batch_size": "sequences per micro-batch (per process)",

@@ -279,7 +279,10 @@ def grow(preset: str, model_cfg: ModelConfig, train_cfg: TrainConfig, fill: int,
     passes = fill * rows * model_cfg.context / train_tokens
     members = min(MAX_MEMBERS, math.ceil(passes * model_cfg.members / train_cfg.max_passes))
     flags = {"members": members, "batch_size": members * rows}
-    more_model, more_train = configs_for(preset, **flags)
+    try:
+        more_model, more_train = configs_for(preset, **flags)
+    except InputError:  # the user's --members cannot share the batch of more
+        return {}
     if members <= model_cfg.members or (more_model.members, more_train.batch_size) != (members, members * rows):
         return {}
     return flags

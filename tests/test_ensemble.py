@@ -113,5 +113,30 @@ def test_bench_sample_times_the_ensemble_it_is_asked_for():
     one = json.loads(janelm("bench", "sample", *flags).stdout)
     three = json.loads(janelm("bench", "sample", *flags, "--members", "3").stdout)
     assert (one["members"], three["members"]) == (1, 3) and three["params"] == 3 * one["params"]
-    refused = janelm("bench", "train", *flags, "--members", "3", check=False)
+    refused = janelm("bench", "train", *flags, "--members", "3", "--batch-size", "8", check=False)
     assert refused.returncode != 0 and "does not split among --members 3" in refused.stderr
+
+
+@pytest.mark.parametrize("flags, members, batch", [(["--preset", "cpu-3x256-x2", "--members", "3"], 3, 24),
+                                                   (["--preset", "cpu", "--members", "2"], 2, 32),
+                                                   (["--members", "3"], 3, 48),  # auto, until it chooses: the probe's row
+                                                   (["--preset", "cpu-3x256-x3", "--members", "2", "--batch-size", "12"], 2, 12),
+                                                   (["--preset", "cpu-3x256-x2"], 2, 16)])
+def test_members_alone_train_each_on_as_many_rows_as_the_presets(flags, members, batch):
+    """`--members 3` on a preset of batch 8 a member trains three members of 8 rows each (and under
+    `auto`, the row it chooses: test_schedule); it used to be refused for a batch the preset's
+    members shared and three do not."""
+    from janelm.cli import build_parser
+    from janelm.commands.train import configs_from_args
+
+    model_cfg, train_cfg = configs_from_args(build_parser().parse_args(["train", *flags]))
+    assert (model_cfg.members, train_cfg.batch_size) == (members, batch)
+
+
+def test_members_with_a_batch_they_cannot_share_are_refused():
+    from janelm.cli import build_parser
+    from janelm.commands.train import configs_from_args
+    from janelm.errors import InputError
+
+    with pytest.raises(InputError, match=r"--batch-size 16 does not split among --members 3: give a multiple of 3"):
+        configs_from_args(build_parser().parse_args(["train", "--preset", "cpu-3x256-x2", "--members", "3", "--batch-size", "16"]))

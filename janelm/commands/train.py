@@ -93,7 +93,11 @@ def configs_from_args(args: argparse.Namespace, base: dict | None = None, source
             raise InputError(f"{source} keeps {owner}'s model: {'; '.join(differ)}: "
                              f"drop {'that flag' if len(differ) == 1 else 'those flags'}, or train a new run")
     plans_its_steps = train_cfg.max_iters == 0 and train_cfg.max_time > 0  # a time-bound recipe
+    preset_members = model_cfg.members
     model_cfg, train_cfg = replace(model_cfg, **given(model_cfg)), replace(train_cfg, **given(train_cfg))
+    if model_cfg.members != preset_members and getattr(args, "batch_size", None) is None:
+        # --members alone: each member trains on as many rows a step as the preset's do
+        train_cfg = replace(train_cfg, batch_size=train_cfg.batch_size // preset_members * model_cfg.members)
     if getattr(args, "init_from", None) and args.lr is None:
         train_cfg = replace(train_cfg, lr=train_cfg.lr * FINE_TUNE_LR_FACTOR)
     if getattr(args, "max_time", None) and args.max_iters is None:
