@@ -20,7 +20,7 @@ from janelm.config import (AUTO_COMPILE_TOKENS, DTYPES, MLPS, NORMS, OPTIMIZERS,
 from janelm.errors import JaneLMError
 from janelm.mixing import SCHEDULE_HELP, extra_weight_arg
 from janelm.recipe import CLIMB_SHARE, MAX_MEMBERS
-from janelm.presets import (AUTO, COMPUTE_TABLE, DEFAULT_BUDGET, DEFAULT_PRESET, PRESET_CHOICES, PRESETS, PROBE_PRESET,
+from janelm.presets import (AUTO, COMPUTE_TABLE, CUDA_ROWS, DEFAULT_BUDGET, DEFAULT_PRESET, PRESET_CHOICES, PRESETS, PROBE_PRESET,
                             preset_configs)
 
 MODEL_HELP = {
@@ -197,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("train", "train a model on a prepared corpus")
     p.add_argument("--data", default=pd.out, help=f"prepared corpus folder (default: {pd.out})")
     p.add_argument("--out", default="checkpoints", help="run folder for checkpoints and metrics (default: checkpoints)")
-    table = ", ".join(f"{preset} from {threshold / 1e6:g}M" for threshold, preset in COMPUTE_TABLE)
+    table = ", ".join(f"{preset} from {threshold / 1e6:g}M{' on a GPU' if preset in CUDA_ROWS else ''}"
+                      for threshold, preset in COMPUTE_TABLE)
     p.add_argument("--preset", choices=PRESET_CHOICES, default=DEFAULT_PRESET,
                    help=f"named configuration; flags override it (default: {AUTO}: times a few training steps of the "
                    f"{PROBE_PRESET} preset here (a few seconds of the budget), takes the budget × its tokens/s as the "

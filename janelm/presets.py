@@ -197,6 +197,11 @@ PROBE_PRESET = "cpu"
 COMPUTE_TABLE: tuple[tuple[float, str], ...] = ((0.0, "cpu-2x256"), (2.6e6, "cpu-3x256"), (5e6, "cpu-4x256"),
                                                  (6e6, "cpu-3x256-x2"), (13e6, "cpu-3x256-x3"),
                                                  (20e6, "cpu-4x256-x3"), (60e6, "gpu"))
+# Rows measured on a GPU alone, chosen only there. A CPU that reads their compute (a 16-32-core AMX
+# server) trains more members of the last CPU row instead (janelm.recipe.grow), which fill its
+# budget: one 6 × 512 model (3.6× a probe token's multiplies) reaches its 8 passes over Austen,
+# 7.1M tokens, at 42% of a 60M budget, and sooner on more.
+CUDA_ROWS = frozenset({"gpu"})
 # `janelm train`'s time budget with no flags, in seconds: ten minutes on a CPU; on a GPU the budget of
 # the GPU study (docs/quality.md: the gpu recipe's validation loss stopped improving within it).
 DEFAULT_BUDGET = {"cpu": 600.0, "cuda": 360.0}

@@ -9,7 +9,7 @@ measures before it trains:
    probe tokens, a unit that means the same on every machine.
 2. The table (`janelm.presets.COMPUTE_TABLE`, made by the study in docs/quality.md) maps compute to
    the recipe that scored best there: shape, dropout and batch, and how many passes over the text
-   it may make (`--max-passes`).
+   it may make (`--max-passes`). The rows measured on a GPU alone (CUDA_ROWS) apply only there.
 3. The chosen recipe's own pace (measured the same way; the probe's, when it is the probe's shape)
    gives the first line's estimate. Where that pace says an ensemble's members would reach their
    passes before CLIMB_SHARE of the budget and the next row is more of the same members, or deeper
@@ -36,7 +36,7 @@ from typing import Callable
 
 from janelm.config import ModelConfig, TrainConfig
 from janelm.errors import InputError
-from janelm.presets import COMPUTE_TABLE, PROBE_PRESET, preset_configs
+from janelm.presets import COMPUTE_TABLE, CUDA_ROWS, PROBE_PRESET, preset_configs
 from janelm.schedule import cosine_start, fewest_steps_holding_to
 
 # The share of the budget the planned steps fill: evaluations, checkpoint writes and the machine's
@@ -79,13 +79,14 @@ class Pace:
         return self.tokens_per_step / self.step_s
 
 
-def choose_preset(compute: float) -> str:
-    """The table's recipe for `compute` probe tokens: the last row whose threshold it reaches. The
-    rows are ordered by compute and each scored better at its own compute than the rows before it
-    did at theirs, so more compute never chooses a worse recipe."""
+def choose_preset(compute: float, cuda: bool = False) -> str:
+    """The table's recipe for `compute` probe tokens: the last row whose threshold it reaches (on a
+    CPU, of the rows not measured on a GPU alone). The rows are ordered by compute and each scored
+    better at its own compute than the rows before it did at theirs, so more compute never chooses
+    a worse recipe."""
     chosen = COMPUTE_TABLE[0][1]
     for threshold, preset in COMPUTE_TABLE:
-        if compute >= threshold:
+        if compute >= threshold and (cuda or preset not in CUDA_ROWS):
             chosen = preset
     return chosen
 
@@ -205,7 +206,8 @@ def choose_by_measuring(budget: float, vocab_size: int, train_tokens: int,
     probe_train = replace(run_train, batch_size=own_train.batch_size, grad_accum=own_train.grad_accum)
     probe = measure_pace(probe_model, probe_train, vocab_size)
     compute = budget * probe.tokens_per_s
-    preset = choose_preset(compute)
+    device = pick_device(run_train.device)
+    preset = choose_preset(compute, cuda=device.type == "cuda")
     model_cfg, train_cfg = configs_for(preset)
     same = (model_cfg, replace(train_cfg, max_iters=0, max_time=0)) == (probe_model, replace(probe_train, max_iters=0, max_time=0))
     pace = probe if same else measure_pace(model_cfg, train_cfg, vocab_size)
@@ -230,7 +232,6 @@ def choose_by_measuring(budget: float, vocab_size: int, train_tokens: int,
         else:
             preset, model_cfg, train_cfg = more
         pace = measure_pace(model_cfg, train_cfg, vocab_size)
-    device = pick_device(train_cfg.device)
     machine = describe_machine(device, pick_dtype(train_cfg.dtype, device))
     passed_over = f" ({', '.join(climbed)})" if climbed else ""
     recipe = "preset " + " ".join(recipe_flags(preset, grown)[1:])

@@ -460,8 +460,7 @@ def fake_pace(tokens_per_s: float):
                                                            ("a 4-core Zen 4", 9_500.0, "cpu-4x256"),
                                                            ("a 2-core AMX Xeon", 13_100.0, "cpu-3x256-x2"),
                                                            ("a 4-core AMX Xeon", 25_000.0, "cpu-3x256-x3"),
-                                                           ("an 8-core AMX Xeon", 40_000.0, "cpu-4x256-x3"),
-                                                           ("a GPU", 2_000_000.0, "gpu")])
+                                                           ("an 8-core AMX Xeon", 40_000.0, "cpu-4x256-x3")])
 def test_auto_chooses_from_the_table_by_measured_compute(monkeypatch, capsys, machine, tokens_per_s, chosen):
     import janelm.recipe
     from janelm.cli import build_parser
@@ -569,6 +568,30 @@ def test_past_the_tables_last_members_a_faster_machine_trains_more_of_them(monke
     assert (steps >= 0.9 * fill) == (grew or "--max-passes" in flags)
 
 
+@pytest.mark.parametrize("tokens_per_s", [110_000.0, 150_000.0])
+def test_a_cpu_past_the_gpu_rows_compute_grows_members_that_fill_its_budget(monkeypatch, capsys, tokens_per_s):
+    """110,000 tokens/s (a 32-core AMX Xeon) for ten minutes is 66M probe tokens, past the gpu row's
+    60M: that row, one 6 × 512 model measured on a GPU alone, would end a CPU's run at its 8 passes.
+    A CPU keeps the last CPU row and grows its members until they fill the budget."""
+    import janelm.recipe
+    from janelm.cli import build_parser
+    from janelm.commands.train import choose_auto, configs_from_args
+    from janelm.recipe import Pace, plan_steps, planned_steps
+
+    monkeypatch.setattr(janelm.recipe, "measure_pace", fake_pace(tokens_per_s))
+    args = build_parser().parse_args(["train", "--device", "cpu"])
+    choose_auto(args, vocab_size=2048, train_tokens=AUSTEN_TRAIN_TOKENS)
+    model_cfg, train_cfg = configs_from_args(args)
+    assert args.preset == "cpu-4x256-x3" and 4 < model_cfg.members <= MAX_MEMBERS
+    assert train_cfg.batch_size == 8 * model_cfg.members
+    tokens = train_cfg.batch_size * model_cfg.context
+    pace = Pace(tokens / tokens_per_s, 2 * tokens / tokens_per_s, tokens)
+    fill = plan_steps(DEFAULT_BUDGET["cpu"], pace)
+    steps = planned_steps(train_cfg, 0, DEFAULT_BUDGET["cpu"], pace, AUSTEN_TRAIN_TOKENS, members=model_cfg.members)[0]
+    assert steps >= 0.9 * fill
+    assert f"preset cpu-4x256-x3 --members {model_cfg.members} " in capsys.readouterr().err
+
+
 def test_the_probe_measures_its_own_shape_and_the_flags_apply_to_the_row_chosen(monkeypatch, capsys):
     """The table is indexed by the probe's own shape and batch: model flags and --batch-size do not
     change what it measures (dropout slows a CPU step), only the recipe chosen; precision does."""
@@ -612,13 +635,18 @@ def test_a_step_budget_evaluates_where_the_planned_run_did():
     assert train_cfg("--preset", "tiny", "--max-iters", "400").eval_interval == preset_configs("tiny")[1].eval_interval
 
 
-def test_more_compute_never_chooses_a_worse_recipe():
-    from janelm.presets import COMPUTE_TABLE, PRESETS
+@pytest.mark.parametrize("cuda", [False, True])
+def test_more_compute_never_chooses_a_worse_recipe(cuda):
+    """On a GPU up the whole table; on a CPU up to its last CPU row (the rows measured on a GPU alone
+    are not a CPU's: it grows that row's members instead, the next test)."""
+    from janelm.presets import COMPUTE_TABLE, CUDA_ROWS, PRESETS
     from janelm.recipe import choose_preset
 
     rows = [preset for _, preset in COMPUTE_TABLE]
-    chosen = [rows.index(choose_preset(10 ** (4 + k / 10))) for k in range(60)]  # 10k to 10G probe tokens
-    assert chosen == sorted(chosen) and chosen[0] == 0 and chosen[-1] == len(rows) - 1
+    chosen = [rows.index(choose_preset(10 ** (4 + k / 10), cuda=cuda)) for k in range(60)]  # 10k to 10G probe tokens
+    last = rows[-1] if cuda else [row for row in rows if row not in CUDA_ROWS][-1]
+    assert chosen == sorted(chosen) and chosen[0] == 0 and rows[chosen[-1]] == last
+    assert (choose_preset(750e6, cuda=cuda) == "gpu") == cuda  # an H200's 360 s
     assert [t for t, _ in COMPUTE_TABLE] == sorted({t for t, _ in COMPUTE_TABLE})
     assert all(name in PRESETS for name in rows)
 
