@@ -57,8 +57,9 @@ PLAN_MIN_STEPS = 5  # a planned run warms up for at least this many steps: the p
 # passes at 68% of it: 1.4490 bits/char, where three members, 4,825 steps, 87%, scored 1.4443.
 CLIMB_SHARE = 0.9
 # Past the table's last row of members (three 4 × 256 on a CPU), a faster machine's budget buys more
-# of them (`grow`), as many as keep each within its passes, up to this many: the table's compute to the
-# gpu row (60M probe tokens) needs 8 on Austen, and a small text would otherwise ask for dozens.
+# of them (`grow`), as many as keep each within its passes, up to this many: 8 fill ten minutes of up
+# to ~110M probe tokens on Austen (a CPU's; a GPU takes the gpu row from 60M), and a small text would
+# otherwise ask for dozens. Past that the members' passes end the run early again.
 MAX_MEMBERS = 8
 # A planned run that follows the clock once its machine turns quicker may take as many steps as its
 # passes allow, or without --max-passes this many times its plan (a bound the clock ends it before):
