@@ -39,6 +39,14 @@ BEST, LAST = "best.pt", "last.pt"
 MAX_CONTEXT = 1 << 20  # a sanity bound for configs read from files, far above any real run
 
 
+def refuse_to_overwrite(out_dir: Path) -> None:
+    """A new run never silently replaces another run's checkpoints."""
+    existing = [n for n in (LAST, BEST) if (out_dir / n).exists()]
+    if existing:
+        raise InputError(f"{out_dir}/ already holds a run ({', '.join(existing)}): --resume to continue it, "
+                         f"--force to replace it, or --out NEW_FOLDER")
+
+
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write `payload` to `path` atomically (`janelm.files.atomic_write`): a crash at any moment
     leaves the old file or the new one, and a failed write (a full disk) raises WriteFailure

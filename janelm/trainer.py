@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 
 from janelm.averaging import WeightAverage
-from janelm.checkpoint import BEST, LAST, build_model, checkpoint_tokenizer, save_checkpoint
+from janelm.checkpoint import BEST, LAST, build_model, checkpoint_tokenizer, refuse_to_overwrite, save_checkpoint
 from janelm.config import ModelConfig, TrainConfig
 from janelm.console import note, progress_bar
 from janelm.data import BatchSampler, Corpus, Mix, tokenizer_fingerprint
@@ -154,15 +154,8 @@ class Trainer:
         self.plan_eval_s = 0.0  # an evaluation's seconds, as the processes agreed at the last plan
 
     def _refuse_to_overwrite(self, force: bool) -> None:
-        """A new run never silently replaces another run's checkpoints."""
-        if not self.dist.is_main or force:
-            return
-        existing = [n for n in (LAST, BEST) if (self.out_dir / n).exists()]
-        if existing:
-            raise InputError(
-                f"{self.out_dir}/ already holds a run ({', '.join(existing)}): --resume to continue it, "
-                f"--force to replace it, or --out NEW_FOLDER"
-            )
+        if self.dist.is_main and not force:
+            refuse_to_overwrite(self.out_dir)
 
     def _start_run_folder(self) -> None:
         """A new run saves last.pt (step 0) before anything else, so a kill at any later moment

@@ -54,6 +54,25 @@ def test_a_process_of_a_job_exits_without_python_shutdown_and_loses_no_output():
     assert (proc.returncode, proc.stdout, proc.stderr) == (3, "the text\n", "a note\n")
 
 
+def test_a_failing_process_of_nproc_is_reported_by_its_own_words_and_code(tmp_path):
+    """torchrun follows a failed process's one clear line with a traceback and log lines of its
+    own; janelm's launcher passes on the processes' output and the first failure's exit code only."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    script = tmp_path / "fails.py"
+    script.write_text("import os, sys\n"
+                      "print(f'process {os.environ[\"RANK\"]} says why', file=sys.stderr)\n"
+                      "sys.exit(3)\n")
+    proc = subprocess.run([sys.executable, "-m", "janelm.launch", "--standalone", "--nproc_per_node=2", str(script)],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 3
+    assert sorted(proc.stderr.splitlines()) == ["process 0 says why", "process 1 says why"], proc.stderr
+    assert proc.stdout == ""
+
+
 def test_more_processes_than_gpus_is_refused_before_starting(monkeypatch):
     import torch
 

@@ -147,14 +147,12 @@ def launch_torchrun(args: argparse.Namespace) -> int:
         corpus = load_corpus(args.data)
         choose_auto(args, corpus.tokenizer.vocab_size, len(corpus.train))
         argv += args.recipe.split() + ([] if args.max_iters else ["--max-time", str(args.max_time)])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+    cmd = [sys.executable, "-m", "janelm.launch", "--standalone", f"--nproc_per_node={args.nproc}",
            "-m", "janelm", "train", *argv]
     return subprocess.call(cmd)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.nproc != 1 and "RANK" not in os.environ:
-        return launch_torchrun(args)
     if args.resume and args.init_from:
         raise InputError("--resume and --init-from cannot be combined: resume continues a run, init-from starts a new one")
     from janelm.data import check_corpus_folder
@@ -162,6 +160,9 @@ def run(args: argparse.Namespace) -> int:
     check_corpus_folder(Path(args.data))  # before `train` says which preset it takes: one line for a newcomer
     if not args.resume:
         configs_from_args(args)  # bad flags fail here, before any data or checkpoint is read
+    if args.nproc != 1 and "RANK" not in os.environ:
+        check_run_folder(args)  # what the processes would refuse, said once before they start
+        return launch_torchrun(args)
     from janelm.files import locked_folder
 
     # One run per folder, checked before --force or --resume touch it; rank 0 alone writes there.
@@ -172,14 +173,40 @@ def run(args: argparse.Namespace) -> int:
     return end_process(code)  # with the folder unlocked
 
 
-def train(args: argparse.Namespace) -> int:
-    began = time.perf_counter()  # --max-time is the command's: loading PyTorch and the corpus, auto's probe, count
-    last = Path(args.out) / "last.pt"
-    if args.resume and not last.is_file():
-        raise InputError(f"--resume: no last.pt in {args.out}/ to resume from: start the run with `janelm train` "
+def check_resumable(out: Path) -> None:
+    if not (out / "last.pt").is_file():
+        raise InputError(f"--resume: no last.pt in {out}/ to resume from: start the run with `janelm train` "
                          f"(no --resume) first, or pass the run's --out")
 
+
+def check_run_folder(args: argparse.Namespace) -> None:
+    """What each process of `--nproc` would refuse, said once before they start: --resume needs a
+    run in --out, a new run a folder that holds none (or --force), and flags that fit the model a
+    run continues or starts from."""
+    from janelm.checkpoint import refuse_to_overwrite
+
+    if args.resume:
+        check_resumable(Path(args.out))
+    elif not args.force:
+        refuse_to_overwrite(Path(args.out))
+    resume, init = checkpoints_of(args)
+    if resume or init:
+        configs_from_args(args, resume or init, "--resume" if resume else "--init-from")
+
+
+def checkpoints_of(args: argparse.Namespace) -> tuple[dict | None, dict | None]:
+    """The checkpoint the run resumes (--resume), and the one it starts from (--init-from)."""
     from janelm.checkpoint import load_checkpoint, resolve_checkpoint
+
+    resume = load_checkpoint(Path(args.out) / "last.pt") if args.resume else None
+    return resume, load_checkpoint(resolve_checkpoint(args.init_from)) if args.init_from else None
+
+
+def train(args: argparse.Namespace) -> int:
+    began = time.perf_counter()  # --max-time is the command's: loading PyTorch and the corpus, auto's probe, count
+    if args.resume:
+        check_resumable(Path(args.out))
+
     from janelm.console import note
     from janelm.data import load_corpus
     from janelm.decode_step import compile_for_sampling
@@ -188,8 +215,7 @@ def train(args: argparse.Namespace) -> int:
     from janelm.step_cache import compile_estimate_s
     from janelm.trainer import Trainer
 
-    resume = load_checkpoint(last) if args.resume else None
-    init = load_checkpoint(resolve_checkpoint(args.init_from)) if args.init_from else None
+    resume, init = checkpoints_of(args)
     corpus = load_corpus(args.data)
     if args.preset == AUTO and not (resume or init):
         choose_auto(args, corpus.tokenizer.vocab_size, len(corpus.train))
