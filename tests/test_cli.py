@@ -131,8 +131,10 @@ def test_compiled_sampling_is_kept_for_later_runs(trained, tmp_path, monkeypatch
     # Decode's share of the floor pairs each decode with a floor timed just before it: the median of the rounds.
     rounds = result["paired_rounds"]
     # The format measured fastest first; the floors are timed again after the rounds, the better
-    # kept, so another format within the machine's noise of it may end up ahead.
-    assert len(rounds) == 5 and floors[result["paired_format"]] >= 0.8 * max(floors.values())
+    # kept (the rounds' own floors among them), so another format may end up ahead: how far is the
+    # machine's noise (0.62 of the best once under CI's load), which a test does not time.
+    assert len(rounds) == 5 and result["paired_format"] in floors
+    assert floors[result["paired_format"]] >= max(r["floor"] for r in rounds)
     assert result["floor_fraction"] == pytest.approx(statistics.median(r["decode"] / r["floor"] for r in rounds))
     assert result["eager_floor_fraction"] == pytest.approx(statistics.median(r["eager"] / r["floor"] for r in rounds))
     assert result["decode_tokens_per_s"] == max(r["decode"] for r in rounds)
