@@ -315,6 +315,16 @@ def main(argv: list[str] | None = None) -> int:
     # cuBLAS replays its sums only with a fixed workspace, read as CUDA starts: compiled training
     # steps run in PyTorch's deterministic mode (janelm.device.deterministic_compiling).
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    code = run_command(args)
+    if "RANK" in os.environ:  # a process of a torchrun job, its folder unlocked: janelm.distributed.end_process
+        from janelm.distributed import end_process
+
+        end_process(code)
+    return code
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """The command's exit code; an error is one line on stderr."""
     try:
         module = importlib.import_module(f"janelm.commands.{args.module}")
         return module.run(args) or 0

@@ -37,7 +37,8 @@ def end_process(code: int) -> int:
     worker threads, alive past destroy_process_group; a worker that has not yet let go of its
     last all-reduce's tensors when Python shuts down cannot take the GIL to do so, and the
     process aborts ("terminate called without an active exception", SIGABRT) after a run that
-    went well. Only the standard streams are left to flush."""
+    went well, or after the line that says why it did not. Only the standard streams are left to
+    flush (`janelm.cli.main` calls this once the command has closed its files)."""
     if not launched_as_job():
         return code
     for stream in (sys.stdout, sys.stderr):

@@ -52,6 +52,15 @@ def test_a_process_of_a_job_exits_without_python_shutdown_and_loses_no_output():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
                           env={**env, "PYTHONPATH": str(REPO)})
     assert (proc.returncode, proc.stdout, proc.stderr) == (3, "the text\n", "a note\n")
+    # janelm's own processes end so, whether the command succeeded or said why it did not.
+    script = ("import atexit, sys\n"
+              "from janelm.cli import main\n"
+              "atexit.register(lambda: print('shutdown ran', file=sys.stderr))\n"
+              "raise SystemExit(main(['train', '--data', 'nowhere', '--preset', 'tiny']))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          env={**env, "PYTHONPATH": str(REPO), "RANK": "1", "WORLD_SIZE": "2"})
+    assert proc.returncode == 2 and proc.stderr.startswith("janelm train: error: no prepared corpus at nowhere/")
+    assert "shutdown ran" not in proc.stderr
 
 
 def test_a_failing_process_of_nproc_is_reported_by_its_own_words_and_code(tmp_path):

@@ -167,10 +167,7 @@ def run(args: argparse.Namespace) -> int:
 
     # One run per folder, checked before --force or --resume touch it; rank 0 alone writes there.
     with locked_folder(Path(args.out), "train") if os.environ.get("RANK", "0") == "0" else nullcontext():
-        code = train(args)
-    from janelm.distributed import end_process
-
-    return end_process(code)  # with the folder unlocked
+        return train(args)
 
 
 def check_resumable(out: Path) -> None:
