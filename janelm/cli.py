@@ -18,6 +18,7 @@ from janelm import __version__
 from janelm.config import (AUTO_COMPILE_TOKENS, DTYPES, MLPS, NORMS, OPTIMIZERS, POSITIONS, SAMPLE_DEFAULTS,
                            STREAM_INTERVAL_S, PrepareDefaults)
 from janelm.errors import JaneLMError
+from janelm.launch import report_error
 from janelm.mixing import SCHEDULE_HELP, extra_weight_arg
 from janelm.recipe import CLIMB_SHARE, MAX_MEMBERS
 from janelm.presets import (AUTO, COMPUTE_TABLE, CUDA_ROWS, DEFAULT_BUDGET, DEFAULT_PRESET, PRESET_CHOICES, PRESETS, PROBE_PRESET,
@@ -331,7 +332,7 @@ def run_command(args: argparse.Namespace) -> int:
     except JaneLMError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"janelm {args.command}: error: {e}", file=sys.stderr)
+        report_error(f"janelm {args.command}: error: {e}")
         return e.exit_code
     except BrokenPipeError:
         # The reader went away (`janelm sample | head`): stop quietly, and keep Python's exit-time
@@ -340,14 +341,14 @@ def run_command(args: argparse.Namespace) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
-        print(f"janelm {args.command}: interrupted", file=sys.stderr)
+        report_error(f"janelm {args.command}: interrupted")
         return 130
     except MemoryError:
-        print(f"janelm {args.command}: error: out of memory: use a smaller model, batch or input", file=sys.stderr)
+        report_error(f"janelm {args.command}: error: out of memory: use a smaller model, batch or input")
         return 1
     except Exception as e:  # a bug, or a failure we did not foresee: still one line unless --debug
         if args.debug:
             raise
         first = str(e).splitlines()[0] if str(e) else ""
-        print(f"janelm {args.command}: error: {type(e).__name__}: {first[:300]} (run with --debug for the traceback)", file=sys.stderr)
+        report_error(f"janelm {args.command}: error: {type(e).__name__}: {first[:300]} (run with --debug for the traceback)")
         return 1

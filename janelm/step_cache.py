@@ -99,13 +99,14 @@ TRAIN_TO_DECODE_COMPILE = 1.3  # a decode step's compile time, as a multiple of 
 
 def compile_estimate_s(config, any_batch: bool = False, train_compile_s: float = 0.0) -> float:
     """About how long compiling a model's decode step takes here: the last time measured on this
-    machine for this shape (and a margin), else (10 + 6 · blocks) s, and 2.5 s a block for each
+    machine for this shape (and a margin), else (10 + 6 · blocks) s, and 2 s a block for each
     further member of an ensemble: with the products compiled too, a 2-block toy took 20-24 s,
     3 × 256 23.5-26.4 s, the 6-block reference 33-45 s on 2 cores of a Zen 4 (docs/speed.md), and on
     one core about as long (2 × 256: 22.0 s); with empty caches on 2 cores of an AMX Xeon, 3 × 256
     25.4 s, two such members 33.0 s, three 38.4 s, three of 4 × 256 45.6 s, six 54 s, eight 76.5 s
     (members share the graph's work: 6 s a block for each would reserve 64 s for three; the
-    formula's 84 and 104 s for six and eight keep ~5% of ten minutes too many). A slower compiler takes
+    formula's 34, 40, 50, 74 and 90 s for those ensembles stay above each, where 2.5 s a block
+    reserved 84 and 104 s for six and eight, ~5% of ten minutes too many). A slower compiler takes
     longer: `train_compile_s`, the seconds compiling the training step took in this run, says how
     much (a 2-core Zen 3: 37.9 s for 2 × 256's training step, 41.3 s for its decode step, both with
     empty caches, and 54.2 s at the end of a ten-minute run)."""
@@ -113,7 +114,7 @@ def compile_estimate_s(config, any_batch: bool = False, train_compile_s: float =
         measured = json.loads((cache_root() / COMPILE_TIMES).read_text()).get(_compile_key(config, any_batch))
         if measured is not None:
             return 1.2 * float(measured) + 2.0
-    formula = 10.0 + 6.0 * config.n_block + 2.5 * config.n_block * (getattr(config, "members", 1) - 1)
+    formula = 10.0 + 6.0 * config.n_block + 2.0 * config.n_block * (getattr(config, "members", 1) - 1)
     return max(formula, TRAIN_TO_DECODE_COMPILE * train_compile_s)
 
 

@@ -113,6 +113,9 @@ CASES = [
         "--resume keeps the run's model", "--n-block 3, but the run has 2"),
     row("train-nproc-missing-data",     "train --nproc 2 --device cpu --data nowhere --out newrun {tiny}", 2,
         "no prepared corpus at nowhere/"),
+    # ... and what only the processes find is said once, not once a process (janelm.launch)
+    row("train-nproc-refused-in-every-process", "train --nproc 2 --device cpu --data corpus --out newrun {tiny} --extra-weight 0.5", 2,
+        "--extra-weight 0.5: corpus/ has no extra sources"),
     row("train-resume-other-model",     "train --data corpus --out run --resume {tiny} --n-block 3 --n-embed 64", 2,
         "--resume keeps the run's model", "--n-block 3, but the run has 2", "--n-embed 64, but the run has 32"),
     row("train-folder-in-use",          "train --data corpus --out busyrun {tiny}",        1, "busyrun/ is in use by janelm process", "choose another --out"),

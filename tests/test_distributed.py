@@ -65,7 +65,8 @@ def test_a_process_of_a_job_exits_without_python_shutdown_and_loses_no_output():
 
 def test_a_failing_process_of_nproc_is_reported_by_its_own_words_and_code(tmp_path):
     """torchrun follows a failed process's one clear line with a traceback and log lines of its
-    own; janelm's launcher passes on the processes' output and the first failure's exit code only."""
+    own; janelm's launcher passes on the processes' output and the first failure's exit code only,
+    and says an error line that every process reports (janelm.cli's) once, the first failure's first."""
     import subprocess
     import sys
 
@@ -73,13 +74,39 @@ def test_a_failing_process_of_nproc_is_reported_by_its_own_words_and_code(tmp_pa
 
     script = tmp_path / "fails.py"
     script.write_text("import os, sys\n"
-                      "print(f'process {os.environ[\"RANK\"]} says why', file=sys.stderr)\n"
+                      "from janelm.launch import report_error\n"
+                      "rank = os.environ['RANK']\n"
+                      "print(f'process {rank} says why', file=sys.stderr)\n"
+                      "report_error('janelm train: error: the same reason')\n"
+                      "report_error(f'janelm train: error: process {rank} has its own')\n"
                       "sys.exit(3)\n")
+    temp = tmp_path / "temp"
+    temp.mkdir()
     proc = subprocess.run([sys.executable, "-m", "janelm.launch", "--standalone", "--nproc_per_node=2", str(script)],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(temp)})
     assert proc.returncode == 3
-    assert sorted(proc.stderr.splitlines()) == ["process 0 says why", "process 1 says why"], proc.stderr
+    lines = proc.stderr.splitlines()
+    assert sorted(lines[:2]) == ["process 0 says why", "process 1 says why"], proc.stderr
+    assert lines[2] == "janelm train: error: the same reason", proc.stderr
+    first = lines[3].split()[-4]  # the process torchrun saw fail first
+    assert lines[3:] == [f"janelm train: error: process {r} has its own" for r in (first, str(1 - int(first)))], proc.stderr
     assert proc.stdout == ""
+    assert list(temp.iterdir()) == []  # the folder the lines came through is gone
+
+
+def test_an_error_line_outside_a_launched_job_goes_to_stderr(tmp_path, monkeypatch, capsys):
+    from janelm.launch import ERRORS_ENV, report_error
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setenv(ERRORS_ENV, str(tmp_path))
+    report_error("janelm train: error: alone")  # a process torchrun did not start
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv(ERRORS_ENV, str(tmp_path / "gone"))
+    report_error("janelm train: error: nowhere to leave it")  # the folder cannot be written: nothing lost
+    assert capsys.readouterr().err.splitlines() == ["janelm train: error: alone",
+                                                    "janelm train: error: nowhere to leave it"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_more_processes_than_gpus_is_refused_before_starting(monkeypatch):

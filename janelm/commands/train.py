@@ -171,7 +171,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def check_resumable(out: Path) -> None:
-    if not (out / "last.pt").is_file():
+    from janelm.checkpoint import LAST
+
+    if not (out / LAST).is_file():
         raise InputError(f"--resume: no last.pt in {out}/ to resume from: start the run with `janelm train` "
                          f"(no --resume) first, or pass the run's --out")
 
@@ -193,9 +195,9 @@ def check_run_folder(args: argparse.Namespace) -> None:
 
 def checkpoints_of(args: argparse.Namespace) -> tuple[dict | None, dict | None]:
     """The checkpoint the run resumes (--resume), and the one it starts from (--init-from)."""
-    from janelm.checkpoint import load_checkpoint, resolve_checkpoint
+    from janelm.checkpoint import LAST, load_checkpoint, resolve_checkpoint
 
-    resume = load_checkpoint(Path(args.out) / "last.pt") if args.resume else None
+    resume = load_checkpoint(Path(args.out) / LAST) if args.resume else None
     return resume, load_checkpoint(resolve_checkpoint(args.init_from)) if args.init_from else None
 
 
