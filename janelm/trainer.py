@@ -152,6 +152,7 @@ class Trainer:
         self.started, self.keep_at_end = started, keep_at_end
         self.pace = PaceMeter()  # this process's steps and evaluations, for the time limit's projection
         self.plan_eval_s = 0.0  # an evaluation's seconds, as the processes agreed at the last plan
+        self.save_s = 0.0  # the last periodic write of last.pt, as the processes agreed
 
     def _refuse_to_overwrite(self, force: bool) -> None:
         if self.dist.is_main and not force:
@@ -201,9 +202,13 @@ class Trainer:
         if not cfg.max_iters and s.step < cfg.warmup_iters:  # a time budget always buys its warm-up and plan
             return False
         out_of_steps = bool(cfg.max_iters) and s.step >= cfg.max_iters
-        # The run's last evaluation comes after its last step: room is left for it (as every process agreed at the plan).
-        out_of_time = bool(cfg.max_time) and s.elapsed + self.plan_eval_s >= cfg.max_time
+        out_of_time = bool(cfg.max_time) and s.elapsed + self._after_last_step_s() >= cfg.max_time
         return out_of_steps or out_of_time
+
+    def _after_last_step_s(self) -> float:
+        """After the last step, inside --max-time: an evaluation, and best.pt and last.pt written as
+        long as the last periodic save took (agreed readings: every process ends at the same step)."""
+        return self.plan_eval_s + 2 * self.save_s
 
     def train_step(self) -> float:
         """One optimizer step at the schedule's rate on the step's batches (janelm.training_step);
@@ -274,7 +279,10 @@ class Trainer:
                         if bar is not None:
                             bar.total = expected
                 if s.step % cfg.save_interval == 0:
+                    t0 = self.clock()
                     self.save(LAST)
+                    now = self.clock()
+                    self.save_s, s.elapsed = now - t0, elapsed_before + now - start  # the write counts too
                 if signals:
                     self.save(LAST)
                     name = signal.Signals(signals[0]).name
@@ -353,7 +361,7 @@ class Trainer:
     def _projected_steps(self) -> int:
         """The step the time limit ends this run at, at the pace so far (at most its `max_iters`)."""
         s, cfg = self.state, self.cfg
-        left = max(0.0, cfg.max_time - s.elapsed - self.plan_eval_s)
+        left = max(0.0, cfg.max_time - s.elapsed - self._after_last_step_s())
         return min(cfg.max_iters, s.step + math.floor(left / self.pace.seconds_per_step(cfg.eval_interval)))
 
     def _eval_and_log(self) -> bool:
