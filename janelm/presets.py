@@ -93,22 +93,25 @@ PRESETS: dict[str, Preset] = {
         train={**ENSEMBLE_TRAIN, "batch_size": 16},
     ),
     "cpu-3x256-x3": Preset(
-        "three cpu-3x256 models trained side by side, batch 8 each, averaged, up to 12.5 passes each: where two members reach theirs",
+        "three cpu-3x256 models trained side by side, batch 8 each, averaged, up to 12.5 passes each: the compute table's row from 13M to 20M until cpu-4x256-x3 took it",
         # An AMX Xeon's twenty minutes (seed 1337, docs/quality.md): three members, 4,825 steps (11
         # passes each), 1.4443 bits/char; four, 3,664 steps (8.4 each), 1.4532; cpu-5x256-d2, the
         # single model the row replaced, 1.4789; and ten minutes of cpu-3x256-x2 there, 1.4795.
+        # Three 4 × 256 members tie or beat it at every compute both were run at (cpu-4x256-x3).
         model={**ENSEMBLE_MEMBER, "members": 3},
         train={**ENSEMBLE_TRAIN, "batch_size": 24},
     ),
     "cpu-4x256-x3": Preset(
-        "three 4 × 256 models trained side by side, batch 8 each, averaged, up to 12.5 passes each: where cpu-3x256-x3's members reach theirs",
+        "three 4 × 256 models trained side by side, batch 8 each, averaged, up to 12.5 passes each: where cpu-3x256-x2's members reach theirs",
         # Twenty minutes of an AMX Xeon in a quick hour (~20M probe tokens): cpu-3x256-x3's members
-        # reach their 12.5 passes at 86-91% of the budget (5,427 steps), where three 4 × 256 members
+        # reach their 12.5 passes at 86-94% of the budget (5,427 steps), where three 4 × 256 members
         # fill it with 4,311 steps (9.9 passes each): seed 1337 1.4391 against 1.4424, seed 11 (the
-        # same steps replayed) 1.4354 against 1.4415 bits/char on Northanger Abbey (docs/quality.md).
-        # Below 20M they tie: at the compute of three 3 × 256 members' 4,825 steps (seed 1337, 1.4443)
-        # three 4 × 256 members' 3,770 (a step costs 1.28× as much) scored 1.4446; seed 11, 4,204
-        # steps (1.4482) against 3,319 (1.4460). The row starts where three members' passes cut the run short.
+        # same steps replayed) 1.4354 against 1.4415 bits/char on Northanger Abbey (docs/quality.md);
+        # seed 42's twenty minutes (5,426 steps, 1.4438) replayed as 4,240 of these, 1.4420.
+        # Below that they tie or it leads: at the compute of three 3 × 256 members' 4,825 steps (seed
+        # 1337, 1.4443) three 4 × 256 members' 3,770 (a step costs 1.28× as much) scored 1.4446; seed
+        # 11, 4,204 steps (1.4482, 13.4M in a slow hour) against 3,319 (1.4460). So the row starts
+        # at 13M, where cpu-3x256-x2's members reach their passes, in cpu-3x256-x3's place.
         # Past its own passes (5,427 steps, ~25M: seed 11 1.4271) `auto` adds members (recipe.grow): at
         # ~28M a fourth member (4,522 steps, 10.4 passes each) scored 1.4287, a fifth block in each
         # (4,946 steps) 1.4286, the three past their passes (6,029 steps, 13.9) 1.4274: no worse than the
@@ -191,12 +194,12 @@ PROBE_PRESET = "cpu"
 # ten-minute cpu-3x256 run) scored 1.4693 against the single cpu-5x256's 1.4861 (which had beaten
 # cpu-4x256 at 6.4M: 1.4944 against 1.4996), and the Zen 4's twenty minutes measure 6.3-7.7M, so
 # that budget does not fall on both sides of a row. From 13M, where two members' 12.5 passes fill
-# the budget, a third member (the AMX Xeon's twenty minutes: 1.4443 against cpu-5x256-d2's 1.4789,
-# the row before it, and ten minutes' 1.4795). From 20M, where three members' passes end the run
-# before 90% of the budget, members a block deeper (its comment).
+# the budget, a third member, a block deeper: at the compute of three 3 × 256 members' 4,204, 4,825,
+# 5,426 and 5,427 steps (the AMX Xeon's twenty minutes, 13.4-21M as its hour ran), three 4 × 256
+# members scored 0.0022, -0.0003, 0.0019, 0.0033 and 0.0061 better (seeds 11, 1337, 42, 1337, 11;
+# cpu-4x256-x3's comment); cpu-3x256-x3, the row from 13M to 20M before, is kept by name.
 COMPUTE_TABLE: tuple[tuple[float, str], ...] = ((0.0, "cpu-2x256"), (2.6e6, "cpu-3x256"), (5e6, "cpu-4x256"),
-                                                 (6e6, "cpu-3x256-x2"), (13e6, "cpu-3x256-x3"),
-                                                 (20e6, "cpu-4x256-x3"), (60e6, "gpu"))
+                                                 (6e6, "cpu-3x256-x2"), (13e6, "cpu-4x256-x3"), (60e6, "gpu"))
 # Rows measured on a GPU alone, chosen only there. A CPU that reads their compute (a 16-32-core AMX
 # server) trains more members of the last CPU row instead (janelm.recipe.grow), which fill its
 # budget: one 6 × 512 model (3.6× a probe token's multiplies) reaches its 8 passes over Austen,
