@@ -76,7 +76,7 @@ def test_a_failing_process_of_nproc_is_reported_by_its_own_words_and_code(tmp_pa
     script.write_text("import os, sys\n"
                       "from janelm.launch import report_error\n"
                       "rank = os.environ['RANK']\n"
-                      "print(f'process {rank} says why', file=sys.stderr)\n"
+                      "os.write(2, f'process {rank} says why\\n'.encode())  # one write: lines of two processes do not mix\n"
                       "report_error('janelm train: error: the same reason')\n"
                       "report_error(f'janelm train: error: process {rank} has its own')\n"
                       "sys.exit(3)\n")
