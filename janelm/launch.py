@@ -7,7 +7,7 @@ of torch.distributed).
 
 The processes' error lines come back through a folder (`report_error`), so that a failure every
 process meets alike (a damaged token file, a flag only the trainer checks) is said once, not once
-per process; lines that differ are all said, in rank order.
+per process; lines that differ are all said, the first failed process's first.
 """
 
 from __future__ import annotations
